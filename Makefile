@@ -1,0 +1,37 @@
+# `make demo` and `make test` do all the set-up on a fresh machine: a .venv with the package and its test extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := build/demo
+
+.PHONY: demo test lint bench clean
+
+# The venv sees system packages, so a torch that is already installed is kept; without one, torch==2.13.0
+# is installed first (a CPU build here), before anything that would pull a multi-GB CUDA build of it.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DEMO)
+	$(BIN)/loramix inspect samples/random-a.kohya.safetensors samples/random-b.diffusers.safetensors --base sd15
+	$(BIN)/loramix compose samples/random-a.kohya.safetensors:0.7 samples/random-b.diffusers.safetensors:0.5 \
+		-o $(DEMO)/composed.safetensors
+	$(BIN)/loramix compose samples/random-a.kohya.safetensors:0.7 samples/random-b.diffusers.safetensors:0.5 \
+		--rank 4 --format kohya -o $(DEMO)/composed-rank4.kohya.safetensors
+	$(BIN)/loramix inspect $(DEMO)/composed.safetensors
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check loramix tests bench samples
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_compose.py
+
+clean:
+	rm -rf $(VENV) build

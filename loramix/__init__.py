@@ -1,0 +1,3 @@
+"""loramix: train, compose and render Stable Diffusion LoRAs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""Writing files so that a failed or interrupted write leaves the old file or the new one, never a part."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from loramix.errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on any failure remove it.
+
+    The temporary file is created (empty, honouring the umask) before the caller writes to it, so an
+    unwritable destination fails here, before any work is done.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"{target}: is a directory, not a file")
+    folder = target.parent
+    if not folder.is_dir():
+        raise OutputError(f"{target}: folder {folder} does not exist")
+    temp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        temp.open("xb").close()
+    except OSError as e:
+        raise OutputError(f"{target}: cannot write there ({e.strerror})") from None
+    mode = temp.stat().st_mode  # what the umask gives a new file; some writers (safetensors) recreate it 0600
+    try:
+        yield temp
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

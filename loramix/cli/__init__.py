@@ -1,0 +1,31 @@
+"""The `loramix` command line: a thin layer over the library that turns its errors into one-line messages."""
+
+from __future__ import annotations
+
+import click
+
+from loramix import __version__
+from loramix.cli.compose_cmd import compose
+from loramix.cli.inspect_cmd import inspect
+from loramix.errors import LoramixError
+
+
+class LoramixGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LoramixError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing half-written was left behind", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LoramixGroup)
+@click.version_option(__version__, prog_name="loramix")
+def main() -> None:
+    """Train, compose and render Stable Diffusion LoRAs."""
+
+
+main.add_command(inspect)
+main.add_command(compose)

@@ -1,0 +1,22 @@
+"""The exceptions loramix raises. The library raises them; only the CLI turns them into one-line errors."""
+
+
+class LoramixError(Exception):
+    """Base class: every expected failure (bad input, bad file, impossible request) is one of these."""
+
+
+class AdapterFileError(LoramixError):
+    """A file is missing, unreadable, corrupt, or not a LoRA that loramix understands."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class IncompatibleAdaptersError(LoramixError):
+    """Adapters that cannot be combined, e.g. two shapes for the same module."""
+
+
+class OutputError(LoramixError):
+    """An output path that cannot be written."""

@@ -1,0 +1,109 @@
+"""The in-memory LoRA: one low-rank update per target module, whatever file format it came from.
+
+LoRA (Hu et al. 2021, arXiv 2106.09685) leaves a frozen weight W alone and learns a low-rank change:
+
+    W' = W + ΔW,   ΔW = (α / r) · B · A
+
+        x ──► W ───────────────► (+) ──► y
+        └───► A (r × in) ─► B (out × r) ─► · α/r ──┘
+
+kohya calls A `lora_down` and B `lora_up`; peft calls them `lora_A` and `lora_B`. For a conv layer A is
+a conv with the layer's kernel (r, in, kh, kw) and B a 1×1 conv (out, r, 1, 1); ΔW is then the product of
+their flattened matrices reshaped to the layer's kernel.
+
+This module imports only torch and does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+@dataclass
+class LoraModule:
+    """The update for one target module: ΔW = (alpha / rank) · up · down."""
+
+    down: torch.Tensor  # A: (r, in) or (r, in, kh, kw)
+    up: torch.Tensor  # B: (out, r) or (out, r, 1, 1)
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def is_conv(self) -> bool:
+        return self.down.dim() == 4
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of the base weight this module changes: (out, in) or (out, in, kh, kw)."""
+        return (self.up.shape[0], *self.down.shape[1:])
+
+    @property
+    def num_params(self) -> int:
+        return self.down.numel() + self.up.numel()
+
+    def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """ΔW in the base weight's shape."""
+        up = self.up.to(dtype).flatten(1)  # (out, r)
+        down = self.down.to(dtype).flatten(1)  # (r, in·kh·kw)
+        return (self.scale * (up @ down)).reshape(self.weight_shape)
+
+
+@dataclass
+class LoraAdapter:
+    """A LoRA file's content: modules keyed `<component>.<module path>`, e.g.
+    `unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, in diffusers' module names."""
+
+    modules: dict[str, LoraModule]
+    metadata: dict[str, str] = field(default_factory=dict)
+    source_format: str = "memory"  # "kohya", "diffusers", "peft" or "memory" for one built in code
+
+    @property
+    def components(self) -> list[str]:
+        found = {component_of(key) for key in self.modules}
+        return [c for c in COMPONENTS if c in found]
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({m.rank for m in self.modules.values()})
+
+    @property
+    def alphas(self) -> list[float]:
+        return sorted({m.alpha for m in self.modules.values()})
+
+    @property
+    def num_params(self) -> int:
+        return sum(m.num_params for m in self.modules.values())
+
+    def of_component(self, component: str) -> dict[str, LoraModule]:
+        """The modules of one component, keyed by their path inside it."""
+        prefix = component + "."
+        return {k[len(prefix) :]: m for k, m in self.modules.items() if k.startswith(prefix)}
+
+
+def component_of(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
+def path_of(key: str) -> str:
+    return key.split(".", 1)[1]
+
+
+def canonical_path(component: str, module_path: str) -> str:
+    """Text-encoder paths always start `text_model.`: transformers 5 flattened CLIPTextModel and dropped that
+    level, but the files of the ecosystem (kohya's `lora_te_text_model_…`, older diffusers) keep it, and
+    diffusers strips it again when the model has no such level. One spelling lets adapters of either kind
+    be composed, and files written with it load with old and new transformers alike."""
+    if component.startswith("text_encoder") and not module_path.startswith("text_model."):
+        return "text_model." + module_path
+    return module_path

@@ -1,0 +1,82 @@
+"""What `loramix inspect` tells about an adapter file, as data the CLI prints or dumps as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loramix.bases import BaseShapes
+from loramix.formats import module_kind
+from loramix.lora import LoraAdapter, component_of, path_of
+
+BYTES_PER_PARAM = {"fp16": 2, "fp32": 4}
+
+
+@dataclass
+class BaseFit:
+    """How the adapter sits on a base model."""
+
+    base: str
+    base_params: int
+    fraction_of_base: float  # adapter parameters ÷ base parameters
+    missing_targets: list[str]  # targets the base has no module for
+    shape_mismatches: list[str]  # targets whose shapes differ from the base's weight
+
+
+@dataclass
+class AdapterReport:
+    path: str
+    format: str
+    components: list[str]
+    targets: dict[str, dict[str, int]]  # component → module kind → number of modules
+    num_modules: int
+    ranks: list[int]
+    alphas: list[float]
+    scales: list[float]
+    num_params: int
+    bytes_on_disk: int
+    bytes_fp16: int
+    bytes_fp32: int
+    dtypes: list[str]
+    metadata: dict[str, str]
+    base_fit: BaseFit | None = field(default=None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def report_adapter(path: str | Path, adapter: LoraAdapter, base: BaseShapes | None = None) -> AdapterReport:
+    targets: dict[str, dict[str, int]] = {}
+    for key in adapter.modules:
+        kinds = targets.setdefault(component_of(key), {})
+        kind = module_kind(path_of(key))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    num_params = adapter.num_params
+    return AdapterReport(
+        path=str(path),
+        format=adapter.source_format,
+        components=adapter.components,
+        targets=targets,
+        num_modules=len(adapter.modules),
+        ranks=adapter.ranks,
+        alphas=adapter.alphas,
+        scales=sorted({round(m.scale, 6) for m in adapter.modules.values()}),
+        num_params=num_params,
+        bytes_on_disk=Path(path).stat().st_size,
+        bytes_fp16=num_params * BYTES_PER_PARAM["fp16"],
+        bytes_fp32=num_params * BYTES_PER_PARAM["fp32"],
+        dtypes=sorted({str(t.dtype).removeprefix("torch.") for m in adapter.modules.values() for t in (m.down, m.up)}),
+        metadata={k: v for k, v in adapter.metadata.items() if k != "lora_adapter_metadata"},
+        base_fit=fit_to_base(adapter, base) if base is not None else None,
+    )
+
+
+def fit_to_base(adapter: LoraAdapter, base: BaseShapes) -> BaseFit:
+    missing, mismatched = [], []
+    for key, module in adapter.modules.items():
+        shape = base.weight_shapes.get(key)
+        if shape is None:
+            missing.append(key)
+        elif tuple(shape) != module.weight_shape:
+            mismatched.append(f"{key}: adapter {module.weight_shape}, base {tuple(shape)}")
+    return BaseFit(base.name, base.total_params, adapter.num_params / base.total_params, missing, mismatched)
