@@ -52,10 +52,14 @@ def load_base_shapes(spec: str | os.PathLike) -> BaseShapes:
     return BaseShapes(str(spec), weight_shapes, num_params)
 
 
+def builtin_config(name: str, component: str) -> dict:
+    """The published config of a built-in architecture's component, e.g. ("sd15", "unet")."""
+    return json.loads((resources.files("loramix") / "architectures" / BUILTIN[name][component]).read_text())
+
+
 def _component_configs(spec: str) -> dict[str, dict]:
     if spec in BUILTIN:
-        folder = resources.files("loramix") / "architectures"
-        return {c: json.loads((folder / f).read_text()) for c, f in BUILTIN[spec].items()}
+        return {component: builtin_config(spec, component) for component in BUILTIN[spec]}
     path = Path(spec)
     if not path.exists():
         raise LoramixError(f"base {spec!r}: no such file or folder, and not a built-in base "

@@ -39,7 +39,7 @@ def parse_weight_spec(spec: str) -> WeightedFile:
 
 @click.command()
 @click.argument("specs", nargs=-1, required=True, metavar="FILE[:WEIGHT]...")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The composed LoRA file.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="The composed LoRA file.")
 @click.option("--method", type=click.Choice(METHODS), default="exact", show_default=True,
               help="exact: Σ wᵢ·ΔWᵢ. ties/dare/dare_ties: peft's merges of the full ΔWᵢ (not additive).")
 @click.option("--rank", type=click.IntRange(min=1),

@@ -1,0 +1,170 @@
+"""Every bad input gets a one-line error naming the file and the problem, exit 1, no traceback, no output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import random_adapter
+from safetensors.torch import save_file
+
+from loramix.cli import main
+from loramix.formats import write_adapter
+
+SAMPLES = Path(__file__).parent.parent / "samples"
+GOOD = str(SAMPLES / "random-b.diffusers.safetensors")
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def compose_fails(tmp_path, *inputs: str, fragments: tuple[str, ...]) -> None:
+    out = tmp_path / "out.safetensors"
+    assert_clean_error(run("compose", *inputs, "-o", str(out)), *fragments)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temp file left
+    assert_clean_error(run("inspect", *[i.rsplit(":", 1)[0] for i in inputs]), *fragments[:1])
+
+
+def test_missing_file(tmp_path):
+    compose_fails(tmp_path, str(tmp_path / "nope.safetensors"), fragments=("nope.safetensors", "no such file"))
+
+
+@pytest.mark.parametrize("keep", [0, 4, 8, 20, 200, -100, -1])
+def test_truncated_file(tmp_path, keep):
+    data = Path(GOOD).read_bytes()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+    compose_fails(tmp_path, str(bad), fragments=("cut.safetensors",))
+
+
+def test_corrupt_header(tmp_path):
+    data = bytearray(Path(GOOD).read_bytes())
+    data[8:20] = b"not json!!!!"
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(bytes(data))
+    compose_fails(tmp_path, str(bad), fragments=("corrupt.safetensors", "corrupt header"))
+
+
+def test_enormous_declared_header(tmp_path):
+    bad = tmp_path / "huge.safetensors"
+    bad.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    compose_fails(tmp_path, str(bad), fragments=("huge.safetensors", "header"))
+
+
+def test_full_model_is_not_a_lora(tmp_path, unet):
+    bad = tmp_path / "model.safetensors"
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in list(unet.state_dict().items())[:20]},
+              str(bad))
+    compose_fails(tmp_path, str(bad), fragments=("model.safetensors", "full model checkpoint"))
+
+
+def test_unknown_keys_are_listed_not_dropped(tmp_path, unet_attention_shapes):
+    bad = tmp_path / "extra.safetensors"
+    write_adapter(random_adapter(unet_attention_shapes, 2, 2, seed=0), bad)
+    from safetensors import safe_open
+
+    with safe_open(str(bad), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["unet.conv_in.lora_magic.weight"] = torch.zeros(2)
+    tensors["unet.some_norm.weight"] = torch.zeros(2)
+    save_file(tensors, str(bad))
+    compose_fails(tmp_path, str(bad), fragments=("extra.safetensors", "2 keys", "unet.conv_in.lora_magic.weight"))
+
+
+@pytest.mark.parametrize("key, name", [("lora_unet_x.hada_w1_a", "LoHa"), ("lora_unet_x.lokr_w1", "LoKr"),
+                                       ("lora_unet_x.dora_scale", "DoRA")])
+def test_lycoris_types_are_named(tmp_path, key, name):
+    bad = tmp_path / "lyco.safetensors"
+    save_file({key: torch.zeros(2, 2), "lora_unet_x.alpha": torch.tensor(1.0)}, str(bad))
+    compose_fails(tmp_path, str(bad), fragments=("lyco.safetensors", name))
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
+def test_pickle_files_are_refused_by_name(tmp_path, suffix):
+    marker = tmp_path / "ran"
+    bad = tmp_path / f"model{suffix}"
+    torch.save({"x": torch.zeros(1)}, bad)
+    compose_fails(tmp_path, str(bad), fragments=(bad.name, "never unpickles"))
+    assert not marker.exists()
+
+
+def test_pickle_content_behind_a_safetensors_name_is_refused(tmp_path):
+    bad = tmp_path / "sneaky.safetensors"
+    torch.save({"x": torch.zeros(1)}, bad)
+    compose_fails(tmp_path, str(bad), fragments=("sneaky.safetensors", "pickle"))
+
+
+def test_integer_tensors_are_refused(tmp_path):
+    bad = tmp_path / "ints.safetensors"
+    save_file({"unet.a.lora_A.weight": torch.zeros(2, 4, dtype=torch.int32),
+               "unet.a.lora_B.weight": torch.zeros(4, 2, dtype=torch.int32)}, str(bad))
+    compose_fails(tmp_path, str(bad), fragments=("ints.safetensors", "I32"))
+
+
+def test_missing_factor_is_named(tmp_path):
+    bad = tmp_path / "half.safetensors"
+    save_file({"unet.a.b.lora_A.weight": torch.zeros(2, 4)}, str(bad))
+    compose_fails(tmp_path, str(bad), fragments=("half.safetensors", "unet.a.b", "no up (B) factor"))
+
+
+def test_shape_disagreement_names_the_module(tmp_path):
+    a = tmp_path / "a.safetensors"
+    b = tmp_path / "b.safetensors"
+    write_adapter(random_adapter({"unet.mid_block.attentions.0.proj_in": (64, 64)}, 2, 2, seed=0), a)
+    write_adapter(random_adapter({"unet.mid_block.attentions.0.proj_in": (64, 32)}, 2, 2, seed=0), b)
+    out = tmp_path / "out.safetensors"
+    assert_clean_error(run("compose", str(a), str(b), "-o", str(out)), "unet.mid_block.attentions.0.proj_in")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, fragment", [(f"{GOOD}:abc", "'abc' is not a number"),
+                                            (f"{GOOD}:", "nothing after ':'"), (":0.5", "no file before ':'"),
+                                            (f"{GOOD}:nan", "finite")])
+def test_bad_weight_spec(tmp_path, spec, fragment):
+    out = tmp_path / "out.safetensors"
+    assert_clean_error(run("compose", spec, "-o", str(out)), "weight spec", fragment)
+    assert not out.exists()
+
+
+def test_output_folder_missing(tmp_path):
+    out = tmp_path / "no" / "such" / "out.safetensors"
+    assert_clean_error(run("compose", GOOD, "-o", str(out)), "out.safetensors", "does not exist")
+
+
+def test_unwritable_output_folder():
+    # /proc takes no new files, not even from root (CI may run as root, who writes through chmod 0500).
+    assert_clean_error(run("compose", GOOD, "-o", "/proc/loramix-out.safetensors"),
+                       "loramix-out.safetensors", "cannot write")
+
+
+def test_output_path_is_a_folder(tmp_path):
+    assert_clean_error(run("compose", GOOD, "-o", str(tmp_path)), "is a directory")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"old content")
+
+    def broken_save(*args, **kwargs):
+        Path(args[1]).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("loramix.formats.save_file", broken_save)
+    result = run("compose", GOOD, "-o", str(out))
+    assert result.exit_code == 130
+    assert out.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
