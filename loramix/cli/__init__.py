@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from loramix import __version__
+from loramix.cli.build_cmd import build_base
 from loramix.cli.compose_cmd import compose
+from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
 from loramix.errors import LoramixError
 
@@ -29,3 +31,5 @@ def main() -> None:
 
 main.add_command(inspect)
 main.add_command(compose)
+main.add_command(build_base)
+main.add_command(generate)

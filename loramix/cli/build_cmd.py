@@ -1,0 +1,40 @@
+"""`loramix build-base`: train the toy base (and its judge) from scratch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("build-base")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Pipeline folder to write. Default: the toy base inside the installed package.")
+@click.option("--judge-output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the judge. Default: beside the toy base in the package.")
+@click.option("--no-judge", is_flag=True, help="Skip training the judge.")
+@click.option("--images", type=int, help="Distinct training faces.")
+@click.option("--vae-steps", type=int, help="VAE training steps.")
+@click.option("--unet-steps", type=int, help="UNet and text-encoder training steps.")
+@click.option("--seed", type=int, help="Seed of everything random in the build.")
+def build_base(output, judge_output, no_judge, images, vae_steps, unet_steps, seed) -> None:
+    """Train the toy base: VAE on faces, then UNet + text encoder on its latents, then the judge."""
+    from loramix.build_base import BuildConfig
+    from loramix.build_base import build_base as build
+    from loramix.toybase import toy_base_path
+
+    overrides = {k: v for k, v in dict(images=images, vae_steps=vae_steps, unet_steps=unet_steps,
+                                        seed=seed).items() if v is not None}
+    config = BuildConfig(**overrides)
+    output = output or toy_base_path()
+    if not no_judge:
+        judge_output = judge_output or output.parent / "judge.safetensors"
+    figures = build(output, config, judge_output=None if no_judge else judge_output, progress=True)
+    losses = figures.pop("losses")
+    (output / "build_report.json").write_text(json.dumps(figures, indent=2) + "\n")
+    click.echo(f"wrote {output} in {figures['seconds_total'] / 60:.1f} min "
+               f"(final losses: VAE {figures['vae_final_loss']:.4f}, UNet {figures['unet_final_loss']:.4f}, "
+               f"{len(losses['unet'])} UNet steps)")
+    if "judge" in figures:
+        click.echo(f"judge: {json.dumps(figures['judge'])}")

@@ -1,0 +1,76 @@
+"""Rendering images reproducibly: one seeded generator per image, the settings written into every PNG."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, PngImagePlugin
+
+from loramix.atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    negative_prompt: str = ""
+    width: int = 64
+    height: int = 64
+
+
+def render(pipeline, settings: list[RenderSettings]) -> list[Image.Image]:
+    """Render one batch; images with the same seed and settings are identical whatever batch they are in."""
+    first = settings[0]
+    for s in settings[1:]:
+        if (s.steps, s.guidance, s.width, s.height) != (first.steps, first.guidance, first.width, first.height):
+            raise ValueError("a batch must share steps, guidance and size")
+    generators = [torch.Generator().manual_seed(s.seed) for s in settings]
+    with torch.no_grad():
+        return pipeline(
+            prompt=[s.prompt for s in settings], negative_prompt=[s.negative_prompt for s in settings],
+            num_inference_steps=first.steps, guidance_scale=first.guidance, width=first.width,
+            height=first.height, generator=generators, output_type="pil",
+        ).images
+
+
+def a1111_parameters(settings: RenderSettings, sampler: str, model: str, loras: dict[str, float] | None = None,
+                     lora_hashes: dict[str, str] | None = None) -> str:
+    """The `parameters` PNG text A1111 writes, so images open with their settings in the tools users have."""
+    prompt = settings.prompt + "".join(f" <lora:{name}:{weight:g}>" for name, weight in (loras or {}).items())
+    fields = [f"Steps: {settings.steps}", f"Sampler: {sampler}", f"CFG scale: {settings.guidance:g}",
+              f"Seed: {settings.seed}", f"Size: {settings.width}x{settings.height}", f"Model: {model}"]
+    if lora_hashes:
+        fields.append('Lora hashes: "' + ", ".join(f"{n}: {h}" for n, h in lora_hashes.items()) + '"')
+    fields.append("Generator: loramix")
+    lines = [prompt]
+    if settings.negative_prompt:
+        lines.append(f"Negative prompt: {settings.negative_prompt}")
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
+    """Write atomically, with A1111's `parameters` text chunk when given."""
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    with atomic_path(path) as temp:
+        image.save(temp, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def image_grid(images: list[Image.Image], columns: int, scale: int = 1, gap: int = 2,
+               background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Images in rows of `columns`, each enlarged `scale` times without smoothing."""
+    width, height = images[0].width * scale, images[0].height * scale
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * (width + gap) - gap, rows * (height + gap) - gap), background)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        grid.paste(image.resize((width, height), Image.NEAREST), (column * (width + gap), row * (height + gap)))
+    return grid
