@@ -23,6 +23,8 @@ demo: $(STAMP)
 	$(BIN)/loramix compose samples/random-a.kohya.safetensors:0.7 samples/random-b.diffusers.safetensors:0.5 \
 		--rank 4 --format kohya -o $(DEMO)/composed-rank4.kohya.safetensors
 	$(BIN)/loramix inspect $(DEMO)/composed.safetensors
+	$(BIN)/loramix generate --prompt "a face" -n 16 --seed 0 -o $(DEMO)/faces
+	$(BIN)/loramix judge $(DEMO)/faces
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -32,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_compose.py
+	$(BIN)/python bench/bench_base.py
 
 clean:
 	rm -rf $(VENV) build

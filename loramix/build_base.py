@@ -13,14 +13,13 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from loramix.errors import LoramixError
-from loramix.faces import CAPTION_WORDS, caption, draw_face, sample_face
+from loramix.faces import CAPTION_WORDS, caption, draw_faces, sample_face
 
 
 @dataclass
@@ -49,22 +48,12 @@ class BuildConfig:
             raise LoramixError(f"build config: caption_dropout must be in [0, 1), got {self.caption_dropout}")
 
 
-def _face_and_caption(seed: int) -> tuple[bytes, str]:
-    spec = sample_face(seed)
-    return draw_face(spec).tobytes(), caption(spec)
-
-
-def face_dataset(count: int, seed: int, progress: bool = False) -> tuple[torch.Tensor, list[str]]:
+def face_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """`count` plain faces as a (count, 3, 64, 64) float tensor in [-1, 1], with their captions."""
-    from tqdm import tqdm
+    from loramix.judge import to_tensor
 
-    seeds = [seed * 10_000_000 + i for i in range(count)]
-    with get_context("spawn").Pool(min(2, os.cpu_count() or 1)) as pool:
-        drawn = list(tqdm(pool.imap(_face_and_caption, seeds, chunksize=64), total=count, disable=not progress,
-                          desc="drawing faces"))
-    pixels = torch.frombuffer(bytearray(b"".join(image for image, _ in drawn)), dtype=torch.uint8)
-    images = pixels.view(count, 64, 64, 3).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return images, [text for _, text in drawn]
+    specs = [sample_face(seed * 10_000_000 + i) for i in range(count)]
+    return to_tensor(draw_faces(specs)), [caption(spec) for spec in specs]
 
 
 def _cosine_with_warmup(optimizer, warmup: int, total: int):
@@ -189,7 +178,7 @@ def build_base(output: Path, config: BuildConfig, judge_output: Path | None = No
     started = time.monotonic()
 
     tokenizer = build_tokenizer(CAPTION_WORDS, staging / "tokenizer")
-    images, captions = face_dataset(config.images, config.seed, progress)
+    images, captions = face_dataset(config.images, config.seed)
     figures["seconds_faces"] = time.monotonic() - started
 
     vae, unet, text_encoder = new_components(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,

@@ -10,6 +10,7 @@ from loramix.cli.compose_cmd import compose
 from loramix.cli.faces_cmd import faces
 from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
+from loramix.cli.judge_cmd import judge
 from loramix.errors import LoramixError
 
 
@@ -35,3 +36,4 @@ main.add_command(compose)
 main.add_command(build_base)
 main.add_command(generate)
 main.add_command(faces)
+main.add_command(judge)

@@ -14,11 +14,12 @@ import click
 @click.option("--judge-output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the judge. Default: beside the toy base in the package.")
 @click.option("--no-judge", is_flag=True, help="Skip training the judge.")
+@click.option("--judge-only", is_flag=True, help="Only (re)train the judge, on the VAE of an existing base.")
 @click.option("--images", type=int, help="Distinct training faces.")
 @click.option("--vae-steps", type=int, help="VAE training steps.")
 @click.option("--unet-steps", type=int, help="UNet and text-encoder training steps.")
 @click.option("--seed", type=int, help="Seed of everything random in the build.")
-def build_base(output, judge_output, no_judge, images, vae_steps, unet_steps, seed) -> None:
+def build_base(output, judge_output, no_judge, judge_only, images, vae_steps, unet_steps, seed) -> None:
     """Train the toy base: VAE on faces, then UNet + text encoder on its latents, then the judge."""
     from loramix.build_base import BuildConfig
     from loramix.build_base import build_base as build
@@ -30,6 +31,15 @@ def build_base(output, judge_output, no_judge, images, vae_steps, unet_steps, se
     output = output or toy_base_path()
     if not no_judge:
         judge_output = judge_output or output.parent / "judge.safetensors"
+    if judge_only:
+        from loramix.build_base import vae_roundtrip
+        from loramix.judge import build_judge
+        from loramix.toybase import load_pipeline
+
+        figures = build_judge(judge_output, vae_roundtrip(load_pipeline(output).vae), steps=config.judge_steps,
+                              seed=config.seed, progress=True)
+        click.echo(f"wrote {judge_output}: {json.dumps(figures)}")
+        return
     figures = build(output, config, judge_output=None if no_judge else judge_output, progress=True)
     losses = figures.pop("losses")
     (output / "build_report.json").write_text(json.dumps(figures, indent=2) + "\n")
