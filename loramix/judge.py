@@ -1,15 +1,20 @@
 """The judge: a small classifier that says whether an image shows a face, a mustache, lipstick, glasses.
 
-It turns "did the LoRA teach a mustache?" into a number. It is trained on generator images with their true
-labels, plus images that are not faces (backgrounds, blobs of face colours, faces cut into shuffled tiles)
-so that "face" means a face, and, half of each batch, on images passed through the toy base's VAE, since it
-must read the model's own blurrier outputs.
+It turns "did the LoRA teach a mustache?" into a number. It learns from the face generator's own images and
+their true labels, plus images that are not faces (plain backgrounds, shapes in face colours, faces cut into
+shuffled tiles) so that "face" means a face and not a skin-coloured blob. Given the toy base's VAE round trip,
+half of each batch is shown as the VAE gives it back, since the judge must read the model's blurrier outputs.
+
+    judge = load_judge()
+    judge.verdicts(images)   # (N, 4) booleans: face, mustache, lipstick, glasses
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,146 +24,241 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
+from loramix import faces
 from loramix.atomic import atomic_path
 from loramix.errors import LoramixError
-from loramix.faces import BACKGROUNDS, HAIR_COLOURS, SKIN_TONES, FaceSpec, draw_faces, sample_face
 
 ATTRIBUTES = ("face", "mustache", "lipstick", "glasses")
 SIZE = 64
-EVALUATION_SEEDS = 10**9  # evaluation faces come from seeds at or above this; training ones from below
+EVALUATION_SEEDS = 10**9  # evaluation images come from seeds at or above this, training ones from below it
+Roundtrip = Callable[[torch.Tensor], torch.Tensor]
+
+
+class JudgeError(LoramixError):
+    """Images the judge cannot read, or judge weights it cannot load."""
 
 
 class JudgeNet(nn.Module):
-    """Four strided conv layers and a linear head: (B, 3, 64, 64) in [-1, 1] → (B, 4) logits."""
+    """(B, 3, H, W) in [-1, 1] → (B, 4) logits for face, mustache, lipstick, glasses.
 
-    def __init__(self, width: int = 32):
+    Four stride-2 conv blocks take 64 pixels to 4; the head then reads the 4×4 map position by position
+    rather than pooling it, because a face is parts in their places: eyes above a mouth, a mustache between.
+    """
+
+    def __init__(self, width: int = 24):
         super().__init__()
-        channels = [3, width, 2 * width, 4 * width, 4 * width]
-        layers = []
+        channels = (3, width, 2 * width, 4 * width, 4 * width)
+        blocks = []
         for c_in, c_out in zip(channels, channels[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.SiLU()]
-        self.features = nn.Sequential(*layers)  # 64 → 4 pixels a side
-        self.head = nn.Linear(channels[-1], len(ATTRIBUTES))
+            blocks += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU()]
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(channels[-1] * 4 * 4, len(ATTRIBUTES)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (SIZE, SIZE):
-            images = F.interpolate(images, size=(SIZE, SIZE), mode="bilinear", antialias=True)
-        return self.head(self.features(images).mean(dim=(2, 3)))
+            images = F.interpolate(images, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+        return self.head(self.features(images))  # (B, 4C, 4, 4) → (B, 4)
 
 
-# --- training data -------------------------------------------------------------------------------------------
+# --- images and labels ---------------------------------------------------------------------------------------
 
-def labelled_faces(seeds: list[int]) -> tuple[list[FaceSpec], torch.Tensor]:
-    """Faces whose attributes are each present with probability ½ (drawn from the seed), and their labels."""
-    specs, labels = [], []
-    for seed in seeds:
-        rng = random.Random(seed ^ 0x5EED)
-        flags = [rng.random() < 0.5 for _ in range(3)]
-        specs.append(sample_face(seed, *flags))
-        labels.append([1.0, *map(float, flags)])
-    return specs, torch.tensor(labels)
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """PIL images → (B, 3, 64, 64) in [-1, 1]; other sizes are resized as the judge resizes tensors."""
+    tensors = []
+    for image in images:
+        image = image.convert("RGB")
+        width, height = image.size
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+        tensor = pixels.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1  # (1, 3, H, W)
+        if (height, width) != (SIZE, SIZE):
+            tensor = F.interpolate(tensor, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+        tensors.append(tensor)
+    return torch.cat(tensors) if tensors else torch.empty(0, 3, SIZE, SIZE)
 
 
-def non_face(seed: int, face: Image.Image) -> Image.Image:
-    """An image with no face: a plain background, blobs of skin and hair colours, or `face` in shuffled tiles."""
-    rng = random.Random(seed)
-    kind = rng.randrange(3)
-    if kind == 2:
-        tile = SIZE // 4
-        tiles = [face.crop((x, y, x + tile, y + tile)) for y in range(0, SIZE, tile) for x in range(0, SIZE, tile)]
-        rng.shuffle(tiles)
-        image = Image.new("RGB", (SIZE, SIZE))
-        for i, piece in enumerate(tiles):
-            image.paste(piece, ((i % 4) * tile, (i // 4) * tile))
-        return image
-    image = Image.new("RGB", (SIZE, SIZE), rng.choice(list(BACKGROUNDS.values())))
-    if kind == 1:
+# Every colour a face is drawn in, for shapes that are not faces.
+FACE_COLOURS = [colour for palette in (faces.SKIN_TONES, faces.HAIR_COLOURS, faces.EYE_COLOURS, faces.MUSTACHE_COLOURS,
+                                       faces.LIPSTICK_COLOURS, faces.GLASSES_COLOURS) for colour in palette.values()]
+FACE_COLOURS += [(255, 255, 255), (16, 16, 20), faces.SUNGLASS_LENS]
+
+
+def non_face(seed: int, face: Image.Image | None = None) -> Image.Image:
+    """An image with no face in it: a plain background, shapes in the colours faces are drawn in, or `face`
+    cut into tiles and shuffled (its parts all there, none in its place)."""
+    rng = random.Random(f"non-face/{seed}")
+    kind = rng.choice(("plain", "shapes", "shapes", "tiles", "tiles")) if face is not None else \
+        rng.choice(("plain", "shapes", "shapes"))
+    if kind == "tiles":
+        return _shuffled_tiles(face, rng.choice((4, 4, 8)), rng)
+    image = Image.new("RGB", (SIZE, SIZE), rng.choice(list(faces.BACKGROUNDS.values())))
+    if kind == "shapes":
         draw = ImageDraw.Draw(image)
-        colours = [*SKIN_TONES.values(), *HAIR_COLOURS.values()]
-        for _ in range(rng.randint(1, 5)):
-            x, y, w, h = (rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(4, 36), rng.uniform(4, 36))
-            draw.ellipse((x - w / 2, y - h / 2, x + w / 2, y + h / 2), fill=rng.choice(colours))
+        for _ in range(rng.randint(1, 8)):
+            x, y = rng.uniform(0, SIZE), rng.uniform(0, SIZE)
+            colour = rng.choice(FACE_COLOURS)
+            if rng.random() < 0.6:
+                w, h = rng.uniform(3, 44), rng.uniform(3, 44)
+                draw.ellipse((x - w / 2, y - h / 2, x + w / 2, y + h / 2), fill=colour)
+            else:
+                end = (x + rng.uniform(-30, 30), y + rng.uniform(-30, 30))
+                draw.line([(x, y), end], fill=colour, width=rng.randint(1, 6))
     return image
 
 
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL images → (B, 3, 64, 64) in [-1, 1]."""
-    arrays = []
-    for image in images:
-        image = image.convert("RGB")
-        if image.size != (SIZE, SIZE):
-            image = image.resize((SIZE, SIZE), Image.BILINEAR)
-        arrays.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(SIZE, SIZE, 3))
-    return torch.stack(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+def _shuffled_tiles(face: Image.Image, grid: int, rng: random.Random) -> Image.Image:
+    tile = SIZE // grid
+    places = [(x, y) for y in range(0, SIZE, tile) for x in range(0, SIZE, tile)]
+    order = list(range(len(places)))
+    while sum(i == j for i, j in enumerate(order)) > len(order) // 4:  # at most a quarter left where they were
+        rng.shuffle(order)
+    image = Image.new("RGB", (SIZE, SIZE))
+    for place, source in zip(places, order):
+        x, y = places[source]
+        image.paste(face.crop((x, y, x + tile, y + tile)), place)
+    return image
 
 
-def make_examples(count: int, first_seed: int, non_face_share: float = 0.25):
-    """`count` labelled images: faces with random attributes, and a share of non-faces (all labels 0)."""
-    seeds = list(range(first_seed, first_seed + count))
-    specs, labels = labelled_faces(seeds)
-    images = draw_faces(specs)
-    rng = random.Random(first_seed)
-    for i in range(count):
-        if rng.random() < non_face_share:
-            images[i] = non_face(seeds[i], images[i])
-            labels[i] = 0.0
-    return to_tensor(images), labels
+def labelled_images(seeds: list[int], non_face_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image per seed, all drawn from the seed: a face with each attribute present with probability ½,
+    or (a `non_face_share` of them) a non-face. Returns (N, 3, 64, 64) images and (N, 4) labels."""
+    plans = []
+    for seed in seeds:
+        rng = random.Random(f"judge/{seed}")
+        flags = [rng.random() < 0.5 for _ in range(3)]
+        plans.append((faces.sample_face(seed, *flags), flags, rng.random() < non_face_share))
+    drawn = iter(faces.draw_faces([spec for spec, _, _ in plans]))
+    images, labels = [], []
+    for seed, (_, flags, is_non_face) in zip(seeds, plans):
+        face = next(drawn)
+        images.append(non_face(seed, face) if is_non_face else face)
+        labels.append([0.0] * 4 if is_non_face else [1.0, *map(float, flags)])
+    return to_tensor(images), torch.tensor(labels)
+
+
+def training_seeds(count: int, seed: int) -> list[int]:
+    """Face seeds for training run `seed`: below EVALUATION_SEEDS, so never an evaluation face."""
+    start = (seed * 7_919_993) % EVALUATION_SEEDS  # runs with nearby seeds start far apart
+    return [(start + i) % EVALUATION_SEEDS for i in range(count)]
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Small shifts, brightness and contrast changes, blur of random strength (the model's outputs are soft)
-    and noise."""
-    batch = images.shape[0]
-    shift = torch.randint(-3, 4, (2,), generator=generator).tolist()
-    images = torch.roll(images, shifts=shift, dims=(2, 3))
-    scale = 1 + 0.2 * (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5)
-    offset = 0.2 * (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5)
-    images = images * scale + offset
-    blurred = F.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
-    amount = torch.rand(batch, 1, 1, 1, generator=generator)
-    images = images + amount * (blurred - images)
-    return (images + 0.03 * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+    """Small changes the model's outputs show: shifts of up to 3 pixels, brightness, contrast and colour,
+    gaussian blur of random strength (its outputs are soft), and noise."""
+    batch = len(images)
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch, *shape, generator=generator)
+
+    padded = F.pad(images, (3, 3, 3, 3), mode="replicate")
+    dx, dy = torch.randint(0, 7, (2, batch), generator=generator).tolist()
+    images = torch.stack([padded[i, :, y : y + SIZE, x : x + SIZE] for i, (x, y) in enumerate(zip(dx, dy))])
+    images = _gaussian_blur(images, uniform(0.0, 1.4))
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean) * uniform(0.8, 1.2, 1, 1, 1) + mean + uniform(-0.12, 0.12, 1, 1, 1)
+    images = images + uniform(-0.06, 0.06, 3, 1, 1)
+    noise = uniform(0.0, 0.05, 1, 1, 1) * torch.randn(images.shape, generator=generator)
+    return (images + noise).clamp(-1, 1)
 
 
-def train_judge(steps: int, batch_size: int = 128, seed: int = 0, roundtrip=None, examples: int = 6000,
-                progress: bool = False) -> JudgeNet:
-    """Train on `examples` generated images (and their VAE round trips when `roundtrip` is given)."""
+def _gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Blur image i with a gaussian of standard deviation sigmas[i] pixels (0: unchanged)."""
+    batch, channels, height, width = images.shape
+    offsets = torch.arange(-3, 4, dtype=images.dtype)
+    kernels = torch.exp(-offsets**2 / (2 * sigmas.clamp(min=1e-3)[:, None] ** 2))  # (B, 7)
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B·C, 7)
+    flat = F.pad(images.reshape(1, batch * channels, height, width), (3, 3, 3, 3), mode="replicate")
+    flat = F.conv2d(flat, kernels[:, None, None, :], groups=batch * channels)  # along rows
+    flat = F.conv2d(flat, kernels[:, None, :, None], groups=batch * channels)  # along columns
+    return flat.reshape(batch, channels, height, width)
+
+
+# --- training and evaluation ---------------------------------------------------------------------------------
+
+@dataclass
+class JudgeTraining:
+    examples: int = 6_000  # distinct generator images; augmentation varies them at every step
+    non_face_share: float = 0.3
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    # With a roundtrip: how many of the images get one (at ~8 ms each, the VAE is the costly part), and the
+    # share of each batch drawn from those round trips.
+    roundtrip_examples: int = 6_000
+    roundtrip_share: float = 0.5
+
+    def __post_init__(self):
+        if self.examples < 1:
+            raise JudgeError(f"judge training: examples must be at least 1, got {self.examples}")
+        for name in ("non_face_share", "roundtrip_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise JudgeError(f"judge training: {name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def train_judge(steps: int, batch_size: int = 128, seed: int = 0, roundtrip: Roundtrip | None = None,
+                progress: bool = False, config: JudgeTraining | None = None) -> JudgeNet:
+    """A judge trained from scratch for `steps` steps on generator images made from `seed`.
+
+    The images are drawn once (drawing is the slow part); every step shows a fresh augmentation of a batch of
+    them. With `roundtrip`, each image's round trip is computed once too, and a `roundtrip_share` of each batch
+    is shown through it.
+    """
+    config = config or JudgeTraining()
+    if steps < 1 or batch_size < 1:
+        raise JudgeError(f"judge training: steps and batch_size must be at least 1, got {steps} and {batch_size}")
+    images, labels = labelled_images(training_seeds(config.examples, seed), config.non_face_share)
+    round_tripped = _in_chunks(roundtrip, images[: config.roundtrip_examples]) if roundtrip is not None else None
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():  # initial weights and dropout draw from the global generator: seed it here
+        torch.manual_seed(seed)
+        judge = _fit(JudgeNet(), images, labels, round_tripped, steps, batch_size, generator, config, progress)
+    return judge.eval()
+
+
+def _fit(judge: JudgeNet, images: torch.Tensor, labels: torch.Tensor, round_tripped: torch.Tensor | None,
+         steps: int, batch_size: int, generator: torch.Generator, config: JudgeTraining, progress: bool) -> JudgeNet:
     from tqdm import tqdm
 
-    images, labels = make_examples(examples, first_seed=seed * examples)
-    pools = [images] if roundtrip is None else [images, _in_batches(roundtrip, images)]
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        judge = JudgeNet()
-    optimizer = torch.optim.AdamW(judge.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.AdamW(judge.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = min(config.warmup_steps, steps // 10)
+
+    def factor(step: int) -> float:  # linear warmup, then cosine down to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     judge.train()
     for _ in tqdm(range(steps), disable=not progress, desc="training judge"):
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        source = torch.randint(0, len(pools), (batch_size,), generator=generator)
-        batch = torch.stack([pools[s][i] for s, i in zip(source.tolist(), index.tolist())])
+        batch = images[index]
+        if round_tripped is not None:  # a share of the batch as the VAE gives it back (the first images' trips)
+            through = torch.rand(batch_size, generator=generator) < config.roundtrip_share
+            index[through] = torch.randint(0, len(round_tripped), (int(through.sum()),), generator=generator)
+            batch[through] = round_tripped[index[through]]
         loss = F.binary_cross_entropy_with_logits(judge(augment(batch, generator)), labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-    return judge.eval()
+    return judge
 
 
-def _in_batches(function, images: torch.Tensor, size: int = 256) -> torch.Tensor:
+def _in_chunks(function: Roundtrip, images: torch.Tensor, size: int = 32) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([function(images[i : i + size]) for i in range(0, len(images), size)])
 
 
-def evaluate_judge(judge: JudgeNet, count: int = 1000, roundtrip=None) -> dict[str, float]:
-    """Accuracy per attribute on fresh generator images (seeds never used in training)."""
-    images, labels = make_examples(count, first_seed=EVALUATION_SEEDS, non_face_share=0.2)
+def evaluate_judge(judge: JudgeNet | Judge, count: int = 1000, seed: int = 0,
+                   roundtrip: Roundtrip | None = None) -> dict[str, float]:
+    """Accuracy per attribute on `count` fresh generator images (seeds never used in training), half of them
+    faces with random attributes, half non-faces; passed through `roundtrip` first when it is given."""
+    net = judge.net if isinstance(judge, Judge) else judge
+    start = EVALUATION_SEEDS + seed * 10_000_000
+    images, labels = labelled_images(list(range(start, start + count)), non_face_share=0.5)
     if roundtrip is not None:
-        images = _in_batches(roundtrip, images)
-    with torch.no_grad():
-        predicted = (judge(images) > 0).float()
-    return {name: float((predicted[:, i] == labels[:, i]).float().mean()) for i, name in enumerate(ATTRIBUTES)}
+        images = _in_chunks(roundtrip, images)
+    predicted = Judge(net).scores(images) > 0.5
+    return {name: float((predicted[:, i] == labels[:, i].bool()).float().mean()) for i, name in enumerate(ATTRIBUTES)}
 
 
 # --- the shipped judge ---------------------------------------------------------------------------------------
@@ -167,62 +267,88 @@ def judge_path() -> Path:
     return Path(str(resources.files("loramix") / "weights" / "judge.safetensors"))
 
 
-def save_judge(judge: JudgeNet, path: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().half().contiguous() if v.is_floating_point() else v.contiguous()
-             for k, v in judge.state_dict().items()}
-    with atomic_path(path) as temp:
-        save_file(state, str(temp), metadata={"attributes": ",".join(ATTRIBUTES)})
-
-
 @dataclass
 class Judge:
+    """A trained JudgeNet, ready to read images."""
+
     net: JudgeNet
 
     def scores(self, images: list[Image.Image] | torch.Tensor) -> torch.Tensor:
         """(N, 4) probabilities of face, mustache, lipstick, glasses."""
-        tensor = images if isinstance(images, torch.Tensor) else to_tensor(images)
-        with torch.no_grad():
-            return torch.cat([torch.sigmoid(self.net(tensor[i : i + 256])) for i in range(0, len(tensor), 256)])
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise JudgeError(f"images: expected a (N, 3, H, W) tensor in [-1, 1], got shape {tuple(images.shape)}")
+            tensor = images.float()
+        else:
+            tensor = to_tensor(images)
+        self.net.eval()
+        with torch.inference_mode():
+            chunks = [torch.sigmoid(self.net(tensor[i : i + 256])) for i in range(0, len(tensor), 256)]
+        return torch.cat(chunks) if chunks else torch.empty(0, len(ATTRIBUTES))
 
     def verdicts(self, images: list[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """(N, 4) booleans: does each image show a face, mustache, lipstick, glasses?"""
         return self.scores(images) > 0.5
-
-
-def load_judge(path: str | os.PathLike | None = None) -> Judge:
-    from safetensors.torch import load_file
-
-    path = Path(path) if path is not None else judge_path()
-    if not path.is_file():
-        raise LoramixError(f"{path}: no judge weights there; `loramix build-base` trains them")
-    net = JudgeNet()
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()})
-    return Judge(net.eval())
 
 
 def summarize(verdicts: torch.Tensor) -> dict[str, float]:
     """The fraction of images showing each attribute."""
+    if len(verdicts) == 0:
+        raise JudgeError("no verdicts to summarize")
     return {name: float(verdicts[:, i].float().mean()) for i, name in enumerate(ATTRIBUTES)}
 
 
-def build_judge(output: str | os.PathLike, roundtrip, steps: int = 1500, seed: int = 0,
-                progress: bool = False) -> dict[str, dict[str, float]]:
-    """Train, save, and report accuracy on fresh generator images and on their VAE round trips."""
+def save_judge(judge: JudgeNet | Judge, path: str | os.PathLike) -> None:
+    """Write the judge's weights as fp16 safetensors (half the size; its verdicts do not change)."""
+    from safetensors.torch import save_file
+
+    net = judge.net if isinstance(judge, Judge) else judge
+    state = {name: value.detach().half().contiguous() if value.is_floating_point() else value.contiguous()
+             for name, value in net.state_dict().items()}
+    with atomic_path(path) as temp:
+        save_file(state, str(temp), metadata={"attributes": ",".join(ATTRIBUTES)})
+
+
+def load_judge(path: str | os.PathLike | None = None) -> Judge:
+    """The judge at `path`, or the one shipped in the package."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else judge_path()
+    if not path.is_file():
+        raise JudgeError(f"{path}: no judge weights there; `loramix build-base --judge-only` trains them")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise JudgeError(f"{path}: not a readable safetensors file ({e})") from None
+    net = JudgeNet()
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as e:
+        raise JudgeError(f"{path}: not weights of this judge ({str(e).splitlines()[0]})") from None
+    return Judge(net.eval())
+
+
+def build_judge(out_path: str | os.PathLike, roundtrip: Roundtrip | None, steps: int = 1_500, seed: int = 0,
+                progress: bool = True, evaluation_count: int = 1_000) -> dict:
+    """Train a judge, save it at `out_path`, and report its accuracy per attribute on fresh generator images
+    and on the same images through `roundtrip`."""
     judge = train_judge(steps, seed=seed, roundtrip=roundtrip, progress=progress)
-    save_judge(judge, output)
-    return {"generator": evaluate_judge(judge), "vae_roundtrip": evaluate_judge(judge, roundtrip=roundtrip),
-            "parameters": sum(p.numel() for p in judge.parameters()), "steps": steps}
+    save_judge(judge, out_path)
+    figures = {"steps": steps, "parameters": sum(p.numel() for p in judge.parameters()),
+               "generator": evaluate_judge(judge, evaluation_count, seed=seed)}
+    if roundtrip is not None:
+        figures["roundtrip"] = evaluate_judge(judge, evaluation_count, seed=seed, roundtrip=roundtrip)
+    return figures
 
 
 def read_images(paths: list[Path]) -> list[Image.Image]:
-    """RGB images from files; an unreadable one is a LoramixError naming it."""
+    """RGB images from files; an unreadable one is a JudgeError naming it."""
     images = []
     for path in paths:
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise LoramixError(f"{path}: not a readable image ({e})") from None
+            raise JudgeError(f"{path}: not a readable image ({e})") from None
     return images
-
