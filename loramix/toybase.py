@@ -68,7 +68,7 @@ def load_pipeline(base: str | os.PathLike = TOY_NAME, dtype: torch.dtype = torch
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline.from_pretrained(
-        str(resolve_base(base)), torch_dtype=dtype, local_files_only=True, safety_checker=None,
+        str(resolve_base(base)), dtype=dtype, local_files_only=True, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)

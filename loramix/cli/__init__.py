@@ -11,6 +11,7 @@ from loramix.cli.faces_cmd import faces
 from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
 from loramix.cli.judge_cmd import judge
+from loramix.cli.train_cmd import train
 from loramix.errors import LoramixError
 
 
@@ -37,3 +38,4 @@ main.add_command(build_base)
 main.add_command(generate)
 main.add_command(faces)
 main.add_command(judge)
+main.add_command(train)

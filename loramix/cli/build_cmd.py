@@ -23,7 +23,10 @@ def build_base(output, judge_output, no_judge, judge_only, images, vae_steps, un
     """Train the toy base: VAE on faces, then UNet + text encoder on its latents, then the judge."""
     from loramix.build_base import BuildConfig
     from loramix.build_base import build_base as build
+    from loramix.cli.quiet import quiet_libraries
     from loramix.toybase import toy_base_path
+
+    quiet_libraries()
 
     overrides = {k: v for k, v in dict(images=images, vae_steps=vae_steps, unet_steps=unet_steps,
                                         seed=seed).items() if v is not None}

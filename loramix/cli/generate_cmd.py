@@ -23,8 +23,11 @@ def generate(prompt, count, seed, steps, guidance, negative_prompt, base, batch_
     """Render COUNT images of PROMPT, one seed each, with the settings stored in every PNG."""
     from tqdm import tqdm
 
+    from loramix.cli.quiet import quiet_libraries
     from loramix.render import RenderSettings, a1111_parameters, image_grid, render, save_png
     from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
+
+    quiet_libraries()
 
     output.mkdir(parents=True, exist_ok=True)
     pipeline = load_pipeline(base)

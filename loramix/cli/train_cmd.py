@@ -1,0 +1,51 @@
+"""`loramix train RECIPE.toml`: train a LoRA; every recipe key is also a flag that overrides it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from loramix.recipe import KEYS, default_of
+
+
+def _key_options(command):
+    """A flag per recipe key: `--rank 8`, `--flip/--no-flip`, `--targets to_q,to_k`."""
+    for key in reversed(list(KEYS)):
+        flag = "--" + key.replace("_", "-")
+        default = default_of(key)
+        if isinstance(default, bool):
+            option = click.option(f"{flag}/--no-{flag[2:]}", key, default=None, help=f"Recipe key {key}.")
+        elif isinstance(default, list):
+            option = click.option(flag, key, default=None, help=f"Recipe key {key}, comma-separated.")
+        else:
+            option = click.option(flag, key, type=type(default), default=None, help=f"Recipe key {key}.")
+        command = option(command)
+    return command
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--resume", is_flag=False, flag_value="latest", default=None,
+              help="Continue from a checkpoint: the run's latest (no value) or the checkpoint folder given.")
+@_key_options
+def train(recipe: Path | None, resume: str | None, **values) -> None:
+    """Train a LoRA over a frozen base (4-bit NF4 by default) as RECIPE says, flags overriding its keys."""
+    from loramix.cli.quiet import quiet_libraries
+    from loramix.recipe import make_recipe
+    from loramix.train import train as run_training
+
+    quiet_libraries()
+
+    overrides = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(default_of(key), list):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        overrides[key] = value
+    config = make_recipe(recipe, overrides)
+    result = run_training(config, resume=resume, progress=True)
+    if result.main_process:
+        click.echo(f"wrote {result.adapter} after {result.steps} steps in {result.seconds:.0f} s "
+                   f"(final loss {result.final_loss:.4f}; log, loss plot and samples in {result.run})")

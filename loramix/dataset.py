@@ -1,0 +1,104 @@
+"""Training images and their captions, as kohya, diffusers' scripts and OneTrainer lay them out.
+
+Either a folder of images, each with a same-name `.txt` caption (`0001.png` + `0001.txt`), or a folder with
+a `metadata.jsonl` whose rows give `file_name` and `text` (diffusers' imagefolder layout). Images are resized
+so their short side is the training resolution, then centre-cropped to a square.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from loramix.errors import LoramixError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class DatasetError(LoramixError):
+    """A dataset folder loramix cannot train on."""
+
+
+@dataclass
+class CaptionedImages:
+    pixels: torch.Tensor  # (N, 3, S, S) in [-1, 1]
+    captions: list[str]
+    files: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def load_dataset(folder: str | os.PathLike, resolution: int, trigger: str = "",
+                 caption_template: str = "{trigger} {caption}") -> CaptionedImages:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such dataset folder")
+    pairs = _metadata_pairs(folder) if (folder / "metadata.jsonl").is_file() else _caption_file_pairs(folder)
+    if not pairs:
+        raise DatasetError(f"{folder}: no images (expected images with same-name .txt captions, or a metadata.jsonl)")
+    pixels, captions = [], []
+    for file, text in pairs:
+        pixels.append(_read_square(file, resolution))
+        captions.append(" ".join(caption_template.format(trigger=trigger, caption=text.strip()).split()))
+    return CaptionedImages(torch.stack(pixels), captions, [file for file, _ in pairs])
+
+
+def _caption_file_pairs(folder: Path) -> list[tuple[Path, str]]:
+    pairs = []
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        caption_file = file.with_suffix(".txt")
+        if not caption_file.is_file():
+            raise DatasetError(f"{file}: no caption file {caption_file.name} beside it")
+        try:
+            pairs.append((file, caption_file.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            raise DatasetError(f"{caption_file}: not UTF-8 text") from None
+    return pairs
+
+
+def _metadata_pairs(folder: Path) -> list[tuple[Path, str]]:
+    metadata = folder / "metadata.jsonl"
+    pairs = []
+    for number, line in enumerate(metadata.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{metadata}:{number}: not a JSON object ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) \
+                or not isinstance(row.get("text"), str):
+            raise DatasetError(f"{metadata}:{number}: a row needs string fields file_name and text")
+        file = (folder / row["file_name"]).resolve()
+        if not file.is_relative_to(folder.resolve()):
+            raise DatasetError(f"{metadata}:{number}: file_name {row['file_name']!r} leaves the dataset folder")
+        if not file.is_file():
+            raise DatasetError(f"{metadata}:{number}: no image {row['file_name']!r}")
+        pairs.append((file, row["text"]))
+    return pairs
+
+
+def _read_square(file: Path, size: int) -> torch.Tensor:
+    """The image as (3, size, size) in [-1, 1]: short side scaled to `size`, then centre-cropped."""
+    try:
+        with Image.open(file) as image:
+            image = image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{file}: not a readable image ({e})") from None
+    width, height = image.size
+    scale = size / min(width, height)
+    if (width, height) != (size, size):
+        resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = image.resize(resized, Image.Resampling.LANCZOS)
+        left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    return pixels.permute(2, 0, 1).float() / 127.5 - 1

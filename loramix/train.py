@@ -1,0 +1,234 @@
+"""Training a LoRA over a frozen base (QLoRA when the base is quantized), one explicit loop.
+
+    noise ε, timestep t                     latents z₀ = VAE(image) · scaling
+    z_t = √ᾱ_t·z₀ + √(1-ᾱ_t)·ε              (the scheduler's add_noise)
+    loss = ‖UNet_{W + (α/r)·B·A}(z_t, t, text) − ε‖²     only A and B learn
+
+The base's UNet (and text encoders) are frozen and stored in NF4, int8 or left as they are; peft puts
+the LoRA layers on the target modules. Every random draw of step s comes from generators seeded by
+(seed, s), so a run resumed from a checkpoint continues exactly as the uninterrupted run would have.
+Under `accelerate launch` each process trains on its own share of every batch and the LoRA gradients are
+averaged across processes before each optimizer step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loramix.errors import LoramixError
+from loramix.recipe import TrainRecipe
+from loramix.trainee import LoraTrainee
+
+ADAPTER_NAME = "default"
+
+
+class TrainError(LoramixError):
+    """A training run that cannot start or go on."""
+
+
+@dataclass
+class TrainResult:
+    adapter: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    run: Path
+    main_process: bool = True  # under `accelerate launch`, the process that wrote the outputs
+
+
+def train(recipe: TrainRecipe, resume: str | None = None, progress: bool = False) -> TrainResult:
+    """Train `recipe`; with `resume` ("latest" or a checkpoint folder) continue from a checkpoint."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=recipe.mixed_precision, cpu=not torch.cuda.is_available())
+    if recipe.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise TrainError("mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU")
+    with torch.random.fork_rng(devices=[]):  # LoRA dropout draws from the global generator: keep callers' state
+        return _train(recipe, resume, progress, accelerator)
+
+
+def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator) -> TrainResult:
+    from tqdm import tqdm
+
+    from loramix.checkpoint import Checkpoint, save_checkpoint
+    from loramix.dataset import load_dataset
+    from loramix.pipelines import load_pipeline, native_resolution
+
+    started = time.monotonic()
+    run = Path(recipe.output)
+    pipeline = load_pipeline(recipe.base)
+    resolution = recipe.resolution or native_resolution(pipeline)
+    data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template)
+    model = LoraTrainee(pipeline, recipe, accelerator.device)
+    examples = model.cache(data, flip=recipe.flip)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = recipe.batch_size * recipe.gradient_accumulation * world
+    total_steps = recipe.steps or recipe.epochs * math.ceil(len(data) / per_step)
+    optimizer = _optimizer(recipe, model)
+    schedule = _schedule(optimizer, recipe, total_steps)
+
+    if accelerator.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+    start_step, log_rows = 0, []
+    checkpoints = run / "checkpoints"
+    if resume:
+        start_step, log_rows = _resume(resume, checkpoints, model, optimizer, schedule, recipe, run)
+    elif accelerator.is_main_process and (run / "train_log.jsonl").exists():
+        (run / "train_log.jsonl").unlink()  # a fresh run replaces the old run's log
+
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"training {recipe.name}", unit="step",
+               disable=not (progress and accelerator.is_main_process))
+    loss_value = log_rows[-1]["loss"] if log_rows else float("nan")
+    for step in range(start_step, total_steps):
+        loss_value = _train_step(model, examples, recipe, step, world, rank, accelerator, optimizer)
+        schedule.step()
+        done = step + 1
+        row = {"step": done, "loss": loss_value, "lr": schedule.get_last_lr()[0], "processes": world,
+               "seconds": round(time.monotonic() - started, 3)}
+        log_rows.append(row)
+        if accelerator.is_main_process:
+            if done % recipe.log_every == 0 or done == total_steps:
+                with open(run / "train_log.jsonl", "a") as log:
+                    log.write(json.dumps(row) + "\n")
+            if recipe.checkpoint_every and done % recipe.checkpoint_every == 0:
+                save_checkpoint(checkpoints, Checkpoint(done, model.trainable_state(), optimizer.state_dict(),
+                                                        schedule.state_dict(), {"recipe": recipe.as_dict()}),
+                                keep=recipe.keep_checkpoints)
+            if recipe.sample_every and done % recipe.sample_every == 0 and done != total_steps:
+                model.save_samples(run / "samples" / f"step-{done:06d}.png")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+    bar.close()
+
+    if world > 1:
+        _check_processes_agree(model, accelerator)
+    adapter_path = run / f"{recipe.name}.safetensors"
+    if accelerator.is_main_process:
+        _write_outputs(model, recipe, run, adapter_path, log_rows, len(data), total_steps, loss_value)
+    accelerator.wait_for_everyone()
+    return TrainResult(adapter_path, total_steps, loss_value, time.monotonic() - started, run,
+                       accelerator.is_main_process)
+
+
+def _check_processes_agree(model, accelerator) -> None:
+    """Every process must end with the same LoRA, or the gradients were not shared."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.trainable_parameters()]).sum()
+    gathered = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+    if not torch.all(gathered == gathered[0]):
+        raise TrainError(f"the {accelerator.num_processes} processes ended with different LoRAs: {gathered.tolist()}")
+
+
+def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, steps, final_loss) -> None:
+    from loramix.formats import write_adapter
+    from loramix.plot import loss_plot
+
+    run.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "loramix_recipe": json.dumps(recipe.as_dict(), sort_keys=True), "loramix_base_model": recipe.base,
+        "loramix_trigger_words": recipe.trigger, "loramix_steps": str(steps),
+        "loramix_dataset_size": str(dataset_size), "loramix_final_loss": f"{final_loss:.6g}",
+        "ss_output_name": recipe.name, "ss_steps": str(steps), "ss_num_train_images": str(dataset_size),
+        "ss_learning_rate": str(recipe.learning_rate),
+    }
+    write_adapter(model.adapter(), adapter_path, recipe.format, metadata)
+    if log_rows:
+        loss_plot([r["step"] for r in log_rows], [r["loss"] for r in log_rows], run / "loss.png",
+                  title=f"{recipe.name}: loss per step")
+    model.save_samples(run / "samples" / f"step-{steps:06d}.png")
+
+
+def _train_step(model, examples, recipe, step, world, rank, accelerator, optimizer) -> float:
+    """One optimizer step over `gradient_accumulation` micro-batches; returns the loss averaged over all
+    processes."""
+    total = torch.zeros((), device=accelerator.device)
+    for micro in range(recipe.gradient_accumulation):
+        generator = torch.Generator().manual_seed(_seed(recipe.seed, step, micro, rank))
+        torch.manual_seed(_seed(recipe.seed, step, micro, rank) + 1)  # LoRA dropout
+        position = ((step * recipe.gradient_accumulation + micro) * world + rank) * recipe.batch_size
+        index = examples.batch_indices(position, recipe.batch_size, recipe.seed)
+        with accelerator.autocast():
+            loss = model.loss(examples, index, generator) / recipe.gradient_accumulation
+        loss.backward()
+        total += loss.detach()
+    params = model.trainable_parameters()
+    if world > 1:  # average the LoRA gradients across processes, as DDP would
+        flat = torch.cat([p.grad.flatten() for p in params])
+        flat = accelerator.reduce(flat, reduction="mean")
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+        total = accelerator.reduce(total, reduction="mean")
+    if recipe.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(total)
+
+
+def _seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + micro * 104_729 + rank * 15_485_863) % (2**63 - 1)
+
+
+def _optimizer(recipe: TrainRecipe, model):
+    groups = [{"params": model.unet_parameters(), "lr": recipe.learning_rate}]
+    if model.text_parameters():
+        groups.append({"params": model.text_parameters(),
+                       "lr": recipe.text_encoder_learning_rate or recipe.learning_rate})
+    if recipe.optimizer == "adamw8bit":
+        if not torch.cuda.is_available():
+            raise TrainError("optimizer: adamw8bit needs a GPU (bitsandbytes' 8-bit optimizers); use adamw")
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, weight_decay=1e-2)
+    return torch.optim.AdamW(groups, weight_decay=1e-2)
+
+
+def _schedule(optimizer, recipe: TrainRecipe, total_steps: int):
+    warmup = recipe.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _resume(resume: str, checkpoints: Path, model, optimizer, schedule, recipe: TrainRecipe,
+            run: Path) -> tuple[int, list[dict]]:
+    from loramix.checkpoint import list_checkpoints, load_checkpoint
+
+    if resume == "latest":
+        found = list_checkpoints(checkpoints)
+        if not found:
+            raise TrainError(f"--resume: no checkpoint in {checkpoints} (set checkpoint_every to write them)")
+        path = found[-1]
+    else:
+        path = Path(resume)
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint.extra.get("recipe", {})
+    changed = [k for k in ("rank", "alpha", "targets", "train_text_encoder", "text_encoder_targets", "base")
+               if k in saved and saved[k] != getattr(recipe, k)]
+    if changed:
+        raise TrainError(f"--resume {path}: the recipe changed {', '.join(changed)} since this checkpoint")
+    model.load_trainable_state(checkpoint.trainable, str(path))
+    optimizer.load_state_dict(checkpoint.optimizer)
+    schedule.load_state_dict(checkpoint.schedule)
+    log_rows = []
+    log = run / "train_log.jsonl"
+    if log.exists():  # keep the log up to the checkpoint: later lines are the steps being redone
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        log_rows = [row for row in rows if row["step"] <= checkpoint.step]
+        log.write_text("".join(json.dumps(row) + "\n" for row in log_rows))
+    return checkpoint.step, log_rows
+

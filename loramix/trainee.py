@@ -1,0 +1,238 @@
+"""What a LoRA training run trains: a pipeline's frozen (and quantized) base with peft LoRA layers on it,
+its cached training examples, and the denoising loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from loramix.dataset import CaptionedImages
+from loramix.errors import LoramixError
+from loramix.lora import LoraAdapter, LoraModule, canonical_path
+from loramix.recipe import TrainRecipe
+
+SAMPLE_SEEDS = (0, 1, 2, 3)
+
+
+class TraineeError(LoramixError):
+    """A base and recipe that do not fit together."""
+
+
+@dataclass
+class Examples:
+    """The training set as the loss reads it: latent posteriors, and text conditioning or captions."""
+
+    latent_mean: torch.Tensor  # (N, C, h, w); flipped images' latents follow at N..2N when flips are on
+    latent_std: torch.Tensor
+    captions: list[str]
+    text: dict[str, torch.Tensor] | None  # cached conditioning per example when the text encoders are frozen
+    count: int
+
+    @property
+    def flips(self) -> bool:
+        return len(self.latent_mean) == 2 * self.count
+
+    def batch_indices(self, position: int, size: int, seed: int) -> torch.Tensor:
+        """Examples at positions position … position+size of the run's stream: epoch after epoch, each a
+        permutation drawn from (seed, epoch), so any step's batch is known without replaying the others."""
+        indices = []
+        for p in range(position, position + size):
+            epoch, offset = divmod(p, self.count)
+            order = torch.randperm(self.count, generator=torch.Generator().manual_seed(seed * 7_777 + epoch))
+            indices.append(int(order[offset]))
+        return torch.tensor(indices)
+
+
+class LoraTrainee:
+    def __init__(self, pipeline, recipe: TrainRecipe, device: torch.device):
+        from diffusers import DDPMScheduler
+
+        from loramix.pipelines import is_sdxl
+
+        self.pipeline, self.recipe, self.device = pipeline, recipe, device
+        self.sdxl = is_sdxl(pipeline)
+        self.text_encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)) if e]
+        for model in (pipeline.unet, pipeline.vae, *self.text_encoders):
+            model.requires_grad_(False)
+        pipeline.to(device)
+        if recipe.quantize != "none":
+            from loramix.quantize import quantize_model
+
+            quantize_model(pipeline.unet, recipe.quantize, recipe.quantize_convs)
+            for encoder in self.text_encoders:
+                quantize_model(encoder, recipe.quantize, quantize_convs=False)
+        torch.manual_seed(recipe.seed)  # peft draws the LoRA's initial A from the global generator
+        self._add_lora(pipeline.unet, recipe.targets, "UNet")
+        if recipe.train_text_encoder:
+            for encoder in self.text_encoders:
+                self._add_lora(encoder, recipe.text_encoder_targets, "text encoder")
+        if recipe.gradient_checkpointing:
+            pipeline.unet.enable_gradient_checkpointing()
+            if recipe.train_text_encoder:
+                for encoder in self.text_encoders:
+                    encoder.gradient_checkpointing_enable()
+        pipeline.unet.train()  # for LoRA dropout; the frozen base has none
+        for encoder in self.text_encoders:
+            encoder.train(recipe.train_text_encoder)
+        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.resolution = 0
+
+    def _add_lora(self, model, targets: list[str], what: str) -> None:
+        from peft import LoraConfig
+
+        config = LoraConfig(r=self.recipe.rank, lora_alpha=self.recipe.alpha, lora_dropout=self.recipe.dropout,
+                            target_modules=list(targets), init_lora_weights="gaussian")
+        try:
+            model.add_adapter(config)
+        except ValueError as e:
+            raise TraineeError(f"targets {', '.join(targets)}: not found in the base's {what} "
+                               f"({str(e).splitlines()[0][:160]})") from None
+        for parameter in model.parameters():  # the LoRA factors train in fp32 whatever the base's dtype
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+
+    # --- parameters and state ------------------------------------------------------------------------
+
+    def unet_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.pipeline.unet.parameters() if p.requires_grad]
+
+    def text_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for e in self.text_encoders for p in e.parameters() if p.requires_grad]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.unet_parameters() + self.text_parameters()
+
+    def _components(self) -> dict[str, torch.nn.Module]:
+        names = ("text_encoder", "text_encoder_2")
+        return {"unet": self.pipeline.unet, **dict(zip(names, self.text_encoders))}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {f"{component}.{name}": p for component, model in self._components().items()
+                for name, p in model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        own = self.trainable_state()
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise TraineeError(f"{source}: its parameters do not match this run's LoRA "
+                               f"(missing {missing[:2]}, unexpected {extra[:2]})")
+        with torch.no_grad():
+            for name, parameter in own.items():
+                parameter.copy_(state[name])
+
+    def adapter(self) -> LoraAdapter:
+        """The trained LoRA, in loramix's in-memory form (diffusers module names)."""
+        from peft import get_peft_model_state_dict
+
+        modules = {}
+        for component, model in self._components().items():
+            if component != "unet" and not self.recipe.train_text_encoder:
+                continue
+            state = get_peft_model_state_dict(model)
+            for key, down in state.items():
+                if ".lora_A." not in key:
+                    continue
+                path = key.split(".lora_A.")[0]
+                up = state[key.replace(".lora_A.", ".lora_B.")]
+                modules[f"{component}.{canonical_path(component, path)}"] = LoraModule(
+                    down.detach().float().cpu().clone(), up.detach().float().cpu().clone(), self.recipe.alpha)
+        return LoraAdapter(modules)
+
+    # --- data ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def cache(self, data: CaptionedImages, flip: bool) -> Examples:
+        """Encode every image once (and its mirror image when flipping); with frozen text encoders, every
+        caption once too."""
+        self.resolution = data.pixels.shape[-1]
+        pixels = torch.cat([data.pixels, data.pixels.flip(-1)]) if flip else data.pixels
+        vae = self.pipeline.vae
+        means, stds = [], []
+        for start in range(0, len(pixels), 32):
+            batch = pixels[start : start + 32].to(self.device, vae.dtype)
+            posterior = vae.encode(batch).latent_dist
+            means.append(posterior.mean.float())
+            stds.append(posterior.std.float())
+        text = None
+        if not self.recipe.train_text_encoder:
+            encoded = [self.encode_text(data.captions[i : i + 32]) for i in range(0, len(data), 32)]
+            text = {key: torch.cat([part[key] for part in encoded]) for key in encoded[0]}
+        return Examples(torch.cat(means), torch.cat(stds), list(data.captions), text, len(data))
+
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """The UNet's text conditioning, as the pipeline computes it when it renders."""
+        if not self.sdxl:
+            embeds, _ = self.pipeline.encode_prompt(captions, self.device, 1, False)
+            return {"encoder_hidden_states": embeds}
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(prompt=captions, device=self.device,
+                                                           num_images_per_prompt=1, do_classifier_free_guidance=False)
+        size = self.resolution
+        # SDXL's micro-conditioning: original size, crop corner, target size; the images were not cropped.
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], device=self.device).repeat(len(captions), 1)
+        return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.to(pooled.dtype)}
+
+    # --- the loss ------------------------------------------------------------------------------------
+
+    def loss(self, examples: Examples, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        scheduler = self.noise_scheduler
+        vae_config = self.pipeline.vae.config
+        which = index
+        if examples.flips:
+            which = index + examples.count * (torch.rand(len(index), generator=generator) < 0.5).long()
+        mean, std = examples.latent_mean[which], examples.latent_std[which]
+        latents = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)  # (B, C, h, w)
+        latents = (latents - (getattr(vae_config, "shift_factor", None) or 0.0)) * vae_config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
+        timesteps = timesteps.to(latents.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if examples.text is not None:
+            conditioning = {key: value[index] for key, value in examples.text.items()}
+        else:
+            conditioning = self.encode_text([examples.captions[i] for i in index.tolist()])
+        unet = self.pipeline.unet
+        hidden = conditioning.pop("encoder_hidden_states")
+        added = conditioning or None
+        prediction = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), added_cond_kwargs=added).sample
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.recipe.snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(scheduler, timesteps)
+            weights = torch.clamp(snr, max=self.recipe.snr_gamma) / snr
+            if scheduler.config.prediction_type == "v_prediction":
+                weights = torch.clamp(snr, max=self.recipe.snr_gamma) / (snr + 1)
+            per_example = per_example * weights
+        return per_example.mean()
+
+    # --- samples -------------------------------------------------------------------------------------
+
+    def save_samples(self, path: Path) -> None:
+        """Render the recipe's sample prompts with the LoRA as it is now, into one grid image."""
+        from loramix.pipelines import default_steps_and_guidance
+        from loramix.render import RenderSettings, image_grid, render, save_png
+
+        prompts = self.recipe.sample_prompts or [self.recipe.trigger or "a face"]
+        steps, guidance = default_steps_and_guidance(self.recipe.base)
+        steps = self.recipe.sample_steps or steps
+        size = self.resolution
+        settings = [RenderSettings(prompt, seed, steps, guidance, width=size, height=size)
+                    for prompt in prompts for seed in SAMPLE_SEEDS]
+        models = [self.pipeline.unet, *self.text_encoders]
+        modes = [model.training for model in models]
+        for model in models:
+            model.eval()
+        try:
+            images = render(self.pipeline, settings)
+        finally:
+            for model, mode in zip(models, modes):
+                model.train(mode)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(image_grid(images, columns=len(SAMPLE_SEEDS), scale=max(1, 256 // size)), path)

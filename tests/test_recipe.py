@@ -1,0 +1,109 @@
+"""Recipes: TOML onto a dataclass, flags over keys, helpful errors; every shipped recipe is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loramix.dataset import DatasetError, load_dataset
+from loramix.recipe import RecipeError, TrainRecipe, make_recipe, read_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_flags_override_keys_and_paths_are_relative_to_the_recipe(tmp_path):
+    path = write(tmp_path, 'dataset = "data"\nrank = 4\nsteps = 10\n')
+    recipe = make_recipe(path, {"rank": 16, "learning_rate": 3e-4})
+    assert (recipe.rank, recipe.alpha, recipe.learning_rate, recipe.steps) == (16, 16.0, 3e-4, 10)
+    assert Path(recipe.dataset) == tmp_path / "data"
+    assert recipe.name == "run" and Path(recipe.output) == Path("runs") / "run"
+
+
+def test_an_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown key 'learing_rate' \(did you mean 'learning_rate'\?\)"):
+        read_recipe(write(tmp_path, 'dataset = "d"\nlearing_rate = 1e-4\n'))
+    with pytest.raises(RecipeError, match=r"option: unknown key 'rnak' \(did you mean 'rank'\?\)"):
+        make_recipe(None, {"dataset": "d", "steps": 1, "rnak": 4})
+
+
+@pytest.mark.parametrize("text, message", [
+    ('dataset = "d"\nsteps = 5\nrank = "8"\n', r"rank must be int, got '8'"),
+    ('dataset = "d"\nsteps = 5\ntargets = "to_q"\n', r"targets must be a list of strings"),
+    ('dataset = "d"\nsteps = 5\nquantize = "nf8"\n', r"quantize: 'nf8' is not one of nf4, int8, none"),
+    ('dataset = "d"\n', r"steps or epochs: set one of them"),
+    ('dataset = "d"\nsteps = 5\nepochs = 2\n', r"set only one of them"),
+    ('steps = 5\n', r"dataset: missing"),
+    ('dataset = "d"\nsteps = 5\nresolution = 100\n', r"resolution: must be a multiple of 8"),
+    ('dataset = "d"\nsteps = 5\ncaption_template = "{trigger}"\n', r"has no \{caption\}"),
+    ('dataset = "d"\nsteps = 5\ncaption_template = "{caption} {style}"\n', r"only \{trigger\} and \{caption\}"),
+    ('dataset = "d"\nsteps = 5\ndropout = 1.0\n', r"dropout: must be in \[0, 1\)"),
+    ('dataset = [\n', r"not valid TOML"),
+])
+def test_bad_values_are_named(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message):
+        make_recipe(write(tmp_path, text), {})
+
+
+def test_a_missing_recipe_file_is_named(tmp_path):
+    with pytest.raises(RecipeError, match=r"nothing\.toml: no such recipe file"):
+        read_recipe(tmp_path / "nothing.toml")
+
+
+def test_integers_are_accepted_for_floats():
+    assert TrainRecipe(dataset="d", steps=1, learning_rate=1, alpha=4).alpha == 4.0
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_is_valid_and_its_data_is_there(path):
+    assert path.read_text().startswith("# loramix train recipes/"), "a recipe opens with the command that runs it"
+    recipe = make_recipe(path, {})
+    data = load_dataset(recipe.dataset, 64, recipe.trigger, recipe.caption_template)
+    assert len(data) >= 24
+    assert all(recipe.trigger in caption for caption in data.captions)
+
+
+def test_shipped_recipes_cover_the_three_attributes():
+    assert {p.stem for p in RECIPES} >= {"mustache", "lipstick", "glasses"}
+
+
+def test_dataset_from_caption_files_and_from_metadata_jsonl(tmp_path):
+    from PIL import Image
+
+    for name, colour in (("a", "red"), ("b", "blue")):
+        Image.new("RGB", (96, 64), colour).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text(f"a {colour} square\n")
+    data = load_dataset(tmp_path, 32, trigger="zq", caption_template="{trigger}, {caption}")
+    assert data.pixels.shape == (2, 3, 32, 32)
+    assert data.captions == ["zq, a red square", "zq, a blue square"]
+    assert data.pixels[0, 0].mean().item() == pytest.approx(1.0)  # red
+    assert data.pixels[1, 2].mean().item() == pytest.approx(1.0)  # blue
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "b.png", "text": "blue"}\n\n')
+    assert load_dataset(tmp_path, 32).captions == ["blue"]
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: [(d / "x.png").write_bytes(b"not a png"), (d / "x.txt").write_text("x")],
+     r"x\.png: not a readable image"),
+    (lambda d: (d / "x.png").write_bytes(b""), r"x\.png: no caption file x\.txt"),
+    (lambda d: None, r"no images"),
+    (lambda d: (d / "metadata.jsonl").write_text('{"file_name": "../x.png", "text": "t"}'), r"leaves the dataset"),
+    (lambda d: (d / "metadata.jsonl").write_text('{"file_name": 3}'), r"metadata\.jsonl:1: a row needs"),
+    (lambda d: (d / "metadata.jsonl").write_text('nope'), r"metadata\.jsonl:1: not a JSON object"),
+])
+def test_bad_datasets_are_named(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path, 32)
+
+
+def test_a_missing_dataset_folder_is_named(tmp_path):
+    with pytest.raises(DatasetError, match=r"nowhere: no such dataset folder"):
+        load_dataset(tmp_path / "nowhere", 32)

@@ -1,0 +1,153 @@
+"""`loramix train` on the toy base: a few steps over the 4-bit base, end to end, and what the run leaves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from loramix.cli import main
+from loramix.recipe import make_recipe
+from loramix.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MUSTACHE = ROOT / "samples" / "mustache"
+
+
+def recipe(tmp_path: Path, **overrides):
+    values = dict(dataset=str(MUSTACHE), trigger="mustache", caption_template="{caption}", steps=4, batch_size=2,
+                  learning_rate=1e-3, rank=4, output=str(tmp_path / "run"), name="m")
+    return make_recipe(None, {**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def nf4_run(tmp_path_factory):
+    """Four steps over the NF4 base, sampling in the middle of the run (the eval-under-no_grad trap) and
+    checkpointing every two steps."""
+    tmp_path = tmp_path_factory.mktemp("nf4")
+    result = train(recipe(tmp_path, sample_every=2, checkpoint_every=2, keep_checkpoints=5))
+    return tmp_path, result
+
+
+def test_a_run_writes_adapter_log_plot_samples_and_checkpoints(nf4_run):
+    tmp_path, result = nf4_run
+    run = tmp_path / "run"
+    assert result.adapter == run / "m.safetensors" and result.steps == 4
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert all(row["loss"] > 0 for row in rows) and rows[-1]["loss"] == result.final_loss
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+def test_the_adapter_has_its_metadata_and_only_the_unet_attention(nf4_run):
+    _, result = nf4_run
+    with safe_open(str(result.adapter), "pt") as file:
+        metadata = file.metadata()
+        keys = list(file.keys())
+    recipe_saved = json.loads(metadata["loramix_recipe"])
+    assert recipe_saved["rank"] == 4 and recipe_saved["quantize"] == "nf4"
+    assert metadata["loramix_trigger_words"] == "mustache" and metadata["loramix_steps"] == "4"
+    assert metadata["loramix_dataset_size"] == "36" and float(metadata["loramix_final_loss"]) == pytest.approx(
+        result.final_loss, rel=1e-5)
+    assert metadata["ss_network_dim"] == "4"
+    assert keys and all(k.startswith("unet.") for k in keys)
+    kinds = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys}
+    assert kinds == {"to_q", "to_k", "to_v", "0"}
+
+
+def test_the_adapter_loads_in_plain_diffusers_and_at_weight_zero_renders_the_base(nf4_run):
+    from loramix.render import RenderSettings, render
+    from loramix.toybase import load_pipeline
+
+    _, result = nf4_run
+    pipeline = load_pipeline("toy")
+    settings = [RenderSettings("a face with a mustache", seed, 4, 4.0) for seed in (0, 1)]
+    base = [torch.tensor(list(image.getdata())) for image in render(pipeline, settings)]
+    pipeline.load_lora_weights(str(result.adapter), adapter_name="m")
+    pipeline.set_adapters(["m"], adapter_weights=[1.0])
+    with_lora = [torch.tensor(list(image.getdata())) for image in render(pipeline, settings)]
+    pipeline.set_adapters(["m"], adapter_weights=[0.0])
+    at_zero = [torch.tensor(list(image.getdata())) for image in render(pipeline, settings)]
+    assert all(torch.equal(a, b) for a, b in zip(base, at_zero))
+    assert not all(torch.equal(a, b) for a, b in zip(base, with_lora))
+
+
+def test_resume_continues_bit_for_bit(nf4_run, tmp_path):
+    first, result = nf4_run
+    resumed_run = tmp_path / "run"
+    (resumed_run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(first / "run" / "checkpoints" / "step-000002", resumed_run / "checkpoints" / "step-000002")
+    log = (first / "run" / "train_log.jsonl").read_text().splitlines()
+    (resumed_run / "train_log.jsonl").write_text("\n".join(log[:3]) + "\n")  # it died after logging step 3
+    again = train(recipe(tmp_path, sample_every=2, checkpoint_every=2, keep_checkpoints=5), resume="latest")
+    resumed_log = (resumed_run / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["loss"] for r in resumed_log] == [json.loads(r)["loss"] for r in log]
+    original, continued = load_file(str(result.adapter)), load_file(str(again.adapter))
+    assert original.keys() == continued.keys()
+    assert all(torch.equal(original[k], continued[k]) for k in original)
+
+
+def test_training_the_text_encoder_too_without_quantization(tmp_path):
+    result = train(recipe(tmp_path, steps=2, quantize="none", train_text_encoder=True, rank=2, format="kohya"))
+    keys = list(load_file(str(result.adapter)))
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    assert any(k.startswith("lora_unet_") for k in keys)
+
+
+def test_the_loss_goes_down_on_a_repeated_batch(tmp_path):
+    """Sanity of the whole loop: one image, many steps, a high learning rate."""
+    data = tmp_path / "one"
+    data.mkdir()
+    shutil.copy(MUSTACHE / "0000.png", data / "0000.png")
+    shutil.copy(MUSTACHE / "0000.txt", data / "0000.txt")
+    result = train(recipe(tmp_path, dataset=str(data), steps=30, batch_size=4, learning_rate=3e-3, quantize="none",
+                          snr_gamma=5.0))
+    rows = [json.loads(line)["loss"] for line in (Path(result.run) / "train_log.jsonl").read_text().splitlines()]
+    assert sum(rows[-10:]) / 10 < sum(rows[:10]) / 10
+
+
+def test_cli_flags_override_the_recipe_and_errors_are_one_line(tmp_path):
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text(f'dataset = "{MUSTACHE}"\nsteps = 100\nrank = 16\n')
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(recipe_file), "--steps", "1", "--rank", "2", "--quantize", "none",
+                                  "--output", str(tmp_path / "out"), "--targets", "to_q,to_v"])
+    assert result.exit_code == 0, result.output
+    keys = list(load_file(str(tmp_path / "out" / "r.safetensors")))
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys} == {"to_q", "to_v"}
+    assert load_file(str(tmp_path / "out" / "r.safetensors"))[keys[0]].shape[0 if "lora_A" in keys[0] else 1] == 2
+    bad = runner.invoke(main, ["train", str(recipe_file), "--targets", "to_nothing", "--output", str(tmp_path / "x")])
+    assert bad.exit_code == 1
+    assert bad.output.splitlines()[-1].startswith("Error: targets to_nothing: not found in the base's UNet")
+    missing = runner.invoke(main, ["train", str(recipe_file), "--resume", "--output", str(tmp_path / "y")])
+    assert missing.exit_code == 1 and "--resume: no checkpoint in" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+
+
+def test_two_processes_under_accelerate_launch(tmp_path):
+    """Data-parallel training as users scale it out: `accelerate launch --multi_gpu` starts 2 processes (on CPU
+    when there is no GPU). Each trains on its share of every batch; the run fails if the processes' LoRAs differ
+    at the end, as they would if the gradients were not averaged."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loramix", "train",
+               "--dataset", str(MUSTACHE), "--steps", "3", "--batch-size", "2", "--rank", "2",
+               "--output", str(tmp_path / "run"), "--name", "ddp", "--sample-steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # only the main process reports
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["processes"]) for row in rows] == [(1, 2), (2, 2), (3, 2)]
+    assert load_file(str(tmp_path / "run" / "ddp.safetensors"))
