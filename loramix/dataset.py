@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,34 +29,54 @@ class CaptionedImages:
     pixels: torch.Tensor  # (N, 3, S, S) in [-1, 1]
     captions: list[str]
     files: list[Path]
+    uncaptioned: list[Path] = field(default_factory=list)  # images without a caption: captioned by the trigger
+    skipped: list[str] = field(default_factory=list)  # "file: why" for unreadable images left out
 
     def __len__(self) -> int:
         return len(self.captions)
 
 
 def load_dataset(folder: str | os.PathLike, resolution: int, trigger: str = "",
-                 caption_template: str = "{trigger} {caption}") -> CaptionedImages:
+                 caption_template: str = "{trigger} {caption}", skip_bad_images: bool = False) -> CaptionedImages:
+    """The images and captions in `folder`. An image without a caption is captioned by the trigger alone (and
+    listed in `uncaptioned`); an unreadable image stops loading, or with `skip_bad_images` is left out (and
+    listed in `skipped`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such dataset folder")
     pairs = _metadata_pairs(folder) if (folder / "metadata.jsonl").is_file() else _caption_file_pairs(folder)
     if not pairs:
         raise DatasetError(f"{folder}: no images (expected images with same-name .txt captions, or a metadata.jsonl)")
-    pixels, captions = [], []
+    uncaptioned = [file for file, text in pairs if text is None]
+    if uncaptioned and not trigger:
+        raise DatasetError(f"{uncaptioned[0]}: no caption ({len(uncaptioned)} images have none), and no trigger "
+                           f"to caption them with")
+    pixels, captions, files, skipped = [], [], [], []
     for file, text in pairs:
-        pixels.append(_read_square(file, resolution))
-        captions.append(" ".join(caption_template.format(trigger=trigger, caption=text.strip()).split()))
-    return CaptionedImages(torch.stack(pixels), captions, [file for file, _ in pairs])
+        try:
+            pixels.append(_read_square(file, resolution))
+        except DatasetError as e:
+            if not skip_bad_images:
+                raise DatasetError(f"{e} (skip_bad_images = true leaves such images out)") from None
+            skipped.append(str(e))
+            continue
+        caption = trigger if text is None else caption_template.format(trigger=trigger, caption=text.strip())
+        captions.append(" ".join(caption.split()))
+        files.append(file)
+    if not pixels:
+        raise DatasetError(f"{folder}: none of its {len(pairs)} images could be read ({skipped[0]})")
+    return CaptionedImages(torch.stack(pixels), captions, files, uncaptioned, skipped)
 
 
-def _caption_file_pairs(folder: Path) -> list[tuple[Path, str]]:
+def _caption_file_pairs(folder: Path) -> list[tuple[Path, str | None]]:
     pairs = []
     for file in sorted(folder.iterdir()):
         if file.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         caption_file = file.with_suffix(".txt")
         if not caption_file.is_file():
-            raise DatasetError(f"{file}: no caption file {caption_file.name} beside it")
+            pairs.append((file, None))
+            continue
         try:
             pairs.append((file, caption_file.read_text(encoding="utf-8")))
         except UnicodeDecodeError:
@@ -86,12 +106,26 @@ def _metadata_pairs(folder: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: alpha dropped onto white, 16- and 32-bit greys scaled down, not clipped."""
+    image.load()
+    if image.mode.startswith("I"):  # 16-bit greys (or 32-bit integers): scale down, do not clip
+        image = image.convert("I")
+        high = 65535 if image.getextrema()[1] > 255 else 255
+        image = image.point(lambda value: value * (255 / high)).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
 def _read_square(file: Path, size: int) -> torch.Tensor:
     """The image as (3, size, size) in [-1, 1]: short side scaled to `size`, then centre-cropped."""
     try:
         with Image.open(file) as image:
-            image = image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+            image = _to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{file}: not a readable image ({e})") from None
     width, height = image.size
     scale = size / min(width, height)

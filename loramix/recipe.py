@@ -40,6 +40,7 @@ class TrainRecipe:
     # The frozen base: "toy" (shipped), a diffusers pipeline folder, a single-file .safetensors or a hub id.
     base: str = "toy"
     resolution: int = 0  # 0: the base's own (64 for the toy base, 512 for SD 1.5, 1024 for SDXL)
+    skip_bad_images: bool = False  # false: an unreadable image stops the run; true: it is left out, and named
     flip: bool = False  # random horizontal flips: doubles the data when the attribute is symmetric
     # What to train.
     targets: list[str] = field(default_factory=lambda: list(UNET_ATTENTION))

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,18 +46,24 @@ class TrainResult:
     main_process: bool = True  # under `accelerate launch`, the process that wrote the outputs
 
 
-def train(recipe: TrainRecipe, resume: str | None = None, progress: bool = False) -> TrainResult:
-    """Train `recipe`; with `resume` ("latest" or a checkpoint folder) continue from a checkpoint."""
+class TrainInterrupted(TrainError):
+    """Ctrl-C during training, after a checkpoint of the last finished step was written."""
+
+
+def train(recipe: TrainRecipe, resume: str | None = None, progress: bool = False,
+          report: Callable[[str], None] | None = None) -> TrainResult:
+    """Train `recipe`; with `resume` ("latest" or a checkpoint folder) continue from a checkpoint. `report`
+    receives notes about the data worth telling the user (images left out, captions filled in)."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=recipe.mixed_precision, cpu=not torch.cuda.is_available())
     if recipe.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise TrainError("mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU")
     with torch.random.fork_rng(devices=[]):  # LoRA dropout draws from the global generator: keep callers' state
-        return _train(recipe, resume, progress, accelerator)
+        return _train(recipe, resume, progress, accelerator, report or (lambda note: None))
 
 
-def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator) -> TrainResult:
+def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator, report) -> TrainResult:
     from tqdm import tqdm
 
     from loramix.checkpoint import Checkpoint, save_checkpoint
@@ -62,9 +72,17 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator)
 
     started = time.monotonic()
     run = Path(recipe.output)
+    if accelerator.is_main_process:
+        _check_writable(run)
     pipeline = load_pipeline(recipe.base)
     resolution = recipe.resolution or native_resolution(pipeline)
-    data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template)
+    data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template,
+                        recipe.skip_bad_images)
+    if data.uncaptioned:
+        report(f"{len(data.uncaptioned)} of {len(data)} images have no caption: captioned {recipe.trigger!r} "
+               f"(the trigger), e.g. {data.uncaptioned[0]}")
+    for skipped in data.skipped:
+        report(f"left out {skipped}")
     model = LoraTrainee(pipeline, recipe, accelerator.device)
     examples = model.cache(data, flip=recipe.flip)
 
@@ -74,8 +92,6 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator)
     optimizer = _optimizer(recipe, model)
     schedule = _schedule(optimizer, recipe, total_steps)
 
-    if accelerator.is_main_process:
-        run.mkdir(parents=True, exist_ok=True)
     start_step, log_rows = 0, []
     checkpoints = run / "checkpoints"
     if resume:
@@ -86,26 +102,42 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator)
     bar = tqdm(total=total_steps, initial=start_step, desc=f"training {recipe.name}", unit="step",
                disable=not (progress and accelerator.is_main_process))
     loss_value = log_rows[-1]["loss"] if log_rows else float("nan")
-    for step in range(start_step, total_steps):
-        loss_value = _train_step(model, examples, recipe, step, world, rank, accelerator, optimizer)
-        schedule.step()
-        done = step + 1
-        row = {"step": done, "loss": loss_value, "lr": schedule.get_last_lr()[0], "processes": world,
-               "seconds": round(time.monotonic() - started, 3)}
-        log_rows.append(row)
-        if accelerator.is_main_process:
-            if done % recipe.log_every == 0 or done == total_steps:
-                with open(run / "train_log.jsonl", "a") as log:
-                    log.write(json.dumps(row) + "\n")
-            if recipe.checkpoint_every and done % recipe.checkpoint_every == 0:
-                save_checkpoint(checkpoints, Checkpoint(done, model.trainable_state(), optimizer.state_dict(),
-                                                        schedule.state_dict(), {"recipe": recipe.as_dict()}),
-                                keep=recipe.keep_checkpoints)
-            if recipe.sample_every and done % recipe.sample_every == 0 and done != total_steps:
-                model.save_samples(run / "samples" / f"step-{done:06d}.png")
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-    bar.close()
+
+    def checkpoint(step: int) -> Path:
+        return save_checkpoint(checkpoints, Checkpoint(step, model.trainable_state(), optimizer.state_dict(),
+                                                       schedule.state_dict(), {"recipe": recipe.as_dict()}),
+                               keep=recipe.keep_checkpoints)
+
+    done = start_step
+    with _interrupt_between_steps() as interrupted:
+        for step in range(start_step, total_steps):
+            if interrupted():
+                break
+            loss_value = _train_step(model, examples, recipe, step, world, rank, accelerator, optimizer)
+            if not math.isfinite(loss_value):
+                bar.close()
+                raise TrainError(f"the loss became {loss_value} at step {step + 1}: try a lower learning_rate "
+                                 f"(now {recipe.learning_rate:g}) or max_grad_norm")
+            schedule.step()
+            done = step + 1
+            row = {"step": done, "loss": loss_value, "lr": schedule.get_last_lr()[0], "processes": world,
+                   "seconds": round(time.monotonic() - started, 3)}
+            log_rows.append(row)
+            if accelerator.is_main_process:
+                if done % recipe.log_every == 0 or done == total_steps:
+                    with open(run / "train_log.jsonl", "a") as log:
+                        log.write(json.dumps(row) + "\n")
+                if recipe.checkpoint_every and done % recipe.checkpoint_every == 0:
+                    checkpoint(done)
+                if recipe.sample_every and done % recipe.sample_every == 0 and done != total_steps:
+                    model.save_samples(run / "samples" / f"step-{done:06d}.png")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        bar.close()
+        if interrupted():
+            path = checkpoint(done) if accelerator.is_main_process and done > start_step else None
+            raise TrainInterrupted(f"interrupted after step {done}: " + (
+                f"wrote {path}; `--resume` continues from it" if path else "no new step to save"))
 
     if world > 1:
         _check_processes_agree(model, accelerator)
@@ -115,6 +147,37 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator)
     accelerator.wait_for_everyone()
     return TrainResult(adapter_path, total_steps, loss_value, time.monotonic() - started, run,
                        accelerator.is_main_process)
+
+
+@contextmanager
+def _interrupt_between_steps():
+    """Ctrl-C ends the run after the step in progress, so the checkpoint written then is consistent (a step cut
+    in the middle of the optimizer update would not be). A second Ctrl-C stops at once."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_writable(run: Path) -> None:
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".loramix-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"output {run}: cannot write there ({e.strerror or e})") from None
 
 
 def _check_processes_agree(model, accelerator) -> None:

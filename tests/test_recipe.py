@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from loramix.dataset import DatasetError, load_dataset
 from loramix.recipe import RecipeError, TrainRecipe, make_recipe, read_recipe
@@ -91,8 +92,9 @@ def test_dataset_from_caption_files_and_from_metadata_jsonl(tmp_path):
 
 @pytest.mark.parametrize("setup, message", [
     (lambda d: [(d / "x.png").write_bytes(b"not a png"), (d / "x.txt").write_text("x")],
-     r"x\.png: not a readable image"),
-    (lambda d: (d / "x.png").write_bytes(b""), r"x\.png: no caption file x\.txt"),
+     r"x\.png: not a readable image .*\(skip_bad_images = true leaves such images out\)"),
+    (lambda d: [(d / "x.png").write_bytes(b""), (d / "x.txt").write_text("x")], r"x\.png: not a readable image"),
+    (lambda d: (d / "x.png").write_bytes(b""), r"x\.png: no caption \(1 images have none\), and no trigger"),
     (lambda d: None, r"no images"),
     (lambda d: (d / "metadata.jsonl").write_text('{"file_name": "../x.png", "text": "t"}'), r"leaves the dataset"),
     (lambda d: (d / "metadata.jsonl").write_text('{"file_name": 3}'), r"metadata\.jsonl:1: a row needs"),
@@ -107,3 +109,25 @@ def test_bad_datasets_are_named(tmp_path, setup, message):
 def test_a_missing_dataset_folder_is_named(tmp_path):
     with pytest.raises(DatasetError, match=r"nowhere: no such dataset folder"):
         load_dataset(tmp_path / "nowhere", 32)
+
+
+def test_odd_modes_are_converted_uncaptioned_images_get_the_trigger_and_bad_ones_can_be_skipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray((np.full((40, 40), 65535)).astype(np.uint16)).save(tmp_path / "a-grey16.png")
+    Image.new("RGBA", (40, 40), (255, 0, 0, 0)).save(tmp_path / "b-transparent.png")
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(tmp_path / "c-cmyk.jpg")
+    Image.new("L", (40, 40), 0).save(tmp_path / "d-grey.png")
+    (tmp_path / "e-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for name in ("a-grey16", "b-transparent", "c-cmyk", "e-broken"):
+        (tmp_path / f"{name}.txt").write_text(name)
+    data = load_dataset(tmp_path, 32, trigger="zq", skip_bad_images=True)
+    assert data.captions == ["zq a-grey16", "zq b-transparent", "zq c-cmyk", "zq"]
+    assert [p.name for p in data.uncaptioned] == ["d-grey.png"]
+    assert len(data.skipped) == 1 and data.skipped[0].startswith(str(tmp_path / "e-broken.png"))
+    white, red = torch.ones(3), torch.tensor([1.0, -1.0, -1.0])
+    assert torch.allclose(data.pixels[0].mean(dim=(1, 2)), white, atol=0.01)  # 16-bit white stays white
+    assert torch.allclose(data.pixels[1].mean(dim=(1, 2)), white, atol=0.01)  # transparent is white
+    assert torch.allclose(data.pixels[2].mean(dim=(1, 2)), red, atol=0.05)  # CMYK red
+    assert torch.allclose(data.pixels[3].mean(dim=(1, 2)), -white, atol=0.01)

@@ -151,3 +151,62 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [(row["step"], row["processes"]) for row in rows] == [(1, 2), (2, 2), (3, 2)]
     assert load_file(str(tmp_path / "run" / "ddp.safetensors"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"base": "nowhere-to-be-found"}, r"^Error: base nowhere-to-be-found: not 'toy', a diffusers folder"),
+    ({"dataset": "/nonexistent/faces"}, r"^Error: /nonexistent/faces: no such dataset folder$"),
+    ({"learning_rate": 1e38, "max_grad_norm": 0.0, "quantize": "none", "steps": 8},
+     r"^Error: the loss became (nan|inf) at step \d: try a lower learning_rate"),
+])
+def test_bad_runs_end_in_one_line(tmp_path, overrides, message):
+    import re
+
+    args = ["train", "--dataset", str(MUSTACHE), "--steps", "2", "--batch-size", "2", "--output", str(tmp_path / "r")]
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        args = [a for i, a in enumerate(args) if a != flag and (i == 0 or args[i - 1] != flag)] + [flag, str(value)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert re.search(message, result.output.strip().splitlines()[-1]), result.output
+    assert not (tmp_path / "r" / "r.safetensors").exists()
+
+
+def test_an_unwritable_output_is_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1",
+                                       "--output", str(blocker / "run")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: output {blocker / 'run'}: cannot write there")
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "loramix", "train", "--dataset", str(MUSTACHE), "--steps", "60", "--batch-size",
+               "2", "--rank", "2", "--quantize", "none", "--output", str(run), "--name", "c"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = run / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr[-1000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: interrupted after step ") and "--resume` continues from it" in last
+    step = int(last.split("after step ")[1].split(":")[0])
+    assert (run / "checkpoints" / f"step-{step:06d}" / "trainable.safetensors").is_file()
+    assert not (run / "c.safetensors").exists()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows[-1]["step"] == step
+    result = CliRunner().invoke(main, command[3:] + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, 61))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -39,8 +40,14 @@ def build_base(output, judge_output, no_judge, judge_only, images, vae_steps, un
         from loramix.judge import build_judge
         from loramix.toybase import load_pipeline
 
+        started = time.monotonic()
         figures = build_judge(judge_output, vae_roundtrip(load_pipeline(output).vae), steps=config.judge_steps,
                               seed=config.seed, progress=True)
+        report_path = output / "build_report.json"
+        if report_path.is_file():  # the base's report keeps its judge's figures
+            report = json.loads(report_path.read_text())
+            report.update(judge=figures, seconds_judge=time.monotonic() - started)
+            report_path.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {judge_output}: {json.dumps(figures)}")
         return
     figures = build(output, config, judge_output=None if no_judge else judge_output, progress=True)

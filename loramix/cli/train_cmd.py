@@ -45,7 +45,7 @@ def train(recipe: Path | None, resume: str | None, **values) -> None:
             value = [item.strip() for item in value.split(",") if item.strip()]
         overrides[key] = value
     config = make_recipe(recipe, overrides)
-    result = run_training(config, resume=resume, progress=True)
+    result = run_training(config, resume=resume, progress=True, report=lambda note: click.echo(note, err=True))
     if result.main_process:
         click.echo(f"wrote {result.adapter} after {result.steps} steps in {result.seconds:.0f} s "
                    f"(final loss {result.final_loss:.4f}; log, loss plot and samples in {result.run})")

@@ -1,0 +1,50 @@
+"""The shipped toy base and judge: plain diffusers loads the base, its faces are faces, the judge reads them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loramix.toybase import LATENT_CHANNELS, toy_base_path
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from loramix.toybase import load_pipeline
+
+    return load_pipeline("toy")
+
+
+def test_plain_diffusers_loads_the_shipped_base_and_it_is_small():
+    from diffusers import StableDiffusionPipeline
+
+    folder = toy_base_path()
+    loaded = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    assert loaded.unet.config.in_channels == LATENT_CHANNELS == loaded.vae.config.latent_channels
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20
+    report = json.loads((folder / "build_report.json").read_text())
+    assert report["seconds_total"] <= 90 * 60
+
+
+def test_shipped_base_renders_faces_without_the_attributes(pipeline):
+    from loramix.judge import load_judge
+    from loramix.render import RenderSettings, render
+    from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    images = render(pipeline, [RenderSettings("a face", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE) for seed in range(8)])
+    verdicts = load_judge().verdicts(images)
+    assert verdicts[:, 0].sum() >= 7  # faces
+    # Hardly ever a mustache or glasses. Lipstick is left out: the judge sees it on ~30% of the base's faces,
+    # whose mouths the attribute-tuned decoder draws redder (measured by bench/bench_base.py, an open bar).
+    assert verdicts[:, 1].sum() + verdicts[:, 3].sum() <= 1
+
+
+def test_shipped_judge_reads_faces_through_the_shipped_vae(pipeline):
+    from loramix.build_base import vae_roundtrip
+    from loramix.judge import evaluate_judge, load_judge
+
+    accuracy = evaluate_judge(load_judge(), count=200, seed=5, roundtrip=vae_roundtrip(pipeline.vae))
+    assert min(accuracy["face"], accuracy["mustache"], accuracy["glasses"]) >= 0.93, accuracy
+    assert accuracy["lipstick"] >= 0.8, accuracy  # the VAE blurs thin lips: 85% on 1,000 images, bar 98% open
