@@ -25,6 +25,9 @@ demo: $(STAMP)
 	$(BIN)/loramix inspect $(DEMO)/composed.safetensors
 	$(BIN)/loramix generate --prompt "a face" -n 16 --seed 0 -o $(DEMO)/faces
 	$(BIN)/loramix judge $(DEMO)/faces
+	$(BIN)/loramix train recipes/mustache.toml --output $(DEMO)/mustache
+	$(BIN)/loramix train recipes/lipstick.toml --output $(DEMO)/lipstick
+	$(BIN)/loramix inspect $(DEMO)/mustache/mustache.safetensors $(DEMO)/lipstick/lipstick.safetensors
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -35,6 +38,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_compose.py
 	$(BIN)/python bench/bench_base.py
+	$(BIN)/python bench/bench_recipes.py
+	$(BIN)/python bench/bench_quantize.py
 
 clean:
 	rm -rf $(VENV) build
