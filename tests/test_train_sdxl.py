@@ -21,7 +21,7 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from loramix.toybase import SCHEDULER_CONFIG, VAE_CONFIG, toy_base_path
+    from loramix.toybase import LATENT_CHANNELS, SCHEDULER_CONFIG, VAE_CONFIG, toy_base_path
 
     tokenizer = CLIPTokenizer.from_pretrained(str(toy_base_path() / "tokenizer"))
     torch.manual_seed(0)
@@ -31,7 +31,8 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     encoder = CLIPTextModel(CLIPTextConfig(hidden_size=64, projection_dim=64, **text))
     encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=64, projection_dim=64, **text))
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+        sample_size=8, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
+        block_out_channels=(64, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=128, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
         addition_embed_type="text_time", addition_time_embed_dim=32,
