@@ -1,0 +1,204 @@
+"""LoRAs on a loaded pipeline, for rendering: read once, switched without reloading the base.
+
+Two ways to put weighted LoRAs on a pipeline:
+
+- **fused** (full-precision bases): the exact composition Σ wᵢ·ΔWᵢ (or its SVD / TIES / DARE merge) is added
+  into the base weights, W ← W₀ + ΔW, so a denoising step costs what the base's does. Switching to another
+  set copies the touched weights back from a saved W₀ first, so nothing drifts however often it switches.
+- **unfused** (quantized bases, and the generation-time methods that change the active LoRA during
+  denoising): each file is a named peft adapter loaded by diffusers' `load_lora_weights`, and
+  `set_adapters` picks the active ones and their weights. Adding ΔW into 4-bit codes would re-quantize it
+  and lose most of the update, so a quantized base never fuses.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from loramix.errors import IncompatibleAdaptersError, LoramixError
+from loramix.lora import LoraAdapter, component_of, path_of
+from loramix.specs import WeightedFile, short_hash
+
+FUSED_METHODS = ("exact", "merge-svd", "ties", "dare", "dare_ties")
+PIPELINE_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+class PipelineLoras:
+    """The LoRAs on one pipeline. Files are read once; `apply` switches between sets of weighted files."""
+
+    def __init__(self, pipeline, fuse: bool | None = None):
+        self.pipeline = pipeline
+        self.fuse = not is_quantized(pipeline) if fuse is None else fuse
+        if self.fuse and is_quantized(pipeline):
+            raise LoramixError("a quantized base cannot have LoRAs fused into it: its 4-bit weights would "
+                               "re-quantize the update; use the unfused path")
+        self._adapters: dict[str, LoraAdapter] = {}
+        self._hashes: dict[str, str] = {}
+        self._originals: dict[str, torch.Tensor] = {}  # module key → its weight before any fusing
+        self._peft_names: dict[str, str] = {}  # file → adapter name loaded into the pipeline
+        self.active: tuple[WeightedFile, ...] = ()
+        self._applied: tuple = ((), "exact", None, 0.5, 0)
+        self.switch_seconds: list[float] = []
+
+    def read(self, path: str) -> LoraAdapter:
+        from loramix.formats import read_adapter
+
+        key = str(Path(path).resolve())
+        if key not in self._adapters:
+            adapter = read_adapter(path)
+            check_fits(adapter, self.pipeline, path)
+            self._adapters[key] = adapter
+        return self._adapters[key]
+
+    def hash_of(self, path: str) -> str:
+        key = str(Path(path).resolve())
+        if key not in self._hashes:
+            self._hashes[key] = short_hash(path)
+        return self._hashes[key]
+
+    def apply(self, loras: list[WeightedFile] | tuple[WeightedFile, ...], method: str = "exact",
+              rank: int | None = None, density: float = 0.5, seed: int = 0) -> float:
+        """Make `loras` (and only them) act on the pipeline; returns the seconds it took."""
+        loras = tuple(loras)
+        request = (loras, method, rank, density, seed)
+        if request == self._applied:
+            return 0.0
+        start = time.perf_counter()
+        adapters = [(self.read(wf.path), wf.weight) for wf in loras]
+        if self.fuse:
+            self._restore()
+            if self._peft_names:  # named adapters loaded for a generation-time method stay out of the way
+                self.pipeline.disable_lora()
+            if adapters:
+                self._fuse(combine(adapters, [wf.path for wf in loras], method, rank, density, seed))
+        else:
+            if method != "exact":
+                raise LoramixError(f"method {method} merges the LoRAs into the base weights, which a quantized "
+                                   "base cannot take; use exact")
+            self._set_peft([wf.path for wf in loras], [wf.weight for wf in loras])
+        self.active, self._applied = loras, request
+        seconds = time.perf_counter() - start
+        self.switch_seconds.append(seconds)
+        return seconds
+
+    def load_named(self, paths: list[str]) -> list[str]:
+        """Load each file as a named, unfused peft adapter (for methods that switch during denoising)."""
+        if self.fuse:
+            self._restore()
+        self.active, self._applied = (), ((), "exact", None, 0.5, 0)  # the caller picks what is active now
+        names = []
+        for path in paths:
+            adapter = self.read(path)
+            key = str(Path(path).resolve())
+            if key not in self._peft_names:
+                name = f"lora{len(self._peft_names)}"
+                with warnings.catch_warnings():  # diffusers warns about every component the LoRA leaves alone
+                    warnings.simplefilter("ignore")
+                    self.pipeline.load_lora_weights(diffusers_state_dict(adapter), adapter_name=name)
+                self._peft_names[key] = name
+            names.append(self._peft_names[key])
+        return names
+
+    def _set_peft(self, paths: list[str], weights: list[float]) -> None:
+        names = self.load_named(paths)
+        if names:
+            self.pipeline.enable_lora()
+            self.pipeline.set_adapters(names, adapter_weights=weights)  # peft sums Σ wᵢ·ΔWᵢ, unfused
+        elif self._peft_names:
+            self.pipeline.disable_lora()
+
+    @torch.no_grad()
+    def _fuse(self, adapter: LoraAdapter) -> None:
+        layers = {key: self._layer(key) for key in adapter.modules}
+        for key, module in adapter.modules.items():
+            weight = layers[key].weight
+            if key not in self._originals:
+                self._originals[key] = weight.detach().clone()
+            weight += module.delta().to(weight.dtype)
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        for key, original in self._originals.items():
+            self._layer(key).weight.copy_(original)
+
+    def _layer(self, key: str) -> torch.nn.Module:
+        from loramix.fuse import resolve_module
+
+        return resolve_module(getattr(self.pipeline, component_of(key)), path_of(key))
+
+
+def combine(adapters: list[tuple[LoraAdapter, float]], names: list[str], method: str, rank: int | None,
+            density: float, seed: int) -> LoraAdapter:
+    """One adapter for the set: the exact sum, or its rank-`rank` SVD (`merge-svd`, by default at the largest
+    input rank), or peft's TIES / DARE merge."""
+    from loramix.compose import compose_exact, compose_merge, compose_svd
+
+    if method == "exact" and rank is None:
+        return compose_exact(adapters, names=names)
+    if method in ("exact", "merge-svd"):
+        return compose_svd(adapters, rank or max(max(a.ranks) for a, _ in adapters), names=names)[0]
+    default_rank = sum(max(a.ranks) for a, _ in adapters)
+    if method in ("ties", "dare", "dare_ties"):
+        return compose_merge(adapters, method=method, rank=rank or default_rank, density=density, seed=seed,
+                             names=names)[0]
+    raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(FUSED_METHODS)}")
+
+
+def check_fits(adapter: LoraAdapter, pipeline, source: str) -> None:
+    """Refuse, naming the first module that does not fit, a LoRA made for another base."""
+    from loramix.fuse import resolve_module
+
+    for key, module in adapter.modules.items():
+        component = component_of(key)
+        model = getattr(pipeline, component, None) if component in PIPELINE_COMPONENTS else None
+        if model is None:
+            raise IncompatibleAdaptersError(f"{source}: it changes the {component}, which this base does not have")
+        try:
+            layer = resolve_module(model, path_of(key))
+        except IncompatibleAdaptersError:
+            raise IncompatibleAdaptersError(f"{source}: this base has no module {key}; the LoRA was made for "
+                                            "another base") from None
+        shape = _weight_shape(layer)
+        if shape != module.weight_shape:
+            raise IncompatibleAdaptersError(f"{source}: module {key} changes a weight of shape "
+                                            f"{module.weight_shape}, this base's is {shape}; the LoRA was made "
+                                            "for another base")
+
+
+def _weight_shape(layer: torch.nn.Module) -> tuple[int, ...]:
+    base = getattr(layer, "base_layer", layer)  # a peft-wrapped layer
+    if hasattr(base, "kernel_shape"):  # Conv2dNF4 keeps its weight packed
+        return tuple(base.kernel_shape)
+    if hasattr(base, "in_features") and hasattr(base, "out_features"):
+        return (base.out_features, base.in_features)
+    return tuple(base.weight.shape)
+
+
+def diffusers_state_dict(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
+    """The adapter in diffusers' peft naming with each α/r folded into B, so that `load_lora_weights` reads it
+    right without metadata (it then takes α = r, a scale of 1)."""
+    from loramix.formats.diffusers import factor_key
+
+    state = {}
+    for key, module in adapter.modules.items():
+        component, module_path = component_of(key), path_of(key)
+        state[factor_key(component, module_path, "down")] = module.down.float().contiguous()
+        state[factor_key(component, module_path, "up")] = (module.up.float() * module.scale).contiguous()
+    return state
+
+
+def is_quantized(pipeline) -> bool:
+    import bitsandbytes as bnb
+
+    from loramix.quantize import Conv2dNF4
+
+    quantized = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt, Conv2dNF4)
+    for component in PIPELINE_COMPONENTS:
+        model = getattr(pipeline, component, None)
+        if model is not None and any(isinstance(m, quantized) for m in model.modules()):
+            return True
+    return False

@@ -1,0 +1,157 @@
+"""Rendering compositions: fused exact sums, unfused adapters on a quantized base, switch and composite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import UNET_ATTENTION, random_adapter, tiny_unet, weight_shapes
+from PIL import Image
+
+from loramix.cli import main
+from loramix.specs import WeightedFile
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from loramix.toybase import load_pipeline
+
+    return load_pipeline("toy")
+
+
+@pytest.fixture(scope="module")
+def lora_files(pipeline, tmp_path_factory):
+    from loramix.formats import write_adapter
+
+    folder = tmp_path_factory.mktemp("loras")
+    shapes = weight_shapes(pipeline.unet, "unet", UNET_ATTENTION)
+    paths = []
+    for seed, rank in ((0, 4), (1, 8)):
+        path = folder / f"random{seed}.safetensors"
+        write_adapter(random_adapter(shapes, rank, alpha=rank, seed=seed), path)
+        paths.append(str(path))
+    return paths
+
+
+def settings(count: int = 2):
+    from loramix.render import RenderSettings
+
+    return [RenderSettings("a smiling face", seed, STEPS, 4.0) for seed in range(count)]
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
+
+
+def test_fused_exact_matches_unfused_adapters_and_switching_back_restores_the_base(pipeline, lora_files):
+    from loramix.adapters import PipelineLoras
+    from loramix.render import render
+    from loramix.toybase import load_pipeline
+
+    loras = PipelineLoras(pipeline)
+    base = pixels(render(pipeline, settings()))
+    pair = [WeightedFile(lora_files[0], 0.7), WeightedFile(lora_files[1], 0.5)]
+    loras.apply(pair)
+    fused = pixels(render(pipeline, settings()))
+    assert np.abs(fused - base).mean() > 2  # the LoRAs change the images
+
+    other = load_pipeline("toy")
+    unfused_loras = PipelineLoras(other, fuse=False)
+    unfused_loras.apply(pair)
+    unfused = pixels(render(other, settings()))
+    assert np.abs(unfused - fused).max() <= 2  # W + Σ wᵢΔWᵢ fused = peft's sum of side paths, to rounding
+
+    loras.apply([WeightedFile(lora_files[1], 1.0)])
+    loras.apply([])
+    assert (pixels(render(pipeline, settings())) == base).all()  # exact: originals are copied back
+    loras.apply([WeightedFile(lora_files[0], 0.0)])
+    assert (pixels(render(pipeline, settings())) == base).all()  # weight 0 is the base
+    loras.apply([])
+
+
+def test_switch_and_composite_reduce_to_the_pipeline_with_one_lora(pipeline, lora_files):
+    """The generation-time loop is Stable Diffusion's: with one LoRA, both methods render what the pipeline
+    itself renders with that LoRA; switching only after the last step never reaches the second LoRA."""
+    from loramix.adapters import PipelineLoras
+    from loramix.multi_lora import render_multi
+    from loramix.render import render
+    from loramix.toybase import load_pipeline
+
+    reference_pipeline = load_pipeline("toy")
+    reference_loras = PipelineLoras(reference_pipeline, fuse=False)
+    first = WeightedFile(lora_files[0], 0.8)
+    reference_loras.apply([first])
+    reference = pixels(render(reference_pipeline, settings()))
+
+    loras = PipelineLoras(pipeline)
+    for method in ("switch", "composite"):
+        alone = pixels(render_multi(pipeline, loras, [first], settings(), method))
+        assert np.abs(alone - reference).max() <= 1, method
+    both = [first, WeightedFile(lora_files[1], 0.8)]
+    late_switch = pixels(render_multi(pipeline, loras, both, settings(), "switch", every=STEPS))
+    assert np.abs(late_switch - reference).max() <= 1
+    switching = pixels(render_multi(pipeline, loras, both, settings(), "switch", every=1))
+    composite = pixels(render_multi(pipeline, loras, both, settings(), "composite"))
+    assert np.abs(switching - reference).mean() > 1 and np.abs(composite - reference).mean() > 1
+    assert np.abs(composite - switching).mean() > 0.3  # alternating every step comes close to averaging
+
+    base = pixels(render(load_pipeline("toy"), settings()))
+    assert (pixels(render(pipeline, settings())) == base).all()  # the named adapters are off afterwards
+
+
+def test_compose_renders_images_with_their_settings(lora_files, tmp_path):
+    out = tmp_path / "images"
+    result = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.7", f"{lora_files[1]}:0.5", "--prompt",
+                                       "a face", "-n", "3", "--steps", "4", "--seed", "5", "--images", str(out),
+                                       "-o", str(tmp_path / "ab.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "fused into the base weights" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["00000-5.png", "00001-6.png", "00002-7.png", "grid.png"]
+    parameters = Image.open(out / "00001-6.png").text["parameters"]
+    assert parameters.startswith("a face <lora:random0:0.7> <lora:random1:0.5>\n")
+    assert "Steps: 4" in parameters and "Seed: 6" in parameters and 'Lora hashes: "random0: ' in parameters
+    assert (tmp_path / "ab.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["ties", "switch"])
+def test_compose_renders_on_a_quantized_base_without_fusing(lora_files, tmp_path, method):
+    args = ["compose", f"{lora_files[0]}:0.7", f"{lora_files[1]}:0.5", "--prompt", "a face", "-n", "2",
+            "--steps", "3", "--quantize", "nf4", "--method", method, "--images", str(tmp_path / "q")]
+    result = CliRunner().invoke(main, args)
+    if method == "ties":  # a merge would have to be fused into the 4-bit weights
+        assert result.exit_code == 1 and result.output.startswith("Error: --method ties fuses a merge")
+        assert not (tmp_path / "q").exists()
+    else:
+        assert result.exit_code == 0, result.output
+        assert len(list((tmp_path / "q").glob("0*.png"))) == 2
+
+
+def test_exact_unfused_on_nf4_base(lora_files, tmp_path):
+    result = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.7", "--prompt", "a face", "-n", "1",
+                                       "--steps", "3", "--quantize", "nf4", "--images", str(tmp_path / "q")])
+    assert result.exit_code == 0, result.output
+    assert "unfused peft adapters on the nf4 base" in result.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "composite", "-o", "x.safetensors", "--prompt", "a face"], "Error: --method composite combines"),
+    (["--method", "switch"], "Error: --method switch combines LoRAs while rendering: give --prompt"),
+    ([], "Error: nothing to do"),
+])
+def test_compose_refuses_impossible_requests(lora_files, tmp_path, extra, message):
+    result = CliRunner().invoke(main, ["compose", lora_files[0], *extra])
+    assert result.exit_code == 1 and result.output.startswith(message) and len(result.output.splitlines()) == 1
+
+
+def test_a_lora_for_another_base_is_refused_before_rendering(tmp_path):
+    from loramix.formats import write_adapter
+
+    foreign = tmp_path / "foreign.safetensors"
+    write_adapter(random_adapter(weight_shapes(tiny_unet(), "unet", UNET_ATTENTION), 2, 2, 0), foreign)
+    result = CliRunner().invoke(main, ["compose", f"{foreign}:0.5", "--prompt", "a face", "--images",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1
+    assert "foreign.safetensors" in result.output and "module unet." in result.output
+    assert not (tmp_path / "out").exists()
