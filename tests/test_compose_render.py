@@ -155,3 +155,15 @@ def test_a_lora_for_another_base_is_refused_before_rendering(tmp_path):
     assert result.exit_code == 1 and len(result.output.splitlines()) == 1
     assert "foreign.safetensors" in result.output and "module unet." in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_compose_sequential_writes_each_stage_and_a_strip(lora_files, tmp_path):
+    out = tmp_path / "seq"
+    result = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.7", f"{lora_files[1]}:0.5", "--prompt",
+                                       "a face", "--sequential", "-n", "2", "--steps", "4", "--seed", "3",
+                                       "--images", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["00000-3", "00001-4"]
+    stages = sorted(p.name for p in (out / "00000-3").iterdir())
+    assert len(stages) == 4 and stages[-1] == "strip.png" and stages[0].startswith("stage-0")
+    assert 'Stages: "' in Image.open(out / "00000-3" / "strip.png").text["parameters"]

@@ -46,7 +46,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--sequential", is_flag=True,
               help="Apply the LoRAs one after another, img2img on the previous image (see `loramix edit`).")
-@click.option("--strength", type=click.FloatRange(0, 1, min_open=True), default=0.6, show_default=True,
+@click.option("--strength", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True,
               help="--sequential: how much of each image a stage may change.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=Path("composed"),
               show_default=True, help="Folder for the rendered PNGs and grid.png.")
@@ -135,7 +135,7 @@ def _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidanc
     if sequential:
         _render_sequential(pipeline, loras, weighted_files, prompt, count, negative_prompt, seed,
                            steps or default_steps, default_guidance if guidance is None else guidance, strength,
-                           images)
+                           images, base)
         return
     if not loras.fuse and method in FILE_METHODS and method != "exact":
         raise LoramixError(f"--method {method} fuses a merge into the base weights, which a quantized base cannot "
@@ -168,8 +168,18 @@ def _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidanc
 
 
 def _render_sequential(pipeline, loras, weighted_files, prompt, count, negative_prompt, seed, steps, guidance,
-                       strength, images) -> None:
-    raise LoramixError("--sequential is not available yet")
+                       strength, images, base) -> None:
+    from tqdm import tqdm
+
+    from loramix.edit import edit_sequence, write_stages
+
+    sampler = type(pipeline.scheduler).__name__
+    for i in tqdm(range(count), desc="editing", unit="image", disable=count == 1):
+        stages = edit_sequence(pipeline, weighted_files, prompt, strength=strength, seed=seed + i, steps=steps,
+                               guidance=guidance, negative_prompt=negative_prompt, adapters=loras)
+        write_stages(stages, images / f"{i:05d}-{seed + i}", model=str(base), sampler=sampler)
+    click.echo(f"rendered {count} sequences of {len(weighted_files) + 1} stages to {images} (each LoRA in turn, "
+               f"img2img at strength {strength:g}; stages and strip.png per folder)")
 
 
 def _output_dtype(choice, adapters, torch):

@@ -1,0 +1,75 @@
+"""`loramix edit`: apply LoRAs one after another, each by img2img on the previous stage's image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from loramix.errors import LoramixError
+from loramix.specs import parse_weight_spec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@click.command()
+@click.argument("arguments", nargs=-1, required=True, metavar="[IMAGE] FILE[:WEIGHT]...")
+@click.option("--prompt", required=True, help="What every stage renders; each LoRA's trigger words go before it.")
+@click.option("--strength", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True,
+              help="Denoising strength of each img2img stage: near 0 keeps the image, 1 repaints it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every stage's noise.")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Denoising steps at strength 1 (a stage runs steps × strength). Default: the base's.")
+@click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
+@click.option("--negative-prompt", default="", help="What to steer away from.")
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path),
+              help="Confine the edits: white is edited, black kept. The size of IMAGE (or the base's, without).")
+@click.option("--trigger/--no-trigger", default=True, show_default=True,
+              help="Put each LoRA's trigger words (from its metadata) before the prompt of its stage.")
+@click.option("--base", default="toy", show_default=True, help="'toy' or a diffusers pipeline folder.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for stage-<i>-<name>.png and strip.png.")
+def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, mask, trigger, base, output) -> None:
+    """Edit IMAGE with each LoRA in turn: `loramix edit face.png a.safetensors:0.7 b.safetensors:0.5 -o out`.
+
+    Stage i is img2img of stage i-1 with LoRA i alone at its weight, so the order matters. IMAGE is the
+    first argument when it is an image file (.png, .jpg, ...); it is resized to the base's native size.
+    Without it, stage 0 is the base's text-to-image of the prompt.
+    """
+    from loramix.cli.quiet import quiet_libraries
+    from loramix.edit import edit_sequence, open_image, write_stages
+    from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
+
+    image_path, specs = split_image(arguments)
+    loras = [parse_weight_spec(s) for s in specs]
+    image = open_image(image_path) if image_path else None
+    mask_image = open_image(mask, "mask") if mask else None
+    if image is not None and mask_image is not None and mask_image.size != image.size:
+        raise LoramixError(f"mask {mask} is {mask_image.width}×{mask_image.height} but image {image_path} is "
+                           f"{image.width}×{image.height}: they must be the same size")
+
+    quiet_libraries()
+    pipeline = load_pipeline(base)
+    default_steps, default_guidance = default_steps_and_guidance(base)
+    stages = edit_sequence(pipeline, loras, prompt, image, strength=strength, seed=seed,
+                           steps=steps or default_steps, guidance=default_guidance if guidance is None else guidance,
+                           negative_prompt=negative_prompt, mask=mask_image, triggers=trigger)
+    paths = write_stages(stages, output, str(base), type(pipeline.scheduler).__name__)
+    size = native_resolution(pipeline)
+    resized = f" (the input, {image.width}×{image.height}, resized to {size}×{size})" \
+        if image is not None and image.size != (size, size) else ""
+    click.echo(f"wrote {len(stages)} stages and strip.png to {output}{resized}: "
+               + " > ".join(p.name for p in paths[:-1]))
+
+
+def split_image(arguments: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """The IMAGE (the first argument, when it names an image file) and the LoRA specs after it."""
+    first, *rest = arguments
+    image = first if first.lower().endswith(IMAGE_SUFFIXES) else None
+    specs = rest if image else [first, *rest]
+    for spec in specs:
+        if spec.lower().endswith(IMAGE_SUFFIXES):
+            raise LoramixError(f"{spec}: an image can only be the first argument, before the LoRA files")
+    if not specs:
+        raise LoramixError(f"no LoRA after {image}: give at least one FILE[:WEIGHT] to edit it with")
+    return image, specs
