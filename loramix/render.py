@@ -30,7 +30,7 @@ def render(pipeline, settings: list[RenderSettings]) -> list[Image.Image]:
         if (s.steps, s.guidance, s.width, s.height) != (first.steps, first.guidance, first.width, first.height):
             raise ValueError("a batch must share steps, guidance and size")
     generators = [torch.Generator().manual_seed(s.seed) for s in settings]
-    with torch.no_grad():
+    with torch.inference_mode():  # no autograd bookkeeping at all: ~1-2% on the toy base's many small ops
         return pipeline(
             prompt=[s.prompt for s in settings], negative_prompt=[s.negative_prompt for s in settings],
             num_inference_steps=first.steps, guidance_scale=first.guidance, width=first.width,
@@ -74,3 +74,47 @@ def image_grid(images: list[Image.Image], columns: int, scale: int = 1, gap: int
         row, column = divmod(i, columns)
         grid.paste(image.resize((width, height), Image.NEAREST), (column * (width + gap), row * (height + gap)))
     return grid
+
+
+@dataclass(frozen=True)
+class LabelledGrid:
+    """A grid with a label over each column and beside each row; cell (r, c) starts at
+    (left + c·(cell_width + gap), top + r·(cell_height + gap))."""
+
+    image: Image.Image
+    left: int
+    top: int
+    cell_width: int
+    cell_height: int
+    gap: int
+
+
+def labelled_grid(rows: list[list[Image.Image]], column_labels: list[str], row_labels: list[str], scale: int = 1,
+                  gap: int = 2, title: str = "") -> LabelledGrid:
+    """Cells in rows, enlarged `scale` times, labelled in Pillow's default font (sized to the cells)."""
+    from PIL import ImageDraw, ImageFont
+
+    if len(rows) != len(row_labels) or any(len(row) != len(column_labels) for row in rows):
+        raise ValueError("one label per row and per column")
+    width, height = rows[0][0].width * scale, rows[0][0].height * scale
+    font = ImageFont.load_default(size=max(10, min(width, height) // 9))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = max(4, font.size // 2)
+    text_height = measure.textbbox((0, 0), "Ag0.", font=font)[3]
+    left = max(measure.textbbox((0, 0), label, font=font)[2] for label in row_labels) + 2 * pad
+    top = (text_height + pad) * (2 if title else 1) + pad
+    title_width = measure.textbbox((0, 0), title, font=font)[2] + 2 * pad if title else 0
+    grid = Image.new("RGB", (max(title_width, left + len(column_labels) * (width + gap) - gap),
+                             top + len(row_labels) * (height + gap) - gap), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
+    for c, label in enumerate(column_labels):
+        x = left + c * (width + gap) + width // 2
+        draw.text((x, top - pad), label, fill=(0, 0, 0), font=font, anchor="mb")
+    for r, (label, row) in enumerate(zip(row_labels, rows)):
+        y = top + r * (height + gap)
+        draw.text((left - pad, y + height // 2), label, fill=(0, 0, 0), font=font, anchor="rm")
+        for c, image in enumerate(row):
+            grid.paste(image.resize((width, height), Image.NEAREST), (left + c * (width + gap), y))
+    return LabelledGrid(grid, left, top, width, height, gap)

@@ -69,7 +69,7 @@ def test_generate_renders_reproducible_pngs_with_their_settings(built, tmp_path)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["00000-5.png", "00001-6.png", "00002-7.png", "grid.png"]
+    assert names == ["00000-5.png", "00001-6.png", "00002-7.png", "grid.png", "manifest.jsonl"]
     first = Image.open(tmp_path / "out" / "00000-5.png")
     assert first.info["parameters"].startswith("a face\nSteps: 2, Sampler: DPMSolverMultistepScheduler")
     assert "Seed: 5" in first.info["parameters"]

@@ -13,6 +13,7 @@ from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
 from loramix.cli.judge_cmd import judge
 from loramix.cli.train_cmd import train
+from loramix.cli.xy_cmd import xy
 from loramix.errors import LoramixError
 
 
@@ -41,3 +42,4 @@ main.add_command(generate)
 main.add_command(faces)
 main.add_command(judge)
 main.add_command(train)
+main.add_command(xy)

@@ -1,48 +1,109 @@
-"""`loramix generate`: render images from a prompt on a base, reproducibly."""
+"""`loramix generate`: render a prompt, or every row of a prompt file, reproducibly and resumably."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
 
 
 @click.command()
-@click.option("--prompt", required=True, help="What to render.")
-@click.option("-n", "--count", type=click.IntRange(min=1), default=8, show_default=True, help="Images to render.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image; image i uses seed+i.")
+@click.option("--prompt", help="What to render; its images go straight into OUTPUT.")
+@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .txt (a prompt a line), .jsonl or .csv file of prompts; each row's images go into a "
+                   "folder of OUTPUT named by its line and prompt. JSONL/CSV fields: prompt, negative_prompt, "
+                   "seed, loras ('a.safetensors:0.7 b.safetensors:0.5'), steps, guidance, width, height, n.")
+@click.option("-n", "--count", type=click.IntRange(min=1),
+              help="Images per prompt (a row's n overrides it).  [default: 8 with --prompt, 1 with --prompts]")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of a prompt's first image (a row's seed overrides it); its k-th image uses seed+k.")
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps. Default: the base's.")
 @click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
 @click.option("--negative-prompt", default="", help="What to steer away from.")
-@click.option("--base", default="toy", show_default=True, help="'toy' or a diffusers pipeline folder.")
+@click.option("--width", type=click.IntRange(min=8), help="Image width. Default: the base's resolution.")
+@click.option("--height", type=click.IntRange(min=8), help="Image height. Default: the base's resolution.")
+@click.option("--lora", "lora_specs", multiple=True, metavar="FILE[:WEIGHT]",
+              help="A LoRA on every prompt whose row names no loras (repeatable).")
+@click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--strict", is_flag=True, help="A bad row in the prompt file is an error, before anything renders.")
+@click.option("--grid/--no-grid", default=True, show_default=True, help="Write grid.png, a contact sheet.")
+@click.option("--manifest/--no-manifest", default=True, show_default=True,
+              help="Write manifest.jsonl, a row per image.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the PNGs and grid.png.")
-def generate(prompt, count, seed, steps, guidance, negative_prompt, base, batch_size, output) -> None:
-    """Render COUNT images of PROMPT, one seed each, with the settings stored in every PNG."""
-    from tqdm import tqdm
+              help="Folder for the PNGs, manifest.jsonl and grid.png.")
+def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt, width, height, lora_specs, base,
+             batch_size, strict, grid, manifest, output) -> None:
+    """Render images with their settings in every PNG (A1111's `parameters`), skipping those already there.
 
+    Under `accelerate launch` the processes share the images."""
+    from loramix.batch import PromptRow, read_prompt_file, resolve_lora
+    from loramix.errors import LoramixError
+    from loramix.specs import parse_weight_spec
+
+    if (prompt is None) == (prompt_file is None):
+        raise click.UsageError("give --prompt or --prompts (one of them)")
+    if width is not None and width % 8 or height is not None and height % 8:
+        raise click.BadParameter("width and height are multiples of 8", param_hint="--width/--height")
+    loras = tuple(resolve_lora(parse_weight_spec(spec), ".") for spec in lora_specs)
+    if prompt is not None:
+        rows, problems = [PromptRow(line=0, prompt=prompt)], []
+    else:
+        read = read_prompt_file(prompt_file)
+        rows, problems = read.rows, read.problems
+        if problems and strict:
+            more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
+            raise LoramixError(f"{problems[0]}{more}")
+        if not rows:
+            raise LoramixError(f"{prompt_file}: no prompts to render" + (f" ({problems[0]})" if problems else ""))
+
+    from loramix.generate import launched_processes
+
+    processes = launched_processes()
+    if processes.is_main:
+        for problem in problems:
+            click.echo(f"Warning: {problem} (row skipped)", err=True)
+    _run(rows, count or (8 if prompt is not None else 1), seed, steps, guidance, negative_prompt, width, height,
+         loras, base, batch_size, grid, manifest, output,
+         prompt is not None, processes)
+
+
+def _run(rows, count, seed, steps, guidance, negative_prompt, width, height, loras, base, batch_size, grid, manifest,
+         output, flat, processes) -> None:
+    from loramix.adapters import PipelineLoras
+    from loramix.batch import Defaults, plan
     from loramix.cli.quiet import quiet_libraries
-    from loramix.render import RenderSettings, a1111_parameters, image_grid, render, save_png
-    from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
+    from loramix.generate import generate as render_plan
+    from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
+    from loramix.toybase import resolve_base
 
     quiet_libraries()
+    if Path(str(base)).is_dir():
+        resolve_base(base)  # a folder without model_index.json: say so in the words `build-base` users know
+    default_steps, default_guidance = default_steps_and_guidance(base)
+    pipeline = load_pipeline(base).to(processes.device)
+    size = native_resolution(pipeline)
+    defaults = Defaults(steps=steps or default_steps, guidance=default_guidance if guidance is None else guidance,
+                        width=width or size, height=height or size, n=count, seed=seed,
+                        negative_prompt=negative_prompt, loras=loras)
+    jobs = plan(rows, defaults, flat=flat)
+    result = render_plan(pipeline, jobs, output, model=model_name(base), batch_size=batch_size,
+                         loras=PipelineLoras(pipeline), processes=processes, progress=True, grid=grid,
+                         manifest=manifest)
+    if not processes.is_main:
+        return
+    written = "".join(f" and {p.name}" for p in (result.manifest, result.grid) if p is not None)
+    click.echo(f"wrote {result.total} images{written} to {output} ({result.rendered} rendered, "
+               f"{result.kept} kept)" + (f" by {processes.world} processes" if processes.world > 1 else ""))
+    if result.seconds_per_image is not None:
+        line = f"one image: {result.seconds_per_image:.3f} s"
+        if result.switch_seconds:
+            line += (f"; LoRA set switches: {len(result.switch_seconds)}, {result.seconds_per_switch:.3f} s each "
+                     "(median, base not reloaded)")
+        click.echo(line)
 
-    output.mkdir(parents=True, exist_ok=True)
-    pipeline = load_pipeline(base)
-    settings = [RenderSettings(prompt, seed + i, steps or DEFAULT_STEPS, DEFAULT_GUIDANCE if guidance is None
-                               else guidance, negative_prompt) for i in range(count)]
-    paths = [output / f"{i:05d}-{s.seed}.png" for i, s in enumerate(settings)]
-    todo = [i for i, path in enumerate(paths) if not path.exists()]
-    sampler = type(pipeline.scheduler).__name__
-    for start in tqdm(range(0, len(todo), batch_size), desc="rendering", unit="batch", disable=len(todo) <= batch_size):
-        batch = todo[start : start + batch_size]
-        for i, image in zip(batch, render(pipeline, [settings[i] for i in batch])):
-            save_png(image, paths[i], a1111_parameters(settings[i], sampler, str(base)))
-    from PIL import Image
 
-    images = [Image.open(path).convert("RGB") for path in paths]
-    grid = image_grid(images, columns=min(8, math.ceil(math.sqrt(count * 2))), scale=2)
-    save_png(grid, output / "grid.png")
-    click.echo(f"wrote {count} images and grid.png to {output} ({len(todo)} rendered, {count - len(todo)} kept)")
+def model_name(base: str) -> str:
+    """The model's name as A1111 records it: the checkpoint's name, not a path."""
+    path = Path(str(base))
+    return path.stem if path.suffix == ".safetensors" else path.name or str(base)

@@ -1,0 +1,103 @@
+"""The XY grid: one prompt and seed rendered over a sweep of two LoRAs' weights, labelled — how people choose
+the weights to use. Every cell is the same noise; only the fused composition w_x·ΔW_x + w_y·ΔW_y changes."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from loramix.adapters import PipelineLoras
+from loramix.errors import LoramixError
+from loramix.render import LabelledGrid, RenderSettings, labelled_grid, render
+from loramix.specs import WeightedFile
+
+MAX_CELLS = 400
+
+
+def parse_weights(text: str) -> tuple[float, ...]:
+    """`0,0.5,1` → (0, 0.5, 1); `0:1:0.25` → 0, 0.25, …, 1 (start:stop:step, stop included)."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0 or stop < start:
+                raise LoramixError(f"weights {text!r}: a range start:stop:step needs start ≤ stop and step > 0")
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            weights = tuple(round(start + i * step, 10) for i in range(count))
+        else:
+            weights = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise LoramixError(f"weights {text!r}: write numbers like 0,0.5,1 or a range like 0:1:0.25") from None
+    if not weights or not all(math.isfinite(w) for w in weights):
+        raise LoramixError(f"weights {text!r}: need at least one finite number")
+    return weights
+
+
+@dataclass(frozen=True)
+class XYSweep:
+    x: str  # LoRA file swept across the columns
+    y: str  # LoRA file swept down the rows
+    x_weights: tuple[float, ...]
+    y_weights: tuple[float, ...]
+    fixed: tuple[WeightedFile, ...] = ()  # on in every cell at their own weights
+
+    def __post_init__(self):
+        if not self.x_weights or not self.y_weights:
+            raise LoramixError("each axis needs at least one weight")
+        cells = len(self.x_weights) * len(self.y_weights)
+        if cells > MAX_CELLS:
+            raise LoramixError(f"{cells} cells is more than {MAX_CELLS}: sweep fewer weights")
+
+    def cell(self, wx: float, wy: float) -> tuple[WeightedFile, ...]:
+        """The LoRA set of one cell; a zero weight leaves its LoRA out (the same image, and no work)."""
+        swept = [WeightedFile(path, w) for path, w in ((self.x, wx), (self.y, wy)) if w != 0]
+        return (*swept, *self.fixed)
+
+
+@dataclass
+class XYResult:
+    cells: list[list[Image.Image]]  # cells[row][column]: y_weights[row], x_weights[column]
+    grid: LabelledGrid
+    image_seconds: list[float] = field(default_factory=list)
+    switch_seconds: list[float] = field(default_factory=list)
+
+
+def render_xy(pipeline, loras: PipelineLoras, sweep: XYSweep, settings: RenderSettings, scale: int = 2,
+              progress: bool = False) -> XYResult:
+    """Render every cell (each file is read and checked against the base first) and lay them out labelled."""
+    from tqdm import tqdm
+
+    for path in (sweep.x, sweep.y, *(wf.path for wf in sweep.fixed)):
+        loras.read(path)
+    result = XYResult(cells=[], grid=None)
+    with tqdm(total=len(sweep.x_weights) * len(sweep.y_weights), desc="xy grid", unit="image",
+              disable=not progress) as bar:
+        for wy in sweep.y_weights:
+            row = []
+            for wx in sweep.x_weights:
+                result.switch_seconds.append(loras.apply(sweep.cell(wx, wy)))
+                start = time.perf_counter()
+                row.append(render(pipeline, [settings])[0])
+                result.image_seconds.append(time.perf_counter() - start)
+                bar.update(1)
+            result.cells.append(row)
+    loras.apply([])
+    x_name, y_name = WeightedFile(sweep.x, 1).name, WeightedFile(sweep.y, 1).name
+    cell_width = settings.width * scale
+    result.grid = labelled_grid(
+        result.cells, [fit_label(f"{x_name} {w:g}", f"{w:g}", cell_width) for w in sweep.x_weights],
+        [f"{y_name} {w:g}" for w in sweep.y_weights], scale=scale,
+        title=f"{settings.prompt} · seed {settings.seed} · columns: {x_name} · rows: {y_name}")
+    return result
+
+
+def fit_label(label: str, short: str, width: int) -> str:
+    """The column label, or only its weight when the name would spill into the next column (the title names
+    the column LoRA)."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=max(10, width // 9))
+    return label if font.getlength(label) <= width - 4 else short
