@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from loramix.adapters import PipelineLoras
+from loramix.cli.quiet import quiet_libraries
 from loramix.render import RenderSettings, render
 from loramix.specs import WeightedFile
 from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
@@ -56,9 +57,10 @@ def timed(function) -> float:
 
 
 def main() -> None:
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loras", type=Path, default=ROOT / "build" / "loras")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from loramix.adapters import PipelineLoras
+from loramix.cli.quiet import quiet_libraries
 from loramix.judge import ATTRIBUTES, load_judge
 from loramix.multi_lora import GENERATION_METHODS, render_multi
 from loramix.render import RenderSettings, image_grid, render
@@ -64,6 +65,7 @@ def rendered(pipeline, loras: PipelineLoras, files: list[WeightedFile], method: 
 
 
 def main() -> None:
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loras", type=Path, default=ROOT / "build" / "loras")
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",

@@ -131,6 +131,18 @@ class PipelineLoras:
         return resolve_module(getattr(self.pipeline, component_of(key)), path_of(key))
 
 
+def check_memory(paths: list[str]) -> None:
+    """Refuse, before anything renders, LoRA files that will not fit in the memory that is free: each file's
+    factors stay in memory while rendering, beside a saved copy of every base weight they touch."""
+    import psutil
+
+    needed = sum(Path(path).stat().st_size for path in paths if Path(path).is_file())
+    available = psutil.virtual_memory().available
+    if 2 * needed > available:
+        raise LoramixError(f"the {len(paths)} LoRA files take {needed / 2**30:.1f} GiB, about twice that in memory, "
+                           f"but only {available / 2**30:.1f} GiB is free: use fewer LoRAs at once")
+
+
 def combine(adapters: list[tuple[LoraAdapter, float]], names: list[str], method: str, rank: int | None,
             density: float, seed: int) -> LoraAdapter:
     """One adapter for the set: the exact sum, or its rank-`rank` SVD (`merge-svd`, by default at the largest

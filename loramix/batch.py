@@ -143,10 +143,14 @@ def _jsonl_records(text: str, path: Path):
         except json.JSONDecodeError as e:
             yield line, LoramixError(f"not JSON ({e.msg} at column {e.colno})")
             continue
+        except (ValueError, RecursionError):  # a number of thousands of digits, or arrays nested thousands deep
+            yield line, LoramixError("not JSON that loramix reads (a number too long or nesting too deep)")
+            continue
         yield line, record if isinstance(record, dict) else LoramixError("not a JSON object")
 
 
 def _csv_records(text: str, path: Path):
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long prompt is a long field, not an error
     reader = csv.reader(text.splitlines(keepends=True))
     header = next(reader, None)
     if not header:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from loramix.adapters import PipelineLoras
+from loramix.adapters import PipelineLoras, check_memory
 from loramix.atomic import atomic_path
 from loramix.batch import ImageJob, lora_files
 from loramix.errors import LoramixError
@@ -87,18 +87,7 @@ def check_loras(loras: PipelineLoras, jobs: list[ImageJob]) -> None:
     """Every LoRA file of the plan is readable and fits the base, and all of them fit in memory, before any
     image is rendered."""
     paths = lora_files(jobs)
-    needed = sum(Path(path).stat().st_size for path in paths)
-    try:
-        import psutil
-
-        available = psutil.virtual_memory().available
-    except ImportError:
-        available = None
-    # Each file's factors stay in memory while the plan renders, beside a saved copy of every weight they touch.
-    if available is not None and 2 * needed > available:
-        raise LoramixError(f"the {len(paths)} LoRA files of this plan take {needed / 2**30:.1f} GiB and about "
-                           f"twice that in memory, but only {available / 2**30:.1f} GiB is free: render "
-                           "fewer LoRA sets per run")
+    check_memory(paths)
     for path in paths:
         loras.read(path)
         loras.hash_of(path)

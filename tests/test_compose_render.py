@@ -167,3 +167,14 @@ def test_compose_sequential_writes_each_stage_and_a_strip(lora_files, tmp_path):
     stages = sorted(p.name for p in (out / "00000-3").iterdir())
     assert len(stages) == 4 and stages[-1] == "strip.png" and stages[0].startswith("stage-0")
     assert 'Stages: "' in Image.open(out / "00000-3" / "strip.png").text["parameters"]
+
+
+def test_more_loras_than_memory_allows_is_refused_before_loading_the_base(lora_files, tmp_path):
+    huge = tmp_path / "huge.safetensors"
+    with open(huge, "wb") as f:  # sparse: 1 TiB declared, no disk used
+        f.truncate(2**40)
+    result = CliRunner().invoke(main, ["compose", lora_files[0], str(huge), "--prompt", "a face", "--images",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1
+    assert "the 2 LoRA files take 1024.0 GiB" in result.output and "use fewer LoRAs at once" in result.output
+    assert not (tmp_path / "out").exists()

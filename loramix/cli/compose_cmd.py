@@ -113,13 +113,14 @@ def _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidanc
     from PIL import Image
     from tqdm import tqdm
 
-    from loramix.adapters import PipelineLoras
+    from loramix.adapters import PipelineLoras, check_memory
     from loramix.cli.quiet import quiet_libraries
     from loramix.multi_lora import render_multi
     from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
     from loramix.render import RenderSettings, a1111_parameters, image_grid, render, save_png
 
     quiet_libraries()
+    check_memory([wf.path for wf in weighted_files])
     default_steps, default_guidance = default_steps_and_guidance(base)
     pipeline = load_pipeline(base)
     if quantize != "none":

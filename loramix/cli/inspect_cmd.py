@@ -54,7 +54,7 @@ def format_report(r) -> str:
     if r.metadata:
         lines.append("  metadata")
         for key in sorted(r.metadata):
-            value = r.metadata[key].replace("\n", " ")
+            value = _printable(r.metadata[key])
             lines.append(f"    {key}: {value[:100] + '…' if len(value) > 100 else value}")
     return "\n".join(lines)
 
@@ -67,3 +67,9 @@ def _bytes(n: float) -> str:
         if n < 1000:
             return f"{n:.1f} {unit}"
     return f"{n / 1000:.1f} GB"
+
+
+def _printable(text: str) -> str:
+    """Metadata as plain text on one line: control characters (newlines, ESC sequences a file could use to
+    drive the terminal) become spaces or escapes."""
+    return "".join(" " if c in "\n\t" else (c if c.isprintable() else ascii(c)[1:-1]) for c in text)

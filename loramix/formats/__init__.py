@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,6 +35,8 @@ _OTHER_TYPES = (
     ("hada_", "LoHa (LyCORIS)"), ("lokr_", "LoKr (LyCORIS)"), ("lora_mid", "LoCon with a Tucker factor (LyCORIS)"),
     ("oft_", "OFT"), ("dora_scale", "DoRA"), ("lora_magnitude_vector", "DoRA"), ("ia3_", "IA3"),
 )
+# A module path as the models name their modules: dotted Python names and indices, nothing a path could use.
+_MODULE_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _FULL_MODEL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.",
                         "vae.", "text_model.embeddings.", "conv_in.", "time_embedding.")
 
@@ -77,13 +80,20 @@ def _parse(path, tensors, metadata, peft_config) -> tuple[dict[str, LoraModule],
         if kohya_parts is not None and kohya_parts[2] in (kohya.DOWN, kohya.UP, kohya.ALPHA):
             component, flat, suffix = kohya_parts
             which = {kohya.DOWN: "down", kohya.UP: "up", kohya.ALPHA: "alpha"}[suffix]
-            factors[(component, kohya.kohya_module_path(component, flat))][which] = tensor
+            module_path = kohya.kohya_module_path(component, flat)
+            if not _MODULE_PATH.fullmatch(module_path):
+                raise AdapterFileError(path, f"key {_shown(key)} does not name a module (letters, digits and '_' "
+                                             "only)")
+            factors[(component, module_path)][which] = tensor
             families.add("kohya")
             continue
         parsed = dfs.parse_key(key)
         if parsed is None:
             unknown.append(key)
             continue
+        if not _MODULE_PATH.fullmatch(parsed.path):
+            raise AdapterFileError(path, f"key {_shown(key)} does not name a module (letters, digits, '_' and "
+                                         "'.' only)")
         factors[(parsed.component, parsed.path)][parsed.which] = tensor
         families.add("peft" if peft_config is not None else "diffusers")
     if unknown:
@@ -93,10 +103,13 @@ def _parse(path, tensors, metadata, peft_config) -> tuple[dict[str, LoraModule],
         raise AdapterFileError(path, "mixes kohya and diffusers key names; loramix reads one naming per file")
     try:
         alpha_configs = dfs.alpha_configs_from_metadata(metadata)
-    except (json.JSONDecodeError, AttributeError, TypeError):
+    except (ValueError, RecursionError, AttributeError, TypeError):  # ValueError: bad JSON, 5000-digit numbers
         raise AdapterFileError(path, f"has unreadable {dfs.METADATA_KEY} metadata (not a JSON object)") from None
     if peft_config is not None:
         alpha_configs = dict.fromkeys(dfs.COMPONENT_PREFIXES, dfs.alpha_config_from_peft(peft_config))
+    for component, config in alpha_configs.items():
+        _check_alpha_config(path, PEFT_CONFIG if peft_config is not None else f"{component} in {dfs.METADATA_KEY}",
+                            config)
     modules = {}
     for (component, module_path), parts in sorted(factors.items()):
         name = f"{component}.{canonical_path(component, module_path)}"
@@ -109,16 +122,45 @@ def _parse(path, tensors, metadata, peft_config) -> tuple[dict[str, LoraModule],
             alpha = _scalar(path, name, parts["alpha"])
         else:
             alpha = alpha_configs.get(component, dfs.AlphaConfig()).alpha_for(module_path, down.shape[0])
+            if not math.isfinite(alpha):
+                raise AdapterFileError(path, f"module {name}: alpha is {alpha}")
         if name in modules:
             raise AdapterFileError(path, f"module {name} appears twice, with and without 'text_model.'")
         modules[name] = LoraModule(down=down, up=up, alpha=alpha)
     return modules, families.pop()
 
 
+def _check_alpha_config(path: Path, where: str, config: dfs.AlphaConfig) -> None:
+    """α given in metadata is a finite number, and its patterns are module paths: a regular expression from a
+    stranger's file could backtrack for hours (`(.*.*)*x`), so loramix does not match with them."""
+    if config.lora_alpha is not None and not _finite_number(config.lora_alpha):
+        raise AdapterFileError(path, f"{where}: lora_alpha {_shown(config.lora_alpha)} is not a finite number")
+    if not isinstance(config.alpha_pattern, dict):
+        raise AdapterFileError(path, f"{where}: alpha_pattern is not a JSON object")
+    for pattern, value in config.alpha_pattern.items():
+        if not _MODULE_PATH.fullmatch(pattern):
+            raise AdapterFileError(path, f"{where}: alpha_pattern key {_shown(pattern)} is not a module path "
+                                         "(loramix does not match regular expressions from files)")
+        if not _finite_number(value):
+            raise AdapterFileError(path, f"{where}: alpha_pattern value {_shown(value)} is not a finite number")
+
+
+def _finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _check_shapes(path: Path, name: str, down: torch.Tensor, up: torch.Tensor) -> None:
     if down.dim() not in (2, 4) or up.dim() != down.dim():
         raise AdapterFileError(path, f"module {name}: factors of shapes {tuple(down.shape)} and "
                                      f"{tuple(up.shape)} are not a LoRA pair")
+    if down.numel() == 0 or up.numel() == 0:
+        raise AdapterFileError(path, f"module {name}: factors of shapes {tuple(down.shape)} and "
+                                     f"{tuple(up.shape)} are empty")
     if up.shape[1] != down.shape[0] or (up.dim() == 4 and tuple(up.shape[2:]) != (1, 1)):
         raise AdapterFileError(path, f"module {name}: up {tuple(up.shape)} does not fit down {tuple(down.shape)}")
 
@@ -135,8 +177,8 @@ def _scalar(path: Path, name: str, tensor: torch.Tensor) -> float:
 def _read_json(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterFileError(path, f"is not readable JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: UnicodeDecodeError, JSONDecodeError, …
+        raise AdapterFileError(path, f"is not readable JSON ({_shown(e)})") from None
     if not isinstance(config, dict):
         raise AdapterFileError(path, "is not a JSON object")
     return config
@@ -145,7 +187,16 @@ def _read_json(path: Path) -> dict:
 def _examples(keys, count: int = 3) -> str:
     keys = list(keys)
     more = f", … {len(keys) - count} more" if len(keys) > count else ""
-    return ", ".join(keys[:count]) + more
+    return ", ".join(_shown(key) if not key.isprintable() or len(key) > 200 else key for key in keys[:count]) + more
+
+
+def _shown(value, limit: int = 200) -> str:
+    """A value from a file as it goes into a one-line message: quoted, escaped, and not a megabyte long."""
+    try:
+        text = ascii(value)
+    except ValueError:  # an integer of more digits than Python prints
+        text = type(value).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def write_adapter(adapter: LoraAdapter, path: str | os.PathLike, format: str = "diffusers",

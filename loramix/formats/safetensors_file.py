@@ -18,6 +18,8 @@ from loramix.errors import AdapterFileError
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+# The float types LoRA factors are stored in; 8-bit floats are refused, as torch cannot multiply all of them.
+FACTOR_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
 
 def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -37,21 +39,24 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     except Exception as e:  # safetensors raises its own error, OSError or ValueError for corrupt data
         raise AdapterFileError(path, f"not a valid safetensors file ({_first_line(e)})") from None
     for key, tensor in tensors.items():
-        if not tensor.dtype.is_floating_point:
-            raise AdapterFileError(path, f"tensor {key!r} has dtype {header[key]['dtype']}, expected floats")
+        if tensor.dtype not in FACTOR_DTYPES:
+            raise AdapterFileError(path, f"tensor {key!r} has dtype {header[key]['dtype']}, expected floats "
+                                         f"({', '.join(FACTOR_DTYPES.values())})")
     return tensors, metadata
 
 
 def _check_header(path: Path) -> dict:
     size = path.stat().st_size
     with path.open("rb") as f:
-        start = f.read(8)
-        if start.startswith(_PICKLE_MAGIC):
+        start = f.read(9)
+        # A safetensors header of 640 bytes starts b"\x80\x02", as pickles do: its JSON's "{" tells them apart.
+        if start.startswith(_PICKLE_MAGIC) and start[8:] != b"{":
             raise AdapterFileError(path, "is a pickle file (a torch checkpoint), which can run code when "
                                          "loaded; loramix never unpickles: convert it to .safetensors")
         if len(start) < 8:
             raise AdapterFileError(path, f"is {size} bytes, too short to be a safetensors file")
-        (header_size,) = struct.unpack("<Q", start)
+        (header_size,) = struct.unpack("<Q", start[:8])
+        f.seek(8)
         if header_size > MAX_HEADER_BYTES:
             raise AdapterFileError(path, f"declares a {header_size}-byte header, over the "
                                          f"{MAX_HEADER_BYTES}-byte limit: not a valid safetensors file")
