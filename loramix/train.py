@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from loramix.atomic import atomic_path
 from loramix.errors import LoramixError
 from loramix.recipe import TrainRecipe
 from loramix.trainee import LoraTrainee
@@ -290,8 +291,20 @@ def _resume(resume: str, checkpoints: Path, model, optimizer, schedule, recipe: 
     log_rows = []
     log = run / "train_log.jsonl"
     if log.exists():  # keep the log up to the checkpoint: later lines are the steps being redone
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        log_rows = [row for row in rows if row["step"] <= checkpoint.step]
-        log.write_text("".join(json.dumps(row) + "\n" for row in log_rows))
+        log_rows = [row for row in _log_rows(log.read_text(errors="replace")) if row["step"] <= checkpoint.step]
+        with atomic_path(log) as temp:
+            temp.write_text("".join(json.dumps(row) + "\n" for row in log_rows))
     return checkpoint.step, log_rows
 
+
+def _log_rows(text: str) -> list[dict]:
+    """The log's rows; a line cut short by a crash (or otherwise unreadable) is dropped, not fatal."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows

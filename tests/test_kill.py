@@ -1,0 +1,325 @@
+"""Kill tests: the real CLI in a real process, SIGKILLed at seeded random points, then run again.
+
+What must hold whatever the moment of the kill:
+- training resumed with `--resume` ends with the adapter of a run that was never stopped, and redoes at most
+  one checkpoint interval;
+- `generate` started again renders each missing image once, keeps every image already written, and leaves no
+  truncated PNG and a manifest that lists each image once;
+- `compose -o` over an existing file leaves the old file or the complete new one, never a part.
+
+A killed writer may leave its hidden temporary file (`.NAME.PID.HEX.tmp`, `.step-N.partial`): SIGKILL gives
+it no chance to clean up. The tests check such leftovers are hidden and that later runs ignore them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import UNET_ATTENTION, random_adapter, weight_shapes
+from PIL import Image
+from safetensors.torch import load_file
+
+from loramix.formats import read_adapter, write_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+MUSTACHE = ROOT / "samples" / "mustache"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: the same float sums in every process
+SEEDS = [0, 1, 2]
+TIMEOUT = 240
+
+
+def loramix(*args) -> list[str]:
+    return [sys.executable, "-m", "loramix", *map(str, args)]
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def kill_when(command: list[str], ready, delay: float) -> int:
+    """Start `command`, wait until `ready()` (polled every 5 ms), then `delay` seconds, then SIGKILL it.
+    Returns its exit status: -SIGKILL, or 0 when it finished first."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not ready() and process.poll() is None:
+            assert time.monotonic() < deadline, "the process never reached the kill point"
+            time.sleep(0.005)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode in (0, -signal.SIGKILL), stderr[-2000:]
+    return process.returncode
+
+
+def visible(folder: Path) -> set[str]:
+    """Files under `folder` that a user (or a later run) would take for outputs: not hidden, not in a hidden
+    folder."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+
+
+def hidden_leftovers(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob(".*")}
+
+
+def is_temporary(name: str) -> bool:
+    """A killed writer's hidden leftover: atomic.py's `.NAME.PID.HEX.tmp`, a checkpoint's `.step-N.partial`
+    folder, or the `.tmpXXXXXX` that safetensors' `save_file` itself writes and renames onto its target."""
+    *folders, base = name.split("/")
+    return (base.startswith(".") and base.endswith(".tmp")) or base.startswith(".tmp") or (
+        base.startswith(".step-") and base.endswith(".partial")) or any(f.endswith(".partial") for f in folders)
+
+
+def assert_whole_png(path: Path) -> None:
+    with Image.open(path) as image:
+        image.load()  # decodes every row: a truncated file raises here
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+STEPS, EVERY = 40, 4
+
+
+def train_command(run_folder: Path, *extra) -> list[str]:
+    return loramix("train", "--dataset", MUSTACHE, "--steps", STEPS, "--batch-size", 2, "--rank", 2,
+                   "--checkpoint-every", EVERY, "--keep-checkpoints", 2, "--sample-every", 16, "--sample-steps", 2,
+                   "--output", run_folder, "--name", "m", *extra)
+
+
+def log_rows(run_folder: Path) -> list[dict]:
+    log = run_folder / "train_log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def logged_step(run_folder: Path) -> int:
+    try:
+        lines = (run_folder / "train_log.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (FileNotFoundError, json.JSONDecodeError):  # read in the middle of an append
+        return 0
+
+
+def checkpoint_steps(run_folder: Path) -> list[int]:
+    folder = run_folder / "checkpoints"
+    return sorted(int(p.name.removeprefix("step-")) for p in folder.glob("step-*")) if folder.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run(train_command(folder))
+    return folder
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninterrupted, tmp_path, seed):
+    """Seed s kills the run 1 + s % 2 times, each a random moment (0-150 ms, about two steps) after a random step
+    is logged: in a step, in a checkpoint or sample write, or in the final writes. The first kill comes after
+    the first checkpoint, so there is one to resume from."""
+    rng = random.Random(seed)
+    folder = tmp_path / "run"
+    resume: list[str] = []
+    kept: list[tuple[int, list[dict]]] = []  # (checkpoint resumed from, the log as the kill left it)
+    finished = False
+    for _ in range(1 + seed % 2):
+        low = max(EVERY + 1, logged_step(folder) + 1)  # step EVERY + 1 is logged after checkpoint EVERY is written
+        if low > STEPS:
+            break
+        target = rng.randint(low, STEPS)
+        status = kill_when(train_command(folder, *resume), lambda target=target: logged_step(folder) >= target,
+                           rng.uniform(0, 0.15))
+        if status == 0:
+            finished = True
+            break
+        rows, latest = log_rows(folder), checkpoint_steps(folder)[-1]
+        assert rows[-1]["step"] - latest <= EVERY, (rows[-1], latest)  # at most one interval of work lost
+        print(f"killed after step {rows[-1]['step']} was logged; resuming from checkpoint {latest}")
+        kept.append((latest, rows))
+        resume = ["--resume"]
+    if not finished:
+        run(train_command(folder, *resume))
+
+    rows, reference_rows = log_rows(folder), log_rows(uninterrupted)
+    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))  # every step logged once
+    for latest, before in kept:
+        assert rows[:latest] == before[:latest]  # the resumed run began after the checkpoint: those steps stand
+    assert np.allclose([r["loss"] for r in rows], [r["loss"] for r in reference_rows], rtol=1e-5, atol=1e-7)
+    ours, reference = load_file(str(folder / "m.safetensors")), load_file(str(uninterrupted / "m.safetensors"))
+    assert ours.keys() == reference.keys()
+    for key in reference:
+        assert torch.allclose(ours[key], reference[key], rtol=1e-5, atol=1e-7), key
+    assert checkpoint_steps(folder) == [STEPS - EVERY, STEPS]
+    assert visible(folder) == visible(uninterrupted)
+    for png in folder.rglob("*.png"):
+        assert_whole_png(png)
+    assert all(map(is_temporary, hidden_leftovers(folder))), hidden_leftovers(folder)
+
+
+# --- generate -------------------------------------------------------------------------------------------------
+
+PER_PROMPT = 24
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory) -> Path:
+    """Three rows, one with a LoRA, so a restart also lands between LoRA sets."""
+    from loramix.toybase import load_pipeline
+
+    folder = tmp_path_factory.mktemp("prompts")
+    shapes = weight_shapes(load_pipeline("toy").unet, "unet", UNET_ATTENTION)
+    write_adapter(random_adapter(shapes, 4, 4.0, 0), folder / "red.safetensors")
+    rows = [{"prompt": "a face"}, {"prompt": "a face", "loras": "red.safetensors:0.8", "seed": 100},
+            {"prompt": "a smiling face", "seed": 200}]
+    path = folder / "p.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def generate_command(prompts: Path, output: Path) -> list[str]:
+    return loramix("generate", "--prompts", prompts, "-n", PER_PROMPT, "--steps", 4, "--batch-size", 4,
+                   "-o", output)
+
+
+def pngs(output: Path) -> set[str]:
+    return {name for name in visible(output) if name.endswith(".png") and name != "grid.png"}
+
+
+@pytest.fixture(scope="module")
+def generated(prompt_file, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("generated") / "out"
+    run(generate_command(prompt_file, output))
+    return output
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, generated, tmp_path, seed):
+    """Seed s kills the run 1 + s % 2 times, each a random moment (0-150 ms, about a batch) after a random
+    number of PNGs exist; the last count is the whole plan, so the kill can land in the manifest or grid write."""
+    rng = random.Random(seed)
+    output = tmp_path / "out"
+    expected = pngs(generated)
+    assert len(expected) == 3 * PER_PROMPT
+    finished = False
+    for _ in range(1 + seed % 2):
+        low = len(pngs(output)) + 1 if output.exists() else 1
+        if low > len(expected):
+            break
+        target = rng.randint(low, len(expected))
+        status = kill_when(generate_command(prompt_file, output),
+                           lambda target=target: output.exists() and len(pngs(output)) >= target, rng.uniform(0, 0.15))
+        if status == 0:
+            finished = True
+            break
+        assert pngs(output) <= expected
+        assert visible(output) - pngs(output) <= {"manifest.jsonl", "grid.png"}
+        for name in visible(output):
+            if name.endswith(".png"):
+                assert_whole_png(output / name)
+        print(f"killed with {len(pngs(output))} of {len(expected)} images written")
+    before = {name: (output / name).stat() for name in pngs(output)} if output.exists() else {}
+    leftovers = hidden_leftovers(output) if output.exists() else set()
+    if not finished:
+        done = run(generate_command(prompt_file, output))
+        assert (f"wrote {len(expected)} images and manifest.jsonl and grid.png to {output} "
+                f"({len(expected) - len(before)} rendered, {len(before)} kept)") in done.stdout
+
+    assert pngs(output) == expected and visible(output) == visible(generated)
+    for name, stat in before.items():  # kept, not rendered again
+        after = (output / name).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+    for name in visible(output):
+        if name.endswith(".png"):
+            assert_whole_png(output / name)
+    for name in expected:
+        with Image.open(output / name) as ours, Image.open(generated / name) as theirs:
+            assert ours.info["parameters"] == theirs.info["parameters"]
+            difference = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max()
+            assert difference <= 2, name  # batches differ after a restart; the image must not
+    rows = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(row["path"] for row in rows) == sorted(expected)  # each image once
+    assert hidden_leftovers(output) == leftovers  # the restart ignored the killed run's temporary files...
+    assert all(map(is_temporary, leftovers)), leftovers  # ...which are hidden temporaries
+
+
+# --- compose -o -----------------------------------------------------------------------------------------------
+
+COMPOSE_KILLS = 4
+
+
+def digest(path: Path) -> str:
+    """What the file holds: its metadata and tensors. Not its bytes: safetensors writes the metadata in a
+    different order in every process."""
+    from safetensors import safe_open
+
+    content = hashlib.sha256()
+    with safe_open(str(path), "pt") as file:
+        content.update(json.dumps(file.metadata(), sort_keys=True).encode())
+        for key in sorted(file.keys()):
+            content.update(key.encode() + file.get_tensor(key).numpy().tobytes())
+    return content.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def big_adapters(tmp_path_factory) -> dict:
+    """Two rank-16 LoRAs over SD 1.5's 184 linear UNet modules, so the composition (rank 32, 55 MB) takes tens of
+    milliseconds to write; the old output is `a` itself, the new one what an uninterrupted run writes."""
+    from loramix.bases import load_base_shapes
+
+    folder = tmp_path_factory.mktemp("big")
+    shapes = {k: v for k, v in load_base_shapes("sd15").weight_shapes.items() if k.startswith("unet.") and len(v) == 2}
+    for seed, name in enumerate("ab"):
+        write_adapter(random_adapter(shapes, 16, 16.0, seed), folder / f"{name}.safetensors")
+    started = time.monotonic()
+    run(compose_command(folder, folder / "new.safetensors"))
+    return {"folder": folder, "old": digest(folder / "a.safetensors"), "new": digest(folder / "new.safetensors"),
+            "seconds": time.monotonic() - started}
+
+
+def compose_command(folder: Path, output: Path) -> list[str]:
+    return loramix("compose", folder / "a.safetensors:0.7", folder / "b.safetensors:0.5", "-o", output)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_compose_killed_while_overwriting_leaves_the_old_file_or_the_new_one(big_adapters, tmp_path, seed):
+    """Kill i of 4: i % 4 == 0 the moment the temporary file appears; i % 4 == 2 a random 0-60 ms later (in
+    the write or just after the rename); odd i a random moment between 30% and 110% of a whole run."""
+    rng = random.Random(seed)
+    folder, output = big_adapters["folder"], tmp_path / "out.safetensors"
+    shutil.copy(folder / "a.safetensors", output)
+    for i in range(COMPOSE_KILLS):
+        temporaries = len(hidden_leftovers(tmp_path))
+        if i % 2:
+            ready, delay = (lambda: True), rng.uniform(0.3, 1.1) * big_adapters["seconds"]
+        else:
+            ready = lambda known=temporaries: len(hidden_leftovers(tmp_path)) > known  # noqa: E731
+            delay = 0.0 if i % 4 == 0 else rng.uniform(0, 0.06)
+        kill_when(compose_command(folder, output), ready, delay)
+        assert digest(output) in (big_adapters["old"], big_adapters["new"]), f"kill {i}: a partial file"
+        assert read_adapter(output).modules
+        if digest(output) == big_adapters["new"]:
+            shutil.copy(folder / "a.safetensors", output)  # the old file again, for the next kill
+    leftovers = hidden_leftovers(tmp_path)
+    assert any(name.startswith(".out.safetensors.") for name in leftovers)  # a kill did land in the write
+    assert all(map(is_temporary, leftovers)), leftovers
+    run(compose_command(folder, output))
+    assert digest(output) == big_adapters["new"]
+    assert visible(tmp_path) == {"out.safetensors"} and hidden_leftovers(tmp_path) == leftovers
