@@ -27,7 +27,7 @@ from loramix.adapters import PipelineLoras
 from loramix.cli.quiet import quiet_libraries
 from loramix.judge import ATTRIBUTES, load_judge
 from loramix.multi_lora import GENERATION_METHODS, render_multi
-from loramix.render import RenderSettings, image_grid, render
+from loramix.render import RenderSettings, labelled_grid, render
 from loramix.specs import WeightedFile
 from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
 
@@ -99,9 +99,11 @@ def main() -> None:
             every = verdicts[:, columns].all(dim=1).float().mean()
             face = verdicts[:, 0].float().mean()
             print(f"| {method} | {' | '.join(shown)} | {every:.0%} | {face:.0%} | {seconds:.3f} |", flush=True)
-            grid_rows += images[:8]
+            grid_rows.append((method, images[:8]))
         if args.grid and len(names) == 2:
-            image_grid(grid_rows, columns=8, scale=2).save(args.grid)
+            grid = labelled_grid([row for _, row in grid_rows], [f"seed {i}" for i in range(8)],
+                                 [method for method, _ in grid_rows], scale=2, title=f'"{prompt}"')
+            grid.image.save(args.grid)
     loras.apply([])
 
 
