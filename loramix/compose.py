@@ -40,16 +40,17 @@ class SvdReport:
 Weighted = list[tuple[LoraAdapter, float]]
 
 
-def compose_exact(weighted: Weighted, names: list[str] | None = None) -> LoraAdapter:
+def compose_exact(weighted: Weighted, names: list[str] | None = None, allow_nonfinite: bool = False) -> LoraAdapter:
     """The LoRA whose ΔW is exactly Σ wᵢ·ΔWᵢ for every module any input targets (fp32 factors)."""
-    names = _check(weighted, names)
+    names = _check(weighted, names, allow_nonfinite)
     return LoraAdapter({key: LoraModule(down, up, float(down.shape[0]))
                         for key, (down, up) in _stacked_factors(weighted).items()})
 
 
-def compose_svd(weighted: Weighted, rank: int, names: list[str] | None = None) -> tuple[LoraAdapter, SvdReport]:
+def compose_svd(weighted: Weighted, rank: int, names: list[str] | None = None,
+                allow_nonfinite: bool = False) -> tuple[LoraAdapter, SvdReport]:
     """The best rank-`rank` approximation of Σ wᵢ·ΔWᵢ per module, with its errors."""
-    _check(weighted, names)
+    _check(weighted, names, allow_nonfinite)
     _check_rank(rank)
     modules, report, tails, totals = {}, SvdReport(), 0.0, 0.0
     for key, (down, up) in _stacked_factors(weighted).items():
@@ -153,8 +154,8 @@ def _check_rank(rank: int) -> None:
         raise LoramixError(f"rank must be a whole number ≥ 1, got {rank!r}")
 
 
-def _check(weighted: Weighted, names: list[str] | None) -> list[str]:
-    """Validate before computing: finite weights, finite factors, one weight shape per module."""
+def _check(weighted: Weighted, names: list[str] | None, allow_nonfinite: bool = False) -> list[str]:
+    """Validate before computing: finite weights, finite factors (unless allowed), one weight shape per module."""
     if not weighted:
         raise LoramixError("nothing to compose: give at least one LoRA")
     names = names or [f"input {i + 1}" for i in range(len(weighted))]
@@ -165,8 +166,9 @@ def _check(weighted: Weighted, names: list[str] | None) -> list[str]:
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise LoramixError(f"{name}: weight {weight!r} is not a finite number")
         for key, module in adapter.modules.items():
-            if not (torch.isfinite(module.down).all() and torch.isfinite(module.up).all()):
-                raise LoramixError(f"{name}: module {key} has NaN or infinite values; refusing to compose it")
+            if not allow_nonfinite and not (torch.isfinite(module.down).all() and torch.isfinite(module.up).all()):
+                raise LoramixError(f"{name}: module {key} has NaN or infinite values; refusing to compose it "
+                                   "(--allow-nonfinite composes it anyway)")
             if not math.isfinite(module.alpha):
                 raise LoramixError(f"{name}: module {key} has alpha {module.alpha}")
             seen = shapes.setdefault(key, (module.weight_shape, name))

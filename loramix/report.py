@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from loramix.bases import BaseShapes
 from loramix.formats import module_kind
 from loramix.lora import LoraAdapter, component_of, path_of
@@ -40,6 +42,7 @@ class AdapterReport:
     dtypes: list[str]
     metadata: dict[str, str]
     base_fit: BaseFit | None = field(default=None)
+    nonfinite_modules: list[str] = field(default_factory=list)  # modules with NaN or infinite factors
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +71,8 @@ def report_adapter(path: str | Path, adapter: LoraAdapter, base: BaseShapes | No
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for m in adapter.modules.values() for t in (m.down, m.up)}),
         metadata={k: v for k, v in adapter.metadata.items() if k != "lora_adapter_metadata"},
         base_fit=fit_to_base(adapter, base) if base is not None else None,
+        nonfinite_modules=[key for key, m in adapter.modules.items()
+                           if not (torch.isfinite(m.down).all() and torch.isfinite(m.up).all())],
     )
 
 

@@ -475,3 +475,18 @@ def test_jsonl_deeply_nested(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")  # RecursionError
     read_prompts_cleanly(path, "huge fields")
+
+
+def test_nonfinite_factors_are_flagged_by_inspect_and_composed_only_when_forced(tmp_path):
+    adapter = tiny_adapter()
+    key = next(iter(adapter.modules))
+    adapter.modules[key].up.view(-1)[0] = math.nan
+    path = tmp_path / "nonfinite.safetensors"
+    write_adapter(adapter, path)
+    shown = CliRunner().invoke(main, ["inspect", str(path)])
+    assert shown.exit_code == 0
+    assert f"warning: {path}: 1 modules have NaN or infinite values (first: {key})" in shown.output
+    out = tmp_path / "o.safetensors"
+    forced = CliRunner().invoke(main, ["compose", f"{path}:0.5", "--allow-nonfinite", "-o", str(out)])
+    assert forced.exit_code == 0, forced.output
+    assert torch.isnan(read_adapter(out).modules[key].up).any()

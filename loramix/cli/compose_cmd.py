@@ -32,6 +32,8 @@ DTYPES = ("fp32", "fp16", "bf16")
               show_default=True, help="Key naming of the output: diffusers, or kohya for A1111/ComfyUI.")
 @click.option("--dtype", type=click.Choice(DTYPES),
               help="Output precision. Default: the inputs' dtype when they agree, else fp32.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Write the file even if an input has NaN or infinite values (exact and --rank only).")
 @click.option("--prompt", help="Render images of this prompt with the composition.")
 @click.option("-n", "--count", type=click.IntRange(min=1), default=8, show_default=True, help="Images to render.")
 @click.option("--negative-prompt", default="", help="What to steer away from.")
@@ -50,8 +52,8 @@ DTYPES = ("fp32", "fp16", "bf16")
               help="--sequential: how much of each image a stage may change.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=Path("composed"),
               show_default=True, help="Folder for the rendered PNGs and grid.png.")
-def compose(specs, output, method, rank, density, seed, file_format, dtype, prompt, count, negative_prompt, steps,
-            guidance, base, quantize, every, batch_size, sequential, strength, images) -> None:
+def compose(specs, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, prompt, count,
+            negative_prompt, steps, guidance, base, quantize, every, batch_size, sequential, strength, images) -> None:
     """Combine LoRA files with weights: `loramix compose a.safetensors:0.7 b.safetensors:0.5 -o ab.safetensors`,
     and with --prompt render the combination.
 
@@ -69,13 +71,13 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, prom
     if output is None and prompt is None:
         raise LoramixError("nothing to do: give -o FILE to write the composition, --prompt to render it, or both")
     if output is not None:
-        _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype)
+        _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite)
     if prompt is not None:
         _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidance, base, quantize, method, rank,
                 density, every, batch_size, sequential, strength, images)
 
 
-def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype) -> None:
+def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
     import torch
 
     from loramix.compose import compose_exact, compose_merge, compose_svd
@@ -86,9 +88,10 @@ def _write_file(weighted_files, output, method, rank, density, seed, file_format
     names = [wf.path for wf in weighted_files]
     report = None
     if method == "exact" and rank is None:
-        result = compose_exact(weighted, names=names)
+        result = compose_exact(weighted, names=names, allow_nonfinite=allow_nonfinite)
     elif method in ("exact", "merge-svd"):
-        result, report = compose_svd(weighted, rank or max(max(a.ranks) for a in adapters), names=names)
+        result, report = compose_svd(weighted, rank or max(max(a.ranks) for a in adapters), names=names,
+                                     allow_nonfinite=allow_nonfinite)
     else:
         merge_rank = rank or sum(max(a.ranks) for a in adapters)
         result, report = compose_merge(weighted, method=method, rank=merge_rank, density=density, seed=seed,

@@ -26,6 +26,11 @@ def inspect(files: tuple[str, ...], base: str | None, as_json: bool) -> None:
         if i:
             click.echo()
         click.echo(format_report(report))
+    for report in reports:
+        if report.nonfinite_modules:
+            click.echo(f"warning: {report.path}: {len(report.nonfinite_modules)} modules have NaN or infinite "
+                       f"values (first: {report.nonfinite_modules[0]}); compose refuses them unless "
+                       "--allow-nonfinite", err=True)
 
 
 def format_report(r) -> str:
