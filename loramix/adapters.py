@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
+from loramix.compose import compose_by_method
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, component_of, path_of
 from loramix.specs import WeightedFile, short_hash
 
-FUSED_METHODS = ("exact", "merge-svd", "ties", "dare", "dare_ties")
 PIPELINE_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
@@ -39,6 +39,7 @@ class PipelineLoras:
         self._adapters: dict[str, LoraAdapter] = {}
         self._hashes: dict[str, str] = {}
         self._originals: dict[str, torch.Tensor] = {}  # module key → its weight before any fusing
+        self._layers: dict[str, torch.nn.Module] = {}  # module key → its layer, found once
         self._peft_names: dict[str, str] = {}  # file → adapter name loaded into the pipeline
         self.active: tuple[WeightedFile, ...] = ()
         self._applied: tuple = ((), "exact", None, 0.5, 0)
@@ -74,7 +75,7 @@ class PipelineLoras:
             if self._peft_names:  # named adapters loaded for a generation-time method stay out of the way
                 self.pipeline.disable_lora()
             if adapters:
-                self._fuse(combine(adapters, [wf.path for wf in loras], method, rank, density, seed))
+                self._fuse(compose_by_method(adapters, method, rank, density, seed, [wf.path for wf in loras])[0])
         else:
             if method != "exact":
                 raise LoramixError(f"method {method} merges the LoRAs into the base weights, which a quantized "
@@ -128,7 +129,9 @@ class PipelineLoras:
     def _layer(self, key: str) -> torch.nn.Module:
         from loramix.fuse import resolve_module
 
-        return resolve_module(getattr(self.pipeline, component_of(key)), path_of(key))
+        if key not in self._layers:  # peft may wrap the layer later; the wrapper's weight is this layer's
+            self._layers[key] = resolve_module(getattr(self.pipeline, component_of(key)), path_of(key))
+        return self._layers[key]
 
 
 def check_memory(paths: list[str]) -> None:
@@ -143,34 +146,20 @@ def check_memory(paths: list[str]) -> None:
                            f"but only {available / 2**30:.1f} GiB is free: use fewer LoRAs at once")
 
 
-def combine(adapters: list[tuple[LoraAdapter, float]], names: list[str], method: str, rank: int | None,
-            density: float, seed: int) -> LoraAdapter:
-    """One adapter for the set: the exact sum, or its rank-`rank` SVD (`merge-svd`, by default at the largest
-    input rank), or peft's TIES / DARE merge."""
-    from loramix.compose import compose_exact, compose_merge, compose_svd
-
-    if method == "exact" and rank is None:
-        return compose_exact(adapters, names=names)
-    if method in ("exact", "merge-svd"):
-        return compose_svd(adapters, rank or max(max(a.ranks) for a, _ in adapters), names=names)[0]
-    default_rank = sum(max(a.ranks) for a, _ in adapters)
-    if method in ("ties", "dare", "dare_ties"):
-        return compose_merge(adapters, method=method, rank=rank or default_rank, density=density, seed=seed,
-                             names=names)[0]
-    raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(FUSED_METHODS)}")
-
-
 def check_fits(adapter: LoraAdapter, pipeline, source: str) -> None:
     """Refuse, naming the first module that does not fit, a LoRA made for another base."""
     from loramix.fuse import resolve_module
 
+    indexes: dict[str, dict[str, torch.nn.Module]] = {}
     for key, module in adapter.modules.items():
         component = component_of(key)
         model = getattr(pipeline, component, None) if component in PIPELINE_COMPONENTS else None
         if model is None:
             raise IncompatibleAdaptersError(f"{source}: it changes the {component}, which this base does not have")
+        if component not in indexes:
+            indexes[component] = dict(model.named_modules())
         try:
-            layer = resolve_module(model, path_of(key))
+            layer = resolve_module(model, path_of(key), indexes[component])
         except IncompatibleAdaptersError:
             raise IncompatibleAdaptersError(f"{source}: this base has no module {key}; the LoRA was made for "
                                             "another base") from None

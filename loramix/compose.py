@@ -27,6 +27,7 @@ from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, LoraModule
 
 MERGE_METHODS = ("ties", "dare", "dare_ties")
+METHODS = ("exact", "merge-svd", *MERGE_METHODS)
 
 
 @dataclass
@@ -100,6 +101,21 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
             tails, totals = tails + tail, totals + total
     report.overall_error = math.sqrt(tails / totals) if totals > 0 else 0.0
     return LoraAdapter(modules), report
+
+
+def compose_by_method(weighted: Weighted, method: str, rank: int | None = None, density: float = 0.5, seed: int = 0,
+                      names: list[str] | None = None,
+                      allow_nonfinite: bool = False) -> tuple[LoraAdapter, SvdReport | None]:
+    """The composition a user names: `exact` (with `rank`, its SVD), `merge-svd` (the SVD, by default at the
+    largest input rank), or peft's TIES / DARE merges (by default at the sum of the input ranks); the SVD
+    report when there was a truncation."""
+    if method == "exact" and rank is None:
+        return compose_exact(weighted, names, allow_nonfinite), None
+    if method in ("exact", "merge-svd"):
+        return compose_svd(weighted, rank or max(max(a.ranks) for a, _ in weighted), names, allow_nonfinite)
+    if method in MERGE_METHODS:
+        return compose_merge(weighted, method, rank or sum(max(a.ranks) for a, _ in weighted), density, seed, names)
+    raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
 
 
 def truncated_product_svd(up: torch.Tensor, down: torch.Tensor, rank: int):

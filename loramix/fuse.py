@@ -8,10 +8,12 @@ from loramix.errors import IncompatibleAdaptersError
 from loramix.lora import LoraModule
 
 
-def resolve_module(model: torch.nn.Module, module_path: str) -> torch.nn.Module:
+def resolve_module(model: torch.nn.Module, module_path: str,
+                   modules: dict[str, torch.nn.Module] | None = None) -> torch.nn.Module:
     """The module at an adapter's path; text-encoder paths match with or without their `text_model.` level
-    (transformers 5 flattened CLIPTextModel, and adapter files keep the older spelling)."""
-    modules = dict(model.named_modules())
+    (transformers 5 flattened CLIPTextModel, and adapter files keep the older spelling). Pass `modules`,
+    `dict(model.named_modules())`, when resolving many paths in one model."""
+    modules = dict(model.named_modules()) if modules is None else modules
     for candidate in (module_path, module_path.removeprefix("text_model."), "text_model." + module_path):
         if candidate in modules:
             return modules[candidate]
@@ -21,8 +23,9 @@ def resolve_module(model: torch.nn.Module, module_path: str) -> torch.nn.Module:
 @torch.no_grad()
 def fuse_into(model: torch.nn.Module, modules: dict[str, LoraModule], weight: float = 1.0) -> None:
     """W ← W + weight·ΔW for each module, given by its path inside `model`."""
+    index = dict(model.named_modules())
     for module_path, lora in modules.items():
-        layer = resolve_module(model, module_path)
+        layer = resolve_module(model, module_path, index)
         if tuple(layer.weight.shape) != lora.weight_shape:
             raise IncompatibleAdaptersError(f"module {module_path}: the LoRA changes a weight of shape "
                                             f"{lora.weight_shape}, the model's is {tuple(layer.weight.shape)}")

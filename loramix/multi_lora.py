@@ -21,7 +21,7 @@ from PIL import Image
 
 from loramix.adapters import PipelineLoras
 from loramix.errors import LoramixError
-from loramix.render import RenderSettings
+from loramix.render import RenderSettings, batch_settings
 from loramix.specs import WeightedFile
 
 GENERATION_METHODS = ("switch", "composite")
@@ -40,10 +40,7 @@ def render_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], sett
         raise LoramixError(f"--method {method} needs at least one LoRA")
     if every < 1:
         raise LoramixError(f"--every must be ≥ 1, got {every}")
-    first = settings[0]
-    if any((s.steps, s.guidance, s.width, s.height) != (first.steps, first.guidance, first.width, first.height)
-           for s in settings):
-        raise LoramixError("a batch must share steps, guidance and size")
+    batch_settings(settings)
     names = loras.load_named([f.path for f in files])
     pipeline.enable_lora()
     try:

@@ -23,12 +23,18 @@ class RenderSettings:
     height: int = 64
 
 
-def render(pipeline, settings: list[RenderSettings]) -> list[Image.Image]:
-    """Render one batch; images with the same seed and settings are identical whatever batch they are in."""
+def batch_settings(settings: list[RenderSettings]) -> RenderSettings:
+    """The first image's settings, after checking that the batch shares what one pipeline call takes once."""
     first = settings[0]
     for s in settings[1:]:
         if (s.steps, s.guidance, s.width, s.height) != (first.steps, first.guidance, first.width, first.height):
             raise ValueError("a batch must share steps, guidance and size")
+    return first
+
+
+def render(pipeline, settings: list[RenderSettings]) -> list[Image.Image]:
+    """Render one batch; images with the same seed and settings are identical whatever batch they are in."""
+    first = batch_settings(settings)
     generators = [torch.Generator().manual_seed(s.seed) for s in settings]
     with torch.inference_mode():  # no autograd bookkeeping at all: ~1-2% on the toy base's many small ops
         return pipeline(

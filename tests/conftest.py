@@ -78,3 +78,22 @@ def unet_inputs(seed: int = 1, cross_attention_dim: int = 32):
     sample = torch.randn(2, 4, 8, 8, generator=generator)
     text = torch.randn(2, 5, cross_attention_dim, generator=generator)
     return sample, torch.tensor([10, 500]), text
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    """The shipped toy base, fresh for each test module: modules fuse LoRAs and load adapters into it."""
+    from loramix.toybase import load_pipeline
+
+    return load_pipeline("toy")
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    """A CLI result that failed as loramix promises: exit 1, one `Error: ` line holding every fragment, no
+    traceback."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import random_adapter
+from conftest import assert_clean_error, random_adapter
 from safetensors.torch import save_file
 
 from loramix.cli import main
@@ -21,14 +21,6 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def assert_clean_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def compose_fails(tmp_path, *inputs: str, fragments: tuple[str, ...]) -> None:

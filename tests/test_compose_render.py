@@ -15,13 +15,6 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    from loramix.toybase import load_pipeline
-
-    return load_pipeline("toy")
-
-
-@pytest.fixture(scope="module")
 def lora_files(pipeline, tmp_path_factory):
     from loramix.formats import write_adapter
 

@@ -32,13 +32,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    from loramix.toybase import load_pipeline
-
-    return load_pipeline("toy")
-
-
-@pytest.fixture(scope="module")
 def files(pipeline, tmp_path_factory):
     """Random LoRAs that fit the toy UNet (`z` with a trigger word), and one made for another base."""
     folder = tmp_path_factory.mktemp("loras")

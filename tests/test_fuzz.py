@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_clean_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -85,13 +86,6 @@ def read_cleanly(path: Path, target: str) -> LoraAdapter | None:
     return adapter
 
 
-def assert_cli_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, (result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def safetensors_bytes(header: dict, data: bytes = b"", declared: int | None = None) -> bytes:
@@ -126,7 +120,7 @@ def test_truncations_through_the_cli(small_lora, tmp_path):
     for length in (0, 7, 8, 9, len(small_lora) // 2, len(small_lora) - 1):
         path.write_bytes(small_lora[:length])
         CASES["truncation (cli)"] += 1
-        assert_cli_error(CliRunner().invoke(main, ["inspect", str(path)]), "cut.safetensors")
+        assert_clean_error(CliRunner().invoke(main, ["inspect", str(path)]), "cut.safetensors")
 
 
 @pytest.mark.parametrize("header_length", [640, 896, 1152, 1408, 65536 + 640])
@@ -275,7 +269,7 @@ def test_factor_dtypes(tmp_path, dtype, which):
     adapter = read_cleanly(path, "dtype")
     assert (adapter is not None) == (dtype in (torch.float16, torch.bfloat16, torch.float64)), dtype
     if adapter is None:
-        assert_cli_error(CliRunner().invoke(main, ["compose", str(path), "-o", str(tmp_path / "out.safetensors")]),
+        assert_clean_error(CliRunner().invoke(main, ["compose", str(path), "-o", str(tmp_path / "out.safetensors")]),
                          "dtype.safetensors", "dtype")
 
 
@@ -294,7 +288,7 @@ def test_nonfinite_factors_are_read_then_refused_by_compose(tmp_path, bad, which
     write_adapter(adapter, path, format=fmt)
     assert read_cleanly(path, "non-finite factor") is not None
     result = CliRunner().invoke(main, ["compose", str(path), "-o", str(tmp_path / "out.safetensors")])
-    assert_cli_error(result, "nonfinite.safetensors", "NaN or infinite")
+    assert_clean_error(result, "nonfinite.safetensors", "NaN or infinite")
     assert not (tmp_path / "out.safetensors").exists()
 
 

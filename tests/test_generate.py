@@ -29,11 +29,6 @@ DEFAULTS = Defaults(steps=4, guidance=4.0, width=64, height=64, n=1, seed=0)
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    return load_pipeline("toy")
-
-
-@pytest.fixture(scope="module")
 def loras(pipeline):
     return PipelineLoras(pipeline)
 

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from loramix.toybase import LATENT_CHANNELS, toy_base_path
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    from loramix.toybase import load_pipeline
-
-    return load_pipeline("toy")
 
 
 def test_plain_diffusers_loads_the_shipped_base_and_it_is_small():

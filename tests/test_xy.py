@@ -13,13 +13,7 @@ from loramix.cli import main
 from loramix.errors import LoramixError
 from loramix.formats import write_adapter
 from loramix.render import RenderSettings, render
-from loramix.toybase import load_pipeline
 from loramix.xy import XYSweep, parse_weights, render_xy
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    return load_pipeline("toy")
 
 
 @pytest.fixture(scope="module")

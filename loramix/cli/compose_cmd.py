@@ -80,22 +80,13 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
     import torch
 
-    from loramix.compose import compose_exact, compose_merge, compose_svd
+    from loramix.compose import compose_by_method
     from loramix.formats import read_adapter, write_adapter
 
     adapters = [read_adapter(wf.path) for wf in weighted_files]
     weighted = [(a, wf.weight) for a, wf in zip(adapters, weighted_files)]
-    names = [wf.path for wf in weighted_files]
-    report = None
-    if method == "exact" and rank is None:
-        result = compose_exact(weighted, names=names, allow_nonfinite=allow_nonfinite)
-    elif method in ("exact", "merge-svd"):
-        result, report = compose_svd(weighted, rank or max(max(a.ranks) for a in adapters), names=names,
-                                     allow_nonfinite=allow_nonfinite)
-    else:
-        merge_rank = rank or sum(max(a.ranks) for a in adapters)
-        result, report = compose_merge(weighted, method=method, rank=merge_rank, density=density, seed=seed,
-                                       names=names)
+    result, report = compose_by_method(weighted, method, rank, density, seed, [wf.path for wf in weighted_files],
+                                       allow_nonfinite)
     out_dtype = _output_dtype(dtype, adapters, torch)
     for module in result.modules.values():
         module.down, module.up = module.down.to(out_dtype), module.up.to(out_dtype)
