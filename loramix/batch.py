@@ -17,7 +17,6 @@ Pure: no torch, so the command line checks a prompt file before it loads a base.
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import math
 import os
@@ -25,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.errors import LoramixError
+from loramix.errors import LoramixError, did_you_mean
 from loramix.specs import WeightedFile, parse_weight_spec
 
 ROW_FIELDS = ("prompt", "negative_prompt", "seed", "loras", "steps", "guidance", "width", "height", "n")
@@ -258,8 +257,7 @@ def _size(record: dict, key: str) -> int | None:
 
 
 def _suggest(name: str) -> str:
-    close = difflib.get_close_matches(name, ROW_FIELDS, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(ROW_FIELDS)})"
+    return did_you_mean(name, ROW_FIELDS) or f" (known: {', '.join(ROW_FIELDS)})"
 
 
 def plan(rows: list[PromptRow], defaults: Defaults, flat: bool = False) -> list[ImageJob]:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from loramix.errors import LoramixError
+from loramix.imagefile import open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -122,11 +123,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _read_square(file: Path, size: int) -> torch.Tensor:
     """The image as (3, size, size) in [-1, 1]: short side scaled to `size`, then centre-cropped."""
-    try:
-        with Image.open(file) as image:
-            image = _to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"{file}: not a readable image ({e})") from None
+    image = _to_rgb(open_image(file, error=DatasetError))
     width, height = image.size
     scale = size / min(width, height)
     if (width, height) != (size, size):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from loramix.adapters import PipelineLoras
 from loramix.errors import LoramixError, OutputError
@@ -62,20 +62,6 @@ class Stage:
         hashes = {self.lora.name: self.lora_hash} if self.lora and self.lora_hash else None
         text = a1111_parameters(self.settings, sampler, model, loras, hashes)
         return text if self.strength is None else text + f", Denoising strength: {self.strength:g}"
-
-
-def open_image(path: str | Path, what: str = "image") -> Image.Image:
-    """The image at `path`, fully read (so a truncated file fails here, not halfway through an edit)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoramixError(f"{what} {path}: no such file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else str(e) or type(e).__name__
-        raise LoramixError(f"{what} {path}: cannot read it ({reason})") from None
 
 
 def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image.Image | None = None, *,

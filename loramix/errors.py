@@ -1,5 +1,15 @@
 """The exceptions loramix raises. The library raises them; only the CLI turns them into one-line errors."""
 
+from __future__ import annotations
+
+import difflib
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean 'rank'?)' for the closest of `known` to a misspelt `name`, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 class LoramixError(Exception):
     """Base class: every expected failure (bad input, bad file, impossible request) is one of these."""

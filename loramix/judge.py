@@ -27,6 +27,7 @@ from torch import nn
 from loramix import faces
 from loramix.atomic import atomic_path
 from loramix.errors import LoramixError
+from loramix.imagefile import open_image
 
 ATTRIBUTES = ("face", "mustache", "lipstick", "glasses")
 SIZE = 64
@@ -344,11 +345,4 @@ def build_judge(out_path: str | os.PathLike, roundtrip: Roundtrip | None, steps:
 
 def read_images(paths: list[Path]) -> list[Image.Image]:
     """RGB images from files; an unreadable one is a JudgeError naming it."""
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise JudgeError(f"{path}: not a readable image ({e})") from None
-    return images
+    return [open_image(path, error=JudgeError).convert("RGB") for path in paths]

@@ -8,14 +8,13 @@ messages that say what to choose instead. Paths in a recipe are relative to the 
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import tomllib
 
-from loramix.errors import LoramixError
+from loramix.errors import LoramixError, did_you_mean
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -162,9 +161,7 @@ def _is_local_path(key: str, value: str) -> bool:
 def check_keys(values: dict, where: str) -> None:
     for key, value in values.items():
         if key not in KEYS:
-            close = difflib.get_close_matches(key, KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RecipeError(f"{where}: unknown key {key!r}{hint}")
+            raise RecipeError(f"{where}: unknown key {key!r}{did_you_mean(key, KEYS)}")
         _check_type(key, value, where)
 
 

@@ -195,7 +195,7 @@ def test_cli_without_an_image_starts_from_text_to_image(files, tmp_path):
 
 
 @pytest.mark.parametrize(("case", "fragments"), [
-    ("unreadable-image", ("image", "x.png", "cannot read it")),
+    ("unreadable-image", ("image", "x.png", "not a readable image")),
     ("missing-image", ("image", "gone.png", "no such file")),
     ("other-base", ("other.safetensors", "module unet.down_blocks.")),
     ("no-file", ("':0.5'", "no file before ':'")),

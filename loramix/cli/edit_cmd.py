@@ -37,12 +37,13 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     Without it, stage 0 is the base's text-to-image of the prompt.
     """
     from loramix.cli.quiet import quiet_libraries
-    from loramix.edit import edit_sequence, open_image, write_stages
+    from loramix.edit import edit_sequence, write_stages
+    from loramix.imagefile import open_image
     from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
 
     image_path, specs = split_image(arguments)
     loras = [parse_weight_spec(s) for s in specs]
-    image = open_image(image_path) if image_path else None
+    image = open_image(image_path, "image") if image_path else None
     mask_image = open_image(mask, "mask") if mask else None
     if image is not None and mask_image is not None and mask_image.size != image.size:
         raise LoramixError(f"mask {mask} is {mask_image.width}×{mask_image.height} but image {image_path} is "
