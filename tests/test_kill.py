@@ -8,7 +8,8 @@ What must hold whatever the moment of the kill:
 - `compose -o` over an existing file leaves the old file or the complete new one, never a part.
 
 A killed writer may leave its hidden temporary file (`.NAME.PID.HEX.tmp`, `.step-N.partial`): SIGKILL gives
-it no chance to clean up. The tests check such leftovers are hidden and that later runs ignore them.
+it no chance to clean up. The tests check such leftovers are hidden and that later runs ignore them (a later
+write of the same file removes atomic.py's, tests/test_atomic.py).
 """
 
 from __future__ import annotations
