@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -88,6 +89,12 @@ def is_temporary(name: str) -> bool:
     *folders, base = name.split("/")
     return (base.startswith(".") and base.endswith(".tmp")) or base.startswith(".tmp") or (
         base.startswith(".step-") and base.endswith(".partial")) or any(f.endswith(".partial") for f in folders)
+
+
+def written_by_atomic_path(name: str) -> str | None:
+    """The file an atomic.py leftover `.NAME.PID.HEX.tmp` was to become, or None for other leftovers."""
+    match = re.fullmatch(r"(.*/)?\.(.+)\.\d+\.[0-9a-f]{8}\.tmp", name)
+    return None if match is None else (match.group(1) or "") + match.group(2)
 
 
 def assert_whole_png(path: Path) -> None:
@@ -257,8 +264,11 @@ def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, gene
             assert difference <= 2, name  # batches differ after a restart; the image must not
     rows = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
     assert sorted(row["path"] for row in rows) == sorted(expected)  # each image once
-    assert hidden_leftovers(output) == leftovers  # the restart ignored the killed run's temporary files...
-    assert all(map(is_temporary, leftovers)), leftovers  # ...which are hidden temporaries
+    assert all(map(is_temporary, leftovers)), leftovers  # a killed run leaves only hidden temporaries...
+    remaining = hidden_leftovers(output)
+    assert remaining <= leftovers  # ...the restart adds none...
+    # ...and writing a file again removes what its killed writers left of it
+    assert not [name for name in remaining if written_by_atomic_path(name) in visible(output)], remaining
 
 
 # --- compose -o -----------------------------------------------------------------------------------------------
@@ -306,21 +316,25 @@ def test_compose_killed_while_overwriting_leaves_the_old_file_or_the_new_one(big
     rng = random.Random(seed)
     folder, output = big_adapters["folder"], tmp_path / "out.safetensors"
     shutil.copy(folder / "a.safetensors", output)
+    landed = False
     for i in range(COMPOSE_KILLS):
-        temporaries = len(hidden_leftovers(tmp_path))
+        before = hidden_leftovers(tmp_path)
         if i % 2:
             ready, delay = (lambda: True), rng.uniform(0.3, 1.1) * big_adapters["seconds"]
         else:
-            ready = lambda known=temporaries: len(hidden_leftovers(tmp_path)) > known  # noqa: E731
+            ready = lambda known=before: bool(hidden_leftovers(tmp_path) - known)  # noqa: E731
             delay = 0.0 if i % 4 == 0 else rng.uniform(0, 0.06)
         kill_when(compose_command(folder, output), ready, delay)
+        landed |= any(written_by_atomic_path(name) == output.name for name in hidden_leftovers(tmp_path) - before)
         assert digest(output) in (big_adapters["old"], big_adapters["new"]), f"kill {i}: a partial file"
         assert read_adapter(output).modules
         if digest(output) == big_adapters["new"]:
             shutil.copy(folder / "a.safetensors", output)  # the old file again, for the next kill
     leftovers = hidden_leftovers(tmp_path)
-    assert any(name.startswith(".out.safetensors.") for name in leftovers)  # a kill did land in the write
+    assert landed  # a kill did land in the write
     assert all(map(is_temporary, leftovers)), leftovers
     run(compose_command(folder, output))
     assert digest(output) == big_adapters["new"]
-    assert visible(tmp_path) == {"out.safetensors"} and hidden_leftovers(tmp_path) == leftovers
+    remaining = hidden_leftovers(tmp_path)
+    assert visible(tmp_path) == {"out.safetensors"} and remaining <= leftovers
+    assert not [name for name in remaining if written_by_atomic_path(name) == output.name], remaining
