@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/loramix train recipes/mustache.toml --output $(DEMO)/mustache
 	$(BIN)/loramix train recipes/lipstick.toml --output $(DEMO)/lipstick
 	$(BIN)/loramix inspect $(DEMO)/mustache/mustache.safetensors $(DEMO)/lipstick/lipstick.safetensors
-	$(BIN)/loramix compose $(DEMO)/mustache/mustache.safetensors:0.8 $(DEMO)/lipstick/lipstick.safetensors:0.8 \
+	$(BIN)/loramix compose $(DEMO)/mustache/mustache.safetensors:0.7 $(DEMO)/lipstick/lipstick.safetensors:0.7 \
 		--prompt "a face with a mustache and lipstick" -n 16 --images $(DEMO)/composed-images
 	$(BIN)/loramix judge $(DEMO)/composed-images
 
@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_recipes.py
 	$(BIN)/python bench/bench_quantize.py
 	$(BIN)/python bench/bench_compose_render.py
-	$(BIN)/python bench/bench_methods.py --sets 2 --weights mustache=0.8,lipstick=0.8
+	$(BIN)/python bench/bench_methods.py --sets 2 --weights mustache=0.7,lipstick=0.7
 	$(BIN)/python bench/bench_methods.py --sets 3 --weights mustache=0.5,lipstick=0.5,glasses=0.5
 	$(BIN)/python bench/bench_generate.py
 

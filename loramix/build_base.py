@@ -2,9 +2,10 @@
 
     loramix build-base            # the shipped weights: about an hour on a 2-core CPU
 
-The VAE, the UNet and the text encoder learn from faces that never show a mustache, lipstick or glasses:
-those are for LoRAs to teach. Only the VAE's decoder, last, learns to draw them (encoder frozen, so the
-latent space the UNet knows stays the same). Every step is seeded, so the same command rebuilds the same
+The UNet and the text encoder learn from faces that never show a mustache, lipstick or glasses: those are
+for LoRAs to teach. The VAE, the image codec, first learns plain faces with random shapes painted over them,
+and last learns to keep the attributes through the round trip while plain faces keep their latents, so the
+latent space the UNet knows stays the same. Every step is seeded, so the same command rebuilds the same
 model (to float noise between machines).
 """
 
@@ -27,10 +28,14 @@ from loramix.faces import CAPTION_WORDS, caption, draw_faces, sample_face
 @dataclass
 class BuildConfig:
     images: int = 12_000  # distinct faces; the UNet sees each about 17 times
-    vae_steps: int = 2_000
+    vae_steps: int = 3_000
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6  # SD's VAE keeps KL tiny: latents stay sharp, their scale is fixed afterwards
+    vae_shapes: float = 0.5  # share of the VAE's training faces with random coloured shapes painted over them
+    # The posterior's starting width. diffusers starts it at 1, as wide as the latents themselves, and the
+    # decoder then learns to draw from noisy latents, blurring every small part; the KL term may widen it.
+    vae_initial_std: float = 0.05
     unet_steps: int = 3_200
     unet_batch: int = 64
     unet_lr: float = 5e-4
@@ -39,9 +44,10 @@ class BuildConfig:
     snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023): same quality in fewer steps
     ema_decay: float = 0.999
     warmup_steps: int = 200
-    decoder_steps: int = 600
-    decoder_images: int = 4_000
-    decoder_lr: float = 5e-4
+    attribute_steps: int = 600
+    attribute_images: int = 4_000
+    attribute_lr: float = 5e-4
+    anchor_weight: float = 1.0  # how firmly plain faces' latents hold still while the VAE learns attributes
     judge_steps: int = 1_500
     seed: int = 0
 
@@ -49,8 +55,12 @@ class BuildConfig:
         for name in ("images", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
             if getattr(self, name) < 1:
                 raise LoramixError(f"build config: {name} must be at least 1, got {getattr(self, name)}")
-        if self.decoder_steps < 0 or self.decoder_images < 1:
-            raise LoramixError("build config: decoder_steps must be at least 0 and decoder_images at least 1")
+        if self.attribute_steps < 0 or self.attribute_images < 1:
+            raise LoramixError("build config: attribute_steps must be at least 0 and attribute_images at least 1")
+        if not 0 < self.vae_initial_std <= 1:
+            raise LoramixError(f"build config: vae_initial_std must be in (0, 1], got {self.vae_initial_std}")
+        if not 0 <= self.vae_shapes <= 1:
+            raise LoramixError(f"build config: vae_shapes must be in [0, 1], got {self.vae_shapes}")
         if not 0 <= self.caption_dropout < 1:
             raise LoramixError(f"build config: caption_dropout must be in [0, 1), got {self.caption_dropout}")
 
@@ -72,16 +82,41 @@ def _cosine_with_warmup(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def paint_shapes(images: torch.Tensor, share: float, generator: torch.Generator, most: int = 6) -> torch.Tensor:
+    """Paint 1 to `most` ellipses of random colour and size (2 to 16 pixels across each way) anywhere on a
+    `share` of `images` ((B, 3, H, W) in [-1, 1]).
+
+    A VAE that only ever sees plain faces learns to spend nothing on what never varies there, such as the
+    colour of a mouth, and then turns a red mouth back into a bare one. SD's VAE saw every kind of image;
+    shapes in every colour teach the toy's to keep whatever is drawn, without it ever seeing an attribute.
+    """
+    batch, _, height, width = images.shape
+    ys = torch.arange(height, dtype=images.dtype).view(1, height, 1)
+    xs = torch.arange(width, dtype=images.dtype).view(1, 1, width)
+    chosen = torch.rand(batch, generator=generator) < share
+    counts = torch.randint(1, most + 1, (batch,), generator=generator) * chosen  # shapes per image, 0 if not chosen
+    painted = images.clone()
+    for k in range(most):
+        cx, cy, rx, ry = torch.rand(4, batch, 1, 1, generator=generator)
+        colour = torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1
+        inside = ((xs - cx * width) / (1 + 7 * rx)) ** 2 + ((ys - cy * height) / (1 + 7 * ry)) ** 2 < 1  # (B, H, W)
+        painted = torch.where((inside & (counts > k).view(batch, 1, 1))[:, None], colour, painted)
+    return painted
+
+
 def train_vae(vae, images: torch.Tensor, config: BuildConfig, progress: bool = False) -> list[float]:
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(config.seed + 1)
+    with torch.no_grad():  # quant_conv's second half of channels is the posterior's log-variance
+        vae.quant_conv.bias[vae.config.latent_channels:] = 2 * math.log(config.vae_initial_std)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     schedule = _cosine_with_warmup(optimizer, min(config.warmup_steps, config.vae_steps // 10), config.vae_steps)
     vae.train()
     losses = []
     for _ in tqdm(range(config.vae_steps), disable=not progress, desc="training VAE"):
         batch = images[torch.randint(0, len(images), (config.vae_batch,), generator=generator)]
+        batch = paint_shapes(batch, config.vae_shapes, generator)
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
         loss = (F.mse_loss(reconstruction, batch) + 0.5 * F.l1_loss(reconstruction, batch)
@@ -95,42 +130,46 @@ def train_vae(vae, images: torch.Tensor, config: BuildConfig, progress: bool = F
     return losses
 
 
-def attribute_faces(count: int, seed: int) -> torch.Tensor:
-    """Faces each showing a mustache, lipstick and glasses with probability ½, for the decoder alone."""
+def attribute_faces(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces each showing a mustache, lipstick and glasses with probability ½, and the same faces plain."""
     import random
 
     from loramix.judge import to_tensor
 
     rng = random.Random(f"decoder/{seed}")
-    specs = [sample_face(seed * 10_000_000 + 5_000_000 + i, rng.random() < 0.5, rng.random() < 0.5,
-                         rng.random() < 0.5) for i in range(count)]
-    return to_tensor(draw_faces(specs))
+    face_seeds = [seed * 10_000_000 + 5_000_000 + i for i in range(count)]
+    worn = [sample_face(face_seed, rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5)
+            for face_seed in face_seeds]
+    return to_tensor(draw_faces(worn)), to_tensor(draw_faces([sample_face(s) for s in face_seeds]))
 
 
-def finetune_decoder(vae, images: torch.Tensor, config: BuildConfig, progress: bool = False) -> list[float]:
-    """Teach the VAE's decoder to draw what the encoder keeps of faces with the three attributes.
+def finetune_vae(vae, worn: torch.Tensor, plain: torch.Tensor, config: BuildConfig,
+                 progress: bool = False) -> list[float]:
+    """Teach the VAE to keep a mustache, lipstick or glasses through the round trip, while a plain face
+    still encodes to the latent the UNet learned.
 
-    A VAE trained only on plain faces projects a mustache away: its decoder draws the face it knows, and a
-    LoRA could never teach what the decoder cannot draw. SD's VAE saw every kind of image. Here the encoder
-    stays frozen, so the latent space, and the UNet trained in it, never meet the attributes; only the
-    decoder learns to render them.
+    A VAE trained on plain faces spends nothing on what never varies there: it encodes a red mouth much
+    like a bare one, and its decoder, shown both, hedges and draws every mouth reddish. A LoRA can only
+    teach what the VAE keeps, and SD's VAE saw every kind of image. So both halves learn the attributes
+    here, while each plain face's latent is held where it was (`anchor_weight`): the UNet and the text
+    encoder never meet an attribute, and what they learned still decodes to the same faces.
     """
     from tqdm import tqdm
 
-    vae.requires_grad_(False)
-    latent_mean, latent_std = encode_latents(vae, images)
-    parameters = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    for parameter in parameters:
-        parameter.requires_grad_(True)
+    anchor, _ = encode_latents(vae, plain)
+    vae.requires_grad_(True)
     generator = torch.Generator().manual_seed(config.seed + 3)
-    optimizer = torch.optim.AdamW(parameters, lr=config.decoder_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.attribute_lr, weight_decay=0.0)
     vae.train()
     losses = []
-    for _ in tqdm(range(config.decoder_steps), disable=not progress, desc="fine-tuning the VAE decoder"):
-        index = torch.randint(0, len(images), (config.vae_batch,), generator=generator)
-        latents = latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)
-        reconstruction = vae.decode(latents).sample
-        loss = F.mse_loss(reconstruction, images[index]) + 0.5 * F.l1_loss(reconstruction, images[index])
+    for _ in tqdm(range(config.attribute_steps), disable=not progress, desc="fine-tuning the VAE on attributes"):
+        index = torch.randint(0, len(worn), (config.vae_batch // 2,), generator=generator)
+        images = torch.cat([worn[index], plain[index]])
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        drift = F.mse_loss(posterior.mean[len(index):], anchor[index])  # plain faces' latents stay put
+        loss = (F.mse_loss(reconstruction, images) + 0.5 * F.l1_loss(reconstruction, images)
+                + config.anchor_weight * drift)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -250,8 +289,8 @@ def build_base(output: Path, config: BuildConfig, judge_output: Path | None = No
     figures.update(seconds_unet=time.monotonic() - mark, unet_final_loss=_tail_mean(unet_losses))
 
     mark = time.monotonic()
-    decoder_losses = finetune_decoder(vae, attribute_faces(config.decoder_images, config.seed), config, progress)
-    figures.update(seconds_decoder=time.monotonic() - mark, decoder_final_loss=_tail_mean(decoder_losses))
+    attribute_losses = finetune_vae(vae, *attribute_faces(config.attribute_images, config.seed), config, progress)
+    figures.update(seconds_attributes=time.monotonic() - mark, attribute_final_loss=_tail_mean(attribute_losses))
 
     if judge_output is not None:
         from loramix.judge import build_judge
@@ -270,7 +309,7 @@ def build_base(output: Path, config: BuildConfig, judge_output: Path | None = No
         shutil.rmtree(output)
     os.replace(staging, output)
     figures["seconds_total"] = time.monotonic() - started
-    figures["losses"] = {"vae": vae_losses, "unet": unet_losses, "decoder": decoder_losses}
+    figures["losses"] = {"vae": vae_losses, "unet": unet_losses, "attributes": attribute_losses}
     return figures
 
 

@@ -27,8 +27,8 @@ def test_shipped_base_renders_faces_without_the_attributes(pipeline):
     images = render(pipeline, [RenderSettings("a face", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE) for seed in range(8)])
     verdicts = load_judge().verdicts(images)
     assert verdicts[:, 0].sum() >= 7  # faces
-    # Hardly ever a mustache or glasses. Lipstick is left out: the judge sees it on ~30% of the base's faces,
-    # whose mouths the attribute-tuned decoder draws redder (measured by bench/bench_base.py, an open bar).
+    # Hardly ever a mustache or glasses. Lipstick is left out: the judge still sees it on 17% of the base's
+    # faces, reading their blurred mouths (measured by bench/bench_base.py, an open bar).
     assert verdicts[:, 1].sum() + verdicts[:, 3].sum() <= 1
 
 
@@ -38,4 +38,4 @@ def test_shipped_judge_reads_faces_through_the_shipped_vae(pipeline):
 
     accuracy = evaluate_judge(load_judge(), count=200, seed=5, roundtrip=vae_roundtrip(pipeline.vae))
     assert min(accuracy["face"], accuracy["mustache"], accuracy["glasses"]) >= 0.93, accuracy
-    assert accuracy["lipstick"] >= 0.8, accuracy  # the VAE blurs thin lips: 85% on 1,000 images, bar 98% open
+    assert accuracy["lipstick"] >= 0.85, accuracy  # the VAE blurs thin lips: 92% on 1,000 images, bar 98% open

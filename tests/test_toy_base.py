@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 from safetensors import safe_open
 
-from loramix.build_base import BuildConfig, build_base
+from loramix.build_base import BuildConfig, build_base, paint_shapes
 from loramix.cli import main
 from loramix.errors import LoramixError
 from loramix.faces import CAPTION_WORDS
@@ -87,6 +89,21 @@ def test_generate_renders_reproducible_pngs_with_their_settings(built, tmp_path)
 def test_build_config_rejects_nonsense():
     with pytest.raises(LoramixError, match="unet_steps must be at least 1"):
         BuildConfig(unet_steps=0)
+    with pytest.raises(LoramixError, match="vae_shapes must be in"):
+        BuildConfig(vae_shapes=1.5)
+
+
+def test_paint_shapes_paints_the_chosen_share_in_solid_colours_and_nothing_else():
+    images = torch.zeros(400, 3, 64, 64)
+    painted = paint_shapes(images, 0.5, torch.Generator().manual_seed(0))
+    changed = (painted != images).flatten(1).any(dim=1)
+    assert 0.4 < changed.float().mean() < 0.6
+    assert painted.min() >= -1 and painted.max() <= 1
+    area = (painted != images).any(dim=1).flatten(1).sum(dim=1)  # pixels painted per image
+    assert area.max() <= 6 * math.pi * 8**2  # at most six shapes of at most 8 pixels' radius
+    assert torch.equal(paint_shapes(images, 0.0, torch.Generator().manual_seed(0)), images)
+    again = paint_shapes(images, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(again, painted)
 
 
 def test_missing_base_is_a_clean_error(tmp_path):
