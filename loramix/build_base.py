@@ -104,6 +104,10 @@ def paint_shapes(images: torch.Tensor, share: float, generator: torch.Generator,
     return painted
 
 
+def _reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(reconstruction, images) + 0.5 * F.l1_loss(reconstruction, images)
+
+
 def train_vae(vae, images: torch.Tensor, config: BuildConfig, progress: bool = False) -> list[float]:
     from tqdm import tqdm
 
@@ -119,7 +123,7 @@ def train_vae(vae, images: torch.Tensor, config: BuildConfig, progress: bool = F
         batch = paint_shapes(batch, config.vae_shapes, generator)
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
-        loss = (F.mse_loss(reconstruction, batch) + 0.5 * F.l1_loss(reconstruction, batch)
+        loss = (_reconstruction_loss(reconstruction, batch)
                 + config.vae_kl_weight * posterior.kl().mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,8 +172,7 @@ def finetune_vae(vae, worn: torch.Tensor, plain: torch.Tensor, config: BuildConf
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
         drift = F.mse_loss(posterior.mean[len(index):], anchor[index])  # plain faces' latents stay put
-        loss = (F.mse_loss(reconstruction, images) + 0.5 * F.l1_loss(reconstruction, images)
-                + config.anchor_weight * drift)
+        loss = _reconstruction_loss(reconstruction, images) + config.anchor_weight * drift
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
