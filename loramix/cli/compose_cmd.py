@@ -104,7 +104,6 @@ def _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidanc
             density, every, batch_size, sequential, strength, images) -> None:
     import math
 
-    from PIL import Image
     from tqdm import tqdm
 
     from loramix.adapters import PipelineLoras, check_memory
@@ -150,14 +149,15 @@ def _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidanc
     lora_weights = {wf.name: wf.weight for wf in weighted_files}
     hashes = {wf.name: loras.hash_of(wf.path) for wf in weighted_files}
     paths = [images / f"{i:05d}-{s.seed}.png" for i, s in enumerate(settings)]
+    all_rendered = []
     for start in tqdm(range(0, count, batch_size), desc="rendering", unit="batch", disable=count <= batch_size):
         batch = settings[start : start + batch_size]
         rendered = (render(pipeline, batch) if method in FILE_METHODS
                     else render_multi(pipeline, loras, weighted_files, batch, method, every))
         for s, image, path in zip(batch, rendered, paths[start : start + batch_size]):
             save_png(image, path, a1111_parameters(s, sampler, str(base), lora_weights, hashes))
-    grid = image_grid([Image.open(p).convert("RGB") for p in paths], columns=min(8, math.ceil(math.sqrt(count * 2))),
-                      scale=2)
+        all_rendered += rendered
+    grid = image_grid(all_rendered, columns=min(8, math.ceil(math.sqrt(count * 2))), scale=2)
     save_png(grid, images / "grid.png")
     click.echo(f"rendered {count} images to {images} ({how})")
 
