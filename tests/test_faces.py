@@ -101,6 +101,25 @@ def test_an_attribute_changes_the_image_only_inside_its_box(attribute):
         assert (change[top:bottom, left:right] > 90).sum() >= 15, (seed, attribute)
 
 
+def test_mustache_and_frame_colours_stand_out_from_the_skin():
+    """Colours as bright as the skin (ginger on the deepest skin) vanish through the toy VAE; every skin still
+    gets at least two colours of each."""
+    def brightness(colour):
+        return Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0))
+
+    seen = {(skin, part): set() for skin in faces.SKIN_TONES for part in ("mustache", "glasses")}
+    for seed in range(400):
+        spec = sample_face(seed, mustache=True, glasses=True)
+        skin = faces.SKIN_TONES[spec.skin]
+        for part, colour in (("mustache", faces.MUSTACHE_COLOURS[spec.mustache.colour]),
+                             ("glasses", faces.GLASSES_COLOURS[spec.glasses.colour])):
+            seen[spec.skin, part].add(colour)
+            far_in_colour = np.linalg.norm(np.subtract(colour, skin)) >= 150
+            assert abs(brightness(colour) - brightness(skin)) >= 40 or far_in_colour, (seed, part)
+    assert faces.MUSTACHE_COLOURS["ginger"] not in seen["deep", "mustache"]
+    assert min(len(colours) for colours in seen.values()) >= 2
+
+
 def test_glasses_sit_above_the_mustache_which_sits_above_the_lips():
     for seed in SEEDS:
         spec = sample_face(seed, mustache=True, lipstick=True, glasses=True)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors import safe_open
 
-from loramix.build_base import BuildConfig, build_base, paint_shapes
+from loramix.build_base import BuildConfig, _reconstruction_loss, build_base, paint_shapes
 from loramix.cli import main
 from loramix.errors import LoramixError
 from loramix.faces import CAPTION_WORDS
@@ -91,6 +91,20 @@ def test_build_config_rejects_nonsense():
         BuildConfig(unet_steps=0)
     with pytest.raises(LoramixError, match="vae_shapes must be in"):
         BuildConfig(vae_shapes=1.5)
+    with pytest.raises(LoramixError, match="attribute_focus must be at least 0"):
+        BuildConfig(attribute_focus=-1)
+
+
+def test_attribute_focus_weighs_the_pixels_an_attribute_changes():
+    images = torch.zeros(1, 3, 8, 8)
+    off_on_attribute = images.clone()
+    off_on_attribute[..., :2, :2] = 0.5  # the error sits on 4 of 64 pixels
+    focus = torch.ones(1, 1, 8, 8)
+    assert _reconstruction_loss(off_on_attribute, images, focus) == pytest.approx(
+        float(_reconstruction_loss(off_on_attribute, images)))
+    focus[..., :2, :2] += 4.0  # those pixels are the attribute: 5× the weight
+    # Each off pixel costs 0.5² + ½·0.5 = 0.5 and now carries 5 of the 60 + 4·5 units of weight.
+    assert _reconstruction_loss(off_on_attribute, images, focus) == pytest.approx(4 * 5 * 0.5 / (60 + 4 * 5))
 
 
 def test_paint_shapes_paints_the_chosen_share_in_solid_colours_and_nothing_else():
