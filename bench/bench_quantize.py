@@ -53,7 +53,7 @@ def peak_bytes(device: torch.device) -> int:
 def worker(args) -> None:
     """One variant, in this process: build, quantize, render once, train, and write the numbers as JSON."""
     from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     from loramix.quantize import quantize_model
 
@@ -79,7 +79,7 @@ def worker(args) -> None:
         torch.save(unet(latent, timestep, text).sample.cpu(), args.output)
     log("rendered once (eval, no_grad)")
 
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS, init_lora_weights="gaussian"))
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS, init_lora_weights="gaussian"), unet)
     unet.train()
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-4)
     if device.type == "cuda":

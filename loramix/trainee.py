@@ -81,15 +81,20 @@ class LoraTrainee:
         self.resolution = 0
 
     def _add_lora(self, model, targets: list[str], what: str) -> None:
-        from peft import LoraConfig
+        # peft's own injection, not `add_adapter` of transformers or diffusers: their wrappers gate on peft's
+        # version, and a new transformers can demand a peft that is not yet published.
+        from peft import LoraConfig, inject_adapter_in_model
+
+        from loramix.environment import dependency_error
 
         config = LoraConfig(r=self.recipe.rank, lora_alpha=self.recipe.alpha, lora_dropout=self.recipe.dropout,
                             target_modules=list(targets), init_lora_weights="gaussian")
         try:
-            model.add_adapter(config)
+            inject_adapter_in_model(config, model)
         except ValueError as e:
-            raise TraineeError(f"targets {', '.join(targets)}: not found in the base's {what} "
-                               f"({str(e).splitlines()[0][:160]})") from None
+            if "not found in the base model" in str(e):
+                raise TraineeError(f"targets {', '.join(targets)}: not found in the base's {what}") from None
+            raise dependency_error(f"adding LoRA layers to the base's {what}", e) from None
         for parameter in model.parameters():  # the LoRA factors train in fp32 whatever the base's dtype
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()

@@ -150,15 +150,15 @@ def test_kohya_round_trip_is_bit_exact(adapter, tmp_path):
 
 def test_diffusers_round_trip_is_bit_exact(unet, clip, tmp_path):
     from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
     unet, clip = copy.deepcopy(unet), copy.deepcopy(clip)
     unet_config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"], init_lora_weights=False,
                              rank_pattern={"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": 2})
     clip_config = LoraConfig(r=2, lora_alpha=3, target_modules=["q_proj"], init_lora_weights=False)
-    unet.add_adapter(unet_config)
-    clip.add_adapter(clip_config)
+    inject_adapter_in_model(unet_config, unet)
+    inject_adapter_in_model(clip_config, clip)
     StableDiffusionPipeline.save_lora_weights(
         tmp_path, unet_lora_layers=get_peft_model_state_dict(unet),
         text_encoder_lora_layers=get_peft_model_state_dict(clip),

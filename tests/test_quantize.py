@@ -11,7 +11,7 @@ import pytest
 import torch
 from bitsandbytes.functional import dequantize_4bit, has_avx512bf16
 from conftest import CLIP_ATTENTION, UNET_ATTENTION
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from peft.tuners.lora import bnb as peft_bnb
 from torch import nn
 
@@ -75,9 +75,8 @@ def dequantized(module: nn.Module) -> torch.Tensor:
 
 def with_lora(unet, rank: int = 4):
     # Gaussian B as well as A, so the adapter changes the output from the first step on.
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(UNET_ATTENTION),
-                                init_lora_weights="gaussian"))
-    return unet
+    return inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(UNET_ATTENTION),
+                                              init_lora_weights="gaussian"), unet)
 
 
 def train_step(model, optimizer, inputs) -> float:

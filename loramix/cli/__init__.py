@@ -8,6 +8,7 @@ from loramix import __version__
 from loramix.cli.build_cmd import build_base
 from loramix.cli.compose_cmd import compose
 from loramix.cli.edit_cmd import edit
+from loramix.cli.env_cmd import env
 from loramix.cli.faces_cmd import faces
 from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
@@ -37,6 +38,7 @@ def main() -> None:
 main.add_command(inspect)
 main.add_command(compose)
 main.add_command(edit)
+main.add_command(env)
 main.add_command(build_base)
 main.add_command(generate)
 main.add_command(faces)
