@@ -11,6 +11,7 @@ model (to float noise between machines).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -320,12 +321,22 @@ def build_base(output: Path, config: BuildConfig, judge_output: Path | None = No
         scheduler=DPMSolverMultistepScheduler.from_config(SCHEDULER_CONFIG), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(str(staging), safe_serialization=True)
+    _load_text_encoder_in_fp32(staging / "text_encoder" / "config.json")
     if output.exists():
         shutil.rmtree(output)
     os.replace(staging, output)
     figures["seconds_total"] = time.monotonic() - started
     figures["losses"] = {"vae": vae_losses, "unet": unet_losses, "attributes": attribute_losses}
     return figures
+
+
+def _load_text_encoder_in_fp32(config_path: Path) -> None:
+    """The weights are stored in fp16 to keep the package small, and transformers loads a model in the dtype
+    its config names, while diffusers loads the UNet and VAE in fp32: without this, plain
+    `StableDiffusionPipeline.from_pretrained(folder)` mixes half and float and fails at the first render."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["dtype"] = "float32"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _tail_mean(losses: list[float], count: int = 100) -> float:

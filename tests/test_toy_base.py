@@ -16,7 +16,8 @@ from loramix.errors import LoramixError
 from loramix.faces import CAPTION_WORDS
 from loramix.tokenizer import build_tokenizer
 
-TINY = BuildConfig(images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup_steps=1)
+TINY = BuildConfig(images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup_steps=1,
+                   attribute_steps=2, attribute_images=8)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,13 @@ def test_build_writes_a_pipeline_plain_diffusers_loads_and_runs(built):
 
     output, figures = built
     assert figures["config"]["unet_steps"] == 2 and len(figures["losses"]["unet"]) == 2
+    assert figures["config"]["attribute_steps"] == 2 and len(figures["losses"]["attributes"]) == 2
     assert figures["scaling_factor"] > 0
     with safe_open(str(output / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16  # shipped in half precision: small
-    pipeline = StableDiffusionPipeline.from_pretrained(str(output), local_files_only=True).to(torch.float32)
+    # As the README shows it: no dtype argument. The fp16 weights load as fp32 in every component.
+    pipeline = StableDiffusionPipeline.from_pretrained(str(output), local_files_only=True)
+    assert {pipeline.unet.dtype, pipeline.vae.dtype, pipeline.text_encoder.dtype} == {torch.float32}
     image = pipeline("a face", num_inference_steps=2, height=64, width=64,
                      generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
