@@ -13,9 +13,11 @@ import time
 
 import torch
 
-from loramix.judge import load_judge, summarize
-from loramix.render import RenderSettings, image_grid, render
-from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
+from loramix.models.load import load_pipeline
+from loramix.render.core import RenderSettings, render
+from loramix.render.images import image_grid
+from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from loramix.toy.judge import load_judge, summarize
 
 
 def main() -> None:
@@ -27,7 +29,7 @@ def main() -> None:
 
     pipeline = load_pipeline(args.base)
     judge = load_judge()
-    settings = [RenderSettings(args.prompt, seed, DEFAULT_STEPS, DEFAULT_GUIDANCE) for seed in range(64)]
+    settings = [RenderSettings(args.prompt, seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, 64, 64) for seed in range(64)]
     render(pipeline, settings[:8])  # warm-up: first calls allocate
     timings = []
     for _ in range(3):

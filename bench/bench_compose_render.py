@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from loramix.adapters import PipelineLoras
 from loramix.cli.quiet import quiet_libraries
-from loramix.render import RenderSettings, render
+from loramix.models.load import load_pipeline
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import RenderSettings, render
 from loramix.specs import WeightedFile
-from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
+from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         paths = lora_files(args.loras, Path(scratch))
-        settings = [RenderSettings("a face with a mustache and lipstick", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+        settings = [RenderSettings("a face with a mustache and lipstick", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, 64, 64)
                     for seed in range(8)]
         weights = [0.7, 0.5]
 

@@ -3,7 +3,7 @@ spreads over processes.
 
     python bench/bench_generate.py [--images 32] [--batch-size 8] [--repeats 3] [--job 64]
 
-1. Throughput (toy base, 15 steps, guidance 4, the same batch size): `loramix.generate.generate` — plan,
+1. Throughput (toy base, 15 steps, guidance 4, the same batch size): `loramix.render.generate.generate` — plan,
    skip-existing check, PNG with A1111 text, manifest — against `pipeline(prompt=[...], generator=[...])` over
    batches with a plain `image.save`. Interleaved `repeats` times after a warm-up; medians. Bar: ratio ≥ 1.0.
 2. Switching: `PipelineLoras.apply` alternating between two LoRA sets, beside the time of one image.
@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-from loramix.adapters import PipelineLoras
-from loramix.batch import Defaults, PromptRow, plan, slug
-from loramix.generate import generate
-from loramix.render import RenderSettings, render
+from loramix.models.load import LoadedBase, load_pipeline
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import RenderSettings, render
+from loramix.render.generate import generate
+from loramix.render.prompts import Defaults, PromptRow, plan, slug
 from loramix.specs import WeightedFile
-from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
+from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a face", "a smiling face", "a face with glasses", "a face with a mustache", "a face with lipstick",
@@ -60,7 +61,7 @@ def throughput(pipeline, loras, images: int, batch_size: int, repeats: int, scra
             folder.mkdir()
             start = time.perf_counter()
             if name == "loramix":
-                generate(pipeline, jobs, folder, "toy", batch_size=batch_size, loras=loras, grid=False)
+                generate(LoadedBase.of(pipeline, "toy"), jobs, folder, batch_size=batch_size, loras=loras, grid=False)
             else:
                 plain_loop(pipeline, prompts, seeds, batch_size, folder)
             if repeat:
@@ -86,7 +87,7 @@ def switching(pipeline, loras, per_image_in_batch: float, scratch: Path) -> None
     loras.apply(sets[1])
     seconds = [loras.apply(sets[i % 2]) for i in range(20)]
     loras.apply([])
-    settings = RenderSettings("a face", 0, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    settings = RenderSettings("a face", 0, DEFAULT_STEPS, DEFAULT_GUIDANCE, 64, 64)
     render(pipeline, [settings])
     alone = []
     for _ in range(5):

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from loramix.adapters import PipelineLoras
 from loramix.cli.quiet import quiet_libraries
-from loramix.judge import ATTRIBUTES, load_judge
-from loramix.multi_lora import GENERATION_METHODS, render_multi
-from loramix.render import RenderSettings, labelled_grid, render
+from loramix.models.load import load_pipeline
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import RenderSettings, render
+from loramix.render.images import labelled_grid
+from loramix.render.multi import GENERATION_METHODS, render_multi
 from loramix.specs import WeightedFile
-from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
+from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from loramix.toy.judge import ATTRIBUTES, load_judge
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("base", "exact", "merge-svd", "ties", "dare", "switch", "composite")
@@ -52,7 +54,7 @@ def lora_file(folder: Path, name: str) -> Path:
 
 
 def rendered(pipeline, loras: PipelineLoras, files: list[WeightedFile], method: str, prompt: str, count: int):
-    settings = [RenderSettings(prompt, seed, DEFAULT_STEPS, DEFAULT_GUIDANCE) for seed in range(count)]
+    settings = [RenderSettings(prompt, seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, 64, 64) for seed in range(count)]
     loras.apply([] if method in ("base", *GENERATION_METHODS) else files,
                 method="exact" if method == "base" else method, rank=8 if method == "merge-svd" else None)
     start = time.perf_counter()

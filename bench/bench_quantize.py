@@ -55,7 +55,7 @@ def worker(args) -> None:
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
 
-    from loramix.quantize import quantize_model
+    from loramix.models.quantize import quantize_model
 
     mode, convs = VARIANTS[args.worker]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

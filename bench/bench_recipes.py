@@ -13,17 +13,19 @@ import argparse
 import time
 from pathlib import Path
 
-from loramix.judge import ATTRIBUTES, load_judge, summarize
-from loramix.recipe import make_recipe
-from loramix.render import RenderSettings, image_grid, render
-from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline
-from loramix.train import train
+from loramix.models.load import load_pipeline
+from loramix.render.core import RenderSettings, render
+from loramix.render.images import image_grid
+from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from loramix.toy.judge import ATTRIBUTES, load_judge, summarize
+from loramix.train.loop import train
+from loramix.train.recipe import make_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def judged(pipeline, prompt: str, judge) -> tuple[dict[str, float], list]:
-    settings = [RenderSettings(prompt, seed, DEFAULT_STEPS, DEFAULT_GUIDANCE) for seed in range(64)]
+    settings = [RenderSettings(prompt, seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, 64, 64) for seed in range(64)]
     images = [image for start in range(0, 64, 16) for image in render(pipeline, settings[start : start + 16])]
     return summarize(judge.verdicts(images)), images
 

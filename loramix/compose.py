@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loramix.choices import FILE_METHODS, PRUNING_MERGES
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, LoraModule
-
-MERGE_METHODS = ("ties", "dare", "dare_ties")
-METHODS = ("exact", "merge-svd", *MERGE_METHODS)
 
 
 @dataclass
@@ -77,8 +75,8 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
 
     _check(weighted, names)
     _check_rank(rank)
-    if method not in MERGE_METHODS:
-        raise LoramixError(f"unknown merge method {method!r}: choose one of {', '.join(MERGE_METHODS)}")
+    if method not in PRUNING_MERGES:
+        raise LoramixError(f"unknown merge method {method!r}: choose one of {', '.join(PRUNING_MERGES)}")
     if not 0 < density <= 1:
         raise LoramixError(f"density must be in (0, 1], got {density}")
     modules, report, tails, totals = {}, SvdReport(), 0.0, 0.0
@@ -113,9 +111,9 @@ def compose_by_method(weighted: Weighted, method: str, rank: int | None = None, 
         return compose_exact(weighted, names, allow_nonfinite), None
     if method in ("exact", "merge-svd"):
         return compose_svd(weighted, rank or max(max(a.ranks) for a, _ in weighted), names, allow_nonfinite)
-    if method in MERGE_METHODS:
+    if method in PRUNING_MERGES:
         return compose_merge(weighted, method, rank or sum(max(a.ranks) for a, _ in weighted), density, seed, names)
-    raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(FILE_METHODS)}")
 
 
 def truncated_product_svd(up: torch.Tensor, down: torch.Tensor, rank: int):

@@ -15,15 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loramix import __version__
-from loramix.errors import LoramixError
+from loramix.errors import DependencyError
 
 # The packages whose versions decide whether loramix works, in the order a report lists them.
 KEY_PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors",
                 "huggingface-hub", "tokenizers", "numpy", "pillow", "click")
-
-
-class DependencyError(LoramixError):
-    """A dependency failed in a way that points at its version, not at the user's input."""
 
 
 @dataclass
@@ -103,7 +99,7 @@ def accelerators() -> dict[str, str]:
 
 
 def describe() -> Environment:
-    from loramix.toybase import toy_base_path
+    from loramix.models.load import bundled_base_path
 
     lock = find_lock()
     pins = read_lock(lock) if lock else {}
@@ -115,7 +111,7 @@ def describe() -> Environment:
         platform=platform.platform(),
         packages={name: installed[name] for name in KEY_PACKAGES},
         accelerators=accelerators(),
-        toy_base=str(toy_base_path()),
+        toy_base=str(bundled_base_path()),
         lock=str(lock) if lock else None,
         mismatches=compare_with_lock(pins, installed),
     )

@@ -30,3 +30,51 @@ class IncompatibleAdaptersError(LoramixError):
 
 class OutputError(LoramixError):
     """An output path that cannot be written."""
+
+
+class BaseLoadError(LoramixError):
+    """A base loramix cannot load."""
+
+
+class PromptFileError(LoramixError):
+    """A prompt file that cannot be read, or (with --strict) has bad rows."""
+
+
+class DatasetError(LoramixError):
+    """A dataset folder loramix cannot train on."""
+
+
+class RecipeError(LoramixError):
+    """A recipe key or value that loramix cannot train with."""
+
+
+class TrainError(LoramixError):
+    """A training run that cannot start or go on."""
+
+
+class TrainInterrupted(TrainError):
+    """Ctrl-C during training, after a checkpoint of the last finished step was written."""
+
+
+class CheckpointError(LoramixError):
+    """A checkpoint that cannot be resumed from."""
+
+
+class TraineeError(LoramixError):
+    """A base and recipe that do not fit together."""
+
+
+class QuantizeError(LoramixError):
+    """A quantization that cannot be done: unknown mode, or a model that already carries adapters."""
+
+
+class FaceSpecError(LoramixError):
+    """A face spec or dataset request that names something this module cannot draw."""
+
+
+class JudgeError(LoramixError):
+    """Images the judge cannot read, or judge weights it cannot load."""
+
+
+class DependencyError(LoramixError):
+    """A dependency failed in a way that points at its version, not at the user's input."""

@@ -11,7 +11,7 @@ kohya calls A `lora_down` and B `lora_up`; peft calls them `lora_A` and `lora_B`
 a conv with the layer's kernel (r, in, kh, kw) and B a 1×1 conv (out, r, 1, 1); ΔW is then the product of
 their flattened matrices reshaped to the layer's kernel.
 
-This module imports only torch and does no I/O.
+This module imports only torch (and loramix's constants) and does no I/O.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+from loramix.choices import COMPONENTS
 
 
 @dataclass

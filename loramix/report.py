@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from loramix.bases import BaseShapes
 from loramix.formats import module_kind
+from loramix.formats.metadata import shown_metadata
 from loramix.lora import LoraAdapter, component_of, path_of
+from loramix.models.shapes import BaseShapes
 
 BYTES_PER_PARAM = {"fp16": 2, "fp32": 4}
 
@@ -69,7 +70,7 @@ def report_adapter(path: str | Path, adapter: LoraAdapter, base: BaseShapes | No
         bytes_fp16=num_params * BYTES_PER_PARAM["fp16"],
         bytes_fp32=num_params * BYTES_PER_PARAM["fp32"],
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for m in adapter.modules.values() for t in (m.down, m.up)}),
-        metadata={k: v for k, v in adapter.metadata.items() if k != "lora_adapter_metadata"},
+        metadata=shown_metadata(adapter.metadata),
         base_fit=fit_to_base(adapter, base) if base is not None else None,
         nonfinite_modules=[key for key, m in adapter.modules.items()
                            if not (torch.isfinite(m.down).all() and torch.isfinite(m.up).all())],

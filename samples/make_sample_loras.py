@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from loramix.bases import load_base_shapes
 from loramix.formats import write_adapter
 from loramix.lora import LoraAdapter, LoraModule
+from loramix.models.shapes import load_base_shapes
 
 HERE = Path(__file__).parent
 UNET_ATTENTION = (".to_q", ".to_k", ".to_v", ".to_out.0")

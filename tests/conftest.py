@@ -83,7 +83,7 @@ def unet_inputs(seed: int = 1, cross_attention_dim: int = 32):
 @pytest.fixture(scope="module")
 def pipeline():
     """The shipped toy base, fresh for each test module: modules fuse LoRAs and load adapters into it."""
-    from loramix.toybase import load_pipeline
+    from loramix.models.load import load_pipeline
 
     return load_pipeline("toy")
 

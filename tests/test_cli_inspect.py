@@ -40,7 +40,7 @@ def test_parameter_count_is_rank_times_in_plus_out():
     report = json.loads(run("inspect", DIFFUSERS, "--json"))[0]
     shapes = json.loads(run("inspect", DIFFUSERS, "--json", "--base", "sd15"))[0]
     # rank 2 over SD 1.5's 128 attention projections: r·(in + out) summed
-    from loramix.bases import load_base_shapes
+    from loramix.models.shapes import load_base_shapes
 
     base = load_base_shapes("sd15").weight_shapes
     expected = sum(2 * (base[k][0] + base[k][1]) for k in base

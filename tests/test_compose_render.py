@@ -29,9 +29,9 @@ def lora_files(pipeline, tmp_path_factory):
 
 
 def settings(count: int = 2):
-    from loramix.render import RenderSettings
+    from loramix.render.core import RenderSettings
 
-    return [RenderSettings("a smiling face", seed, STEPS, 4.0) for seed in range(count)]
+    return [RenderSettings("a smiling face", seed, STEPS, 4.0, 64, 64) for seed in range(count)]
 
 
 def pixels(images) -> np.ndarray:
@@ -39,9 +39,9 @@ def pixels(images) -> np.ndarray:
 
 
 def test_fused_exact_matches_unfused_adapters_and_switching_back_restores_the_base(pipeline, lora_files):
-    from loramix.adapters import PipelineLoras
-    from loramix.render import render
-    from loramix.toybase import load_pipeline
+    from loramix.models.load import load_pipeline
+    from loramix.models.loras import PipelineLoras
+    from loramix.render.core import render
 
     loras = PipelineLoras(pipeline)
     base = pixels(render(pipeline, settings()))
@@ -67,10 +67,10 @@ def test_fused_exact_matches_unfused_adapters_and_switching_back_restores_the_ba
 def test_switch_and_composite_reduce_to_the_pipeline_with_one_lora(pipeline, lora_files):
     """The generation-time loop is Stable Diffusion's: with one LoRA, both methods render what the pipeline
     itself renders with that LoRA; switching only after the last step never reaches the second LoRA."""
-    from loramix.adapters import PipelineLoras
-    from loramix.multi_lora import render_multi
-    from loramix.render import render
-    from loramix.toybase import load_pipeline
+    from loramix.models.load import load_pipeline
+    from loramix.models.loras import PipelineLoras
+    from loramix.render.core import render
+    from loramix.render.multi import render_multi
 
     reference_pipeline = load_pipeline("toy")
     reference_loras = PipelineLoras(reference_pipeline, fuse=False)
@@ -101,11 +101,26 @@ def test_compose_renders_images_with_their_settings(lora_files, tmp_path):
                                        "-o", str(tmp_path / "ab.safetensors")])
     assert result.exit_code == 0, result.output
     assert "fused into the base weights" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["00000-5.png", "00001-6.png", "00002-7.png", "grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["00000-5.png", "00001-6.png", "00002-7.png", "grid.png",
+                                                     "manifest.jsonl"]
     parameters = Image.open(out / "00001-6.png").text["parameters"]
     assert parameters.startswith("a face <lora:random0:0.7> <lora:random1:0.5>\n")
     assert "Steps: 4" in parameters and "Seed: 6" in parameters and 'Lora hashes: "random0: ' in parameters
+    assert "Composition:" not in parameters  # the exact sum is what <lora:…> weights mean everywhere
     assert (tmp_path / "ab.safetensors").is_file()
+
+    # The same request again keeps every image; another method renders them again, and says which it was.
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("0*.png")}
+    again = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.7", f"{lora_files[1]}:0.5", "--prompt",
+                                      "a face", "-n", "3", "--steps", "4", "--seed", "5", "--images", str(out)])
+    assert again.exit_code == 0, again.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("0*.png")} == before
+    dare = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.7", f"{lora_files[1]}:0.5", "--prompt",
+                                     "a face", "-n", "3", "--steps", "4", "--seed", "5", "--images", str(out),
+                                     "--method", "dare"])
+    assert dare.exit_code == 0, dare.output
+    parameters = Image.open(out / "00001-6.png").text["parameters"]
+    assert parameters.endswith(", Generator: loramix, Composition: dare density 0.5 seed 5")
 
 
 @pytest.mark.parametrize("method", ["ties", "switch"])
@@ -156,10 +171,17 @@ def test_compose_sequential_writes_each_stage_and_a_strip(lora_files, tmp_path):
                                        "a face", "--sequential", "-n", "2", "--steps", "4", "--seed", "3",
                                        "--images", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["00000-3", "00001-4"]
+    assert sorted(p.name for p in out.iterdir()) == ["00000-3", "00000-3.png", "00001-4", "00001-4.png",
+                                                     "grid.png", "manifest.jsonl"]
     stages = sorted(p.name for p in (out / "00000-3").iterdir())
     assert len(stages) == 4 and stages[-1] == "strip.png" and stages[0].startswith("stage-0")
     assert 'Stages: "' in Image.open(out / "00000-3" / "strip.png").text["parameters"]
+    # Each sequence's last stage is its image, beside its folder, with the whole sequence in its text.
+    last = Image.open(out / "00000-3" / stages[-2])
+    final = Image.open(out / "00000-3.png")
+    assert np.array_equal(np.asarray(final), np.asarray(last))
+    assert final.text["parameters"].endswith(', Denoising strength: 0.75, Stages: "text-to-image > random0:0.7 > '
+                                             'random1:0.5"')
 
 
 def test_more_loras_than_memory_allows_is_refused_before_loading_the_base(lora_files, tmp_path):
@@ -171,3 +193,34 @@ def test_more_loras_than_memory_allows_is_refused_before_loading_the_base(lora_f
     assert result.exit_code == 1 and len(result.output.splitlines()) == 1
     assert "the 2 LoRA files take 1024.0 GiB" in result.output and "use fewer LoRAs at once" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_every_render_command_writes_the_same_a1111_fields_for_the_same_base(lora_files, tmp_path):
+    """generate, compose --prompt, edit and xy render through one loop: for a base given as a folder, each
+    records the folder's name as the model, and generate and compose write the same text for the same image."""
+    from loramix.models.load import bundled_base_path
+
+    folder = str(bundled_base_path())
+    lora = f"{lora_files[0]}:0.7"
+    common = ["--prompt", "a face", "--steps", "3", "--seed", "2", "--base", folder]
+    runs = {
+        "generate": ["generate", "-n", "1", "--lora", lora, "-o", str(tmp_path / "g")],
+        "compose": ["compose", lora, "-n", "1", "--images", str(tmp_path / "c")],
+        "edit": ["edit", lora, "-o", str(tmp_path / "e")],
+        "xy": ["xy", "--x", lora_files[0], "--y", lora_files[1], "--x-weights", "0.7", "--y-weights", "0",
+               "-o", str(tmp_path / "xy.png")],
+    }
+    for name, args in runs.items():
+        result = CliRunner().invoke(main, args + common)
+        assert result.exit_code == 0, (name, result.output)
+    texts = {
+        "generate": Image.open(tmp_path / "g" / "00000-2.png").text["parameters"],
+        "compose": Image.open(tmp_path / "c" / "00000-2.png").text["parameters"],
+        "edit": Image.open(tmp_path / "e" / "stage-1-random0.png").text["parameters"],
+        "xy": Image.open(tmp_path / "xy.png").text["parameters"],
+    }
+    assert texts["generate"] == texts["compose"]
+    for name, text in texts.items():
+        fields = dict(field.split(": ", 1) for field in text.splitlines()[-1].split(", ") if ": " in field)
+        assert fields["Model"] == "toy" and fields["Sampler"] == "DPMSolverMultistepScheduler", (name, fields)
+        assert fields["Steps"] == "3" and fields["Seed"] == "2" and fields["Size"] == "64x64", (name, fields)

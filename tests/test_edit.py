@@ -12,10 +12,10 @@ from conftest import UNET_ATTENTION, random_adapter, tiny_unet, weight_shapes
 from PIL import Image
 
 from loramix.cli import main
-from loramix.edit import Stage, edit_sequence
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.formats import META_TRIGGER, write_adapter
-from loramix.render import RenderSettings, render
+from loramix.render.core import RenderSettings, render
+from loramix.render.edit import Stage, edit_sequence
 from loramix.specs import WeightedFile
 
 PROMPT = "a face"
@@ -47,7 +47,8 @@ def files(pipeline, tmp_path_factory):
 
 
 def edit(pipeline, loras: list[WeightedFile], **kwargs) -> list[Stage]:
-    return edit_sequence(pipeline, loras, kwargs.pop("prompt", PROMPT), steps=STEPS, **kwargs)
+    return edit_sequence(pipeline, loras, kwargs.pop("prompt", PROMPT), steps=STEPS,
+                         guidance=kwargs.pop("guidance", 4.0), **kwargs)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -59,7 +60,7 @@ def change(x: Image.Image, y: Image.Image) -> float:
 
 
 def base_render(pipeline, seed: int = 0) -> Image.Image:
-    return render(pipeline, [RenderSettings(PROMPT, seed, STEPS, 4.0, width=64, height=64)])[0]
+    return render(pipeline, [RenderSettings(PROMPT, seed, STEPS, 4.0, 64, 64)])[0]
 
 
 def test_stage_0_is_the_base_render_then_each_stage_is_img2img_of_the_one_before(pipeline, files):
@@ -122,14 +123,14 @@ def test_a_mask_confines_the_edit(pipeline, files):
     # The paste makes the outside exact; under it the latent blend already ends on the input's own latents
     # there, so the model paints the edited half against what stays: without the paste the outside is close to
     # the input's VAE round trip (not equal: the VAE's mid-block attention lets every latent reach every pixel).
-    from loramix.adapters import PipelineLoras
-    from loramix.edit import _img2img, _img2img_pipeline
+    from loramix.models.loras import PipelineLoras
+    from loramix.render.edit import _img2img, _img2img_pipeline
 
     img2img = _img2img_pipeline(pipeline)
     adapters = PipelineLoras(pipeline)
     adapters.apply(lora)
     try:
-        settings = RenderSettings(PROMPT, 0, STEPS, 4.0, width=64, height=64)
+        settings = RenderSettings(PROMPT, 0, STEPS, 4.0, 64, 64)
         blended = pixels(_img2img(img2img, start, settings, 0.75, mask))
     finally:
         adapters.apply([])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loramix import faces
-from loramix.faces import (
+from loramix.toy import faces
+from loramix.toy.faces import (
     BACKGROUNDS,
     CAPTION_WORDS,
     FaceSpec,

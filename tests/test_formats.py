@@ -11,11 +11,11 @@ from conftest import random_adapter, unet_inputs
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loramix.bases import load_base_shapes
 from loramix.formats import read_adapter, write_adapter
 from loramix.formats.kohya import flatten_path, kohya_module_path, unflatten_path
-from loramix.fuse import fuse_into
 from loramix.lora import LoraAdapter
+from loramix.models.fuse import fuse_into
+from loramix.models.shapes import load_base_shapes
 
 
 def tensors_of(path) -> dict[str, torch.Tensor]:

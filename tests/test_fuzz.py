@@ -27,12 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from loramix.batch import Defaults, plan, read_prompt_file
 from loramix.cli import main
 from loramix.errors import AdapterFileError, LoramixError
 from loramix.formats import read_adapter, write_adapter
 from loramix.formats.safetensors_file import MAX_HEADER_BYTES
 from loramix.lora import LoraAdapter, LoraModule
+from loramix.render.prompts import Defaults, plan, read_prompt_file
 
 CASES: collections.Counter = collections.Counter()  # target → cases run
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,14 +15,14 @@ from click.testing import CliRunner
 from conftest import UNET_ATTENTION, random_adapter, weight_shapes
 from PIL import Image
 
-from loramix.adapters import PipelineLoras
-from loramix.batch import Defaults, ImageJob, plan, read_prompt_file, slug
 from loramix.cli import main
 from loramix.formats import write_adapter
-from loramix.generate import MANIFEST, generate, render_order, settings_of
-from loramix.render import render
+from loramix.models.load import LoadedBase, load_pipeline
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import render
+from loramix.render.generate import MANIFEST, generate, render_order, settings_of
+from loramix.render.prompts import Defaults, ImageJob, plan, read_prompt_file, slug
 from loramix.specs import WeightedFile, short_hash
-from loramix.toybase import load_pipeline
 
 STEPS = ["--steps", "4"]
 DEFAULTS = Defaults(steps=4, guidance=4.0, width=64, height=64, n=1, seed=0)
@@ -120,22 +120,22 @@ def test_a_bad_row_is_skipped_with_a_warning_and_strict_stops_before_rendering(l
 def test_an_image_is_the_same_alone_in_a_batch_and_in_a_resumed_run(pipeline, loras, tmp_path):
     jobs = plan(read_prompt_file(write(tmp_path / "p.txt", "a face\na smiling face\n")).rows,
                 Defaults(steps=4, guidance=4.0, width=64, height=64, n=3, seed=11))
-    first = generate(pipeline, jobs, tmp_path / "a", "toy", batch_size=4, loras=loras)
+    first = generate(LoadedBase.of(pipeline, "toy"), jobs, tmp_path / "a", batch_size=4, loras=loras)
     assert (first.rendered, first.kept) == (6, 0)
     alone = render(pipeline, [settings_of(jobs[4])])[0]
     assert np.abs(np.asarray(alone, dtype=np.int16) - pixels(tmp_path / "a" / jobs[4].path)).max() <= 2
     (tmp_path / "a" / jobs[4].path).unlink()
     (tmp_path / "a" / jobs[1].path).write_bytes(b"half a png")  # an interrupted write of another tool
-    resumed = generate(pipeline, jobs, tmp_path / "a", "toy", batch_size=4, loras=loras)
+    resumed = generate(LoadedBase.of(pipeline, "toy"), jobs, tmp_path / "a", batch_size=4, loras=loras)
     assert (resumed.rendered, resumed.kept) == (2, 4)
-    fresh = generate(pipeline, jobs, tmp_path / "b", "toy", batch_size=1, loras=loras)
+    fresh = generate(LoadedBase.of(pipeline, "toy"), jobs, tmp_path / "b", batch_size=1, loras=loras)
     for job in jobs:
         assert np.abs(pixels(tmp_path / "a" / job.path) - pixels(tmp_path / "b" / job.path)).max() <= 2, job.path
     rows = [json.loads(line) for line in (tmp_path / "a" / MANIFEST).read_text().splitlines()]
     assert [row["path"] for row in rows] == [job.path for job in jobs]  # whole again after the resume
     assert all(row["seconds"] > 0 for row in rows) and fresh.rendered == 6
     changed = [ImageJob(**{**job.__dict__, "steps": 3}) if job.line == 2 else job for job in jobs]
-    again = generate(pipeline, changed, tmp_path / "a", "toy", batch_size=4, loras=loras, grid=False)
+    again = generate(LoadedBase.of(pipeline, "toy"), changed, tmp_path / "a", batch_size=4, loras=loras, grid=False)
     assert (again.rendered, again.kept) == (3, 3)  # the settings changed: its PNGs are out of date
 
 
@@ -165,12 +165,12 @@ def test_rows_switch_lora_sets_and_the_base_comes_back_exactly(pipeline, loras, 
         {"prompt": "a face", "loras": f"{red}:1"}]))).rows
     jobs = plan(rows, DEFAULTS)
     assert [job.line for job in render_order(jobs)] == [1, 2, 4, 3]  # each set's images together
-    result = generate(pipeline, jobs, tmp_path / "out", "toy", batch_size=1, loras=loras)
+    result = generate(LoadedBase.of(pipeline, "toy"), jobs, tmp_path / "out", batch_size=1, loras=loras)
     assert len(result.switch_seconds) == 2  # red, then blue; the end restores the base
     base, with_red, with_blue, red_again = (pixels(tmp_path / "out" / job.path) for job in jobs)
     assert np.abs(base - with_red).max() > 10 and np.abs(with_red - with_blue).max() > 10
     assert np.array_equal(with_red, red_again)
-    base_after = generate(pipeline, plan(rows[:1], DEFAULTS), tmp_path / "again", "toy", loras=loras)
+    base_after = generate(LoadedBase.of(pipeline, "toy"), plan(rows[:1], DEFAULTS), tmp_path / "again", loras=loras)
     assert base_after.rendered == 1
     assert np.array_equal(pixels(tmp_path / "again" / jobs[0].path), base)
     fresh = render(load_pipeline("toy"), [settings_of(jobs[0])])[0]

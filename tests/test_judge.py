@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loramix.cli import main
-from loramix.faces import BACKGROUNDS, draw_face, sample_face, write_dataset
-from loramix.judge import (
+from loramix.toy.faces import BACKGROUNDS, draw_face, sample_face, write_dataset
+from loramix.toy.judge import (
     ATTRIBUTES,
     JudgeError,
     JudgeNet,

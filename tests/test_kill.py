@@ -190,7 +190,7 @@ PER_PROMPT = 24
 @pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory) -> Path:
     """Three rows, one with a LoRA, so a restart also lands between LoRA sets."""
-    from loramix.toybase import load_pipeline
+    from loramix.models.load import load_pipeline
 
     folder = tmp_path_factory.mktemp("prompts")
     shapes = weight_shapes(load_pipeline("toy").unet, "unet", UNET_ATTENTION)
@@ -293,7 +293,7 @@ def digest(path: Path) -> str:
 def big_adapters(tmp_path_factory) -> dict:
     """Two rank-16 LoRAs over SD 1.5's 184 linear UNet modules, so the composition (rank 32, 55 MB) takes tens of
     milliseconds to write; the old output is `a` itself, the new one what an uninterrupted run writes."""
-    from loramix.bases import load_base_shapes
+    from loramix.models.shapes import load_base_shapes
 
     folder = tmp_path_factory.mktemp("big")
     shapes = {k: v for k, v in load_base_shapes("sd15").weight_shapes.items() if k.startswith("unet.") and len(v) == 2}

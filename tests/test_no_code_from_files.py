@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import loramix
-from loramix.batch import Defaults, plan, read_prompt_file
 from loramix.cli import main
 from loramix.formats import read_adapter, write_adapter
 from loramix.lora import LoraAdapter, LoraModule
+from loramix.render.prompts import Defaults, plan, read_prompt_file
 
 PACKAGE = Path(loramix.__file__).parent
 

@@ -16,7 +16,7 @@ from peft.tuners.lora import bnb as peft_bnb
 from torch import nn
 
 from loramix.errors import LoramixError
-from loramix.quantize import QUANTIZE_MODES, Conv2dNF4, QuantizeError, quantize_model, weight_bytes
+from loramix.models.quantize import QUANTIZE_MODES, Conv2dNF4, QuantizeError, quantize_model, weight_bytes
 
 CROSS = 64
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loramix.recipe import make_recipe
-from loramix.train import train
+from loramix.train.loop import train
+from loramix.train.recipe import make_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- this snippet runs as it is in tests/test_readme.py -->"

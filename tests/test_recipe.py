@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loramix.dataset import DatasetError, load_dataset
-from loramix.recipe import RecipeError, TrainRecipe, make_recipe, read_recipe
+from loramix.train.dataset import DatasetError, load_dataset
+from loramix.train.recipe import RecipeError, TrainRecipe, make_recipe, read_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))

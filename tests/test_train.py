@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from loramix.cli import main
-from loramix.recipe import make_recipe
-from loramix.train import train
+from loramix.train.loop import train
+from loramix.train.recipe import make_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 MUSTACHE = ROOT / "samples" / "mustache"
@@ -64,12 +64,12 @@ def test_the_adapter_has_its_metadata_and_only_the_unet_attention(nf4_run):
 
 
 def test_the_adapter_loads_in_plain_diffusers_and_at_weight_zero_renders_the_base(nf4_run):
-    from loramix.render import RenderSettings, render
-    from loramix.toybase import load_pipeline
+    from loramix.models.load import load_pipeline
+    from loramix.render.core import RenderSettings, render
 
     _, result = nf4_run
     pipeline = load_pipeline("toy")
-    settings = [RenderSettings("a face with a mustache", seed, 4, 4.0) for seed in (0, 1)]
+    settings = [RenderSettings("a face with a mustache", seed, 4, 4.0, 64, 64) for seed in (0, 1)]
     base = [torch.tensor(list(image.getdata())) for image in render(pipeline, settings)]
     pipeline.load_lora_weights(str(result.adapter), adapter_name="m")
     pipeline.set_adapters(["m"], adapter_weights=[1.0])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loramix.recipe import make_recipe
-from loramix.train import train
+from loramix.train.loop import train
+from loramix.train.recipe import make_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,9 +21,10 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from loramix.toybase import LATENT_CHANNELS, SCHEDULER_CONFIG, VAE_CONFIG, toy_base_path
+    from loramix.models.load import bundled_base_path
+    from loramix.toy.base import LATENT_CHANNELS, SCHEDULER_CONFIG, VAE_CONFIG
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(toy_base_path() / "tokenizer"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(bundled_base_path() / "tokenizer"))
     torch.manual_seed(0)
     text = dict(vocab_size=len(tokenizer), intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                 max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,

@@ -8,12 +8,12 @@ from click.testing import CliRunner
 from conftest import UNET_ATTENTION, random_adapter, weight_shapes
 from PIL import Image
 
-from loramix.adapters import PipelineLoras
 from loramix.cli import main
 from loramix.errors import LoramixError
 from loramix.formats import write_adapter
-from loramix.render import RenderSettings, render
-from loramix.xy import XYSweep, parse_weights, render_xy
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import RenderSettings, render
+from loramix.render.xy import XYSweep, parse_weights, render_xy
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_bad_weights_are_refused(text):
 
 def test_the_grid_has_a_labelled_cell_per_pair_of_weights(pipeline, lora_files):
     loras = PipelineLoras(pipeline)
-    settings = RenderSettings("a face", 3, 2, 4.0)
+    settings = RenderSettings("a face", 3, 2, 4.0, 64, 64)
     sweep = XYSweep(*lora_files, x_weights=(0.0, 0.5, 1.0), y_weights=(0.0, 1.0))
     result = render_xy(pipeline, loras, sweep, settings, scale=2)
     grid = result.grid

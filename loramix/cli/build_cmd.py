@@ -22,23 +22,23 @@ import click
 @click.option("--seed", type=int, help="Seed of everything random in the build.")
 def build_base(output, judge_output, no_judge, judge_only, images, vae_steps, unet_steps, seed) -> None:
     """Train the toy base: VAE on faces, then UNet + text encoder on its latents, then the judge."""
-    from loramix.build_base import BuildConfig
-    from loramix.build_base import build_base as build
     from loramix.cli.quiet import quiet_libraries
-    from loramix.toybase import toy_base_path
+    from loramix.models.load import bundled_base_path
+    from loramix.toy.build import BuildConfig
+    from loramix.toy.build import build_base as build
 
     quiet_libraries()
 
     overrides = {k: v for k, v in dict(images=images, vae_steps=vae_steps, unet_steps=unet_steps,
                                         seed=seed).items() if v is not None}
     config = BuildConfig(**overrides)
-    output = output or toy_base_path()
+    output = output or bundled_base_path()
     if not no_judge:
         judge_output = judge_output or output.parent / "judge.safetensors"
     if judge_only:
-        from loramix.build_base import vae_roundtrip
-        from loramix.judge import build_judge
-        from loramix.toybase import load_pipeline
+        from loramix.models.load import load_pipeline
+        from loramix.toy.build import vae_roundtrip
+        from loramix.toy.judge import build_judge
 
         started = time.monotonic()
         figures = build_judge(judge_output, vae_roundtrip(load_pipeline(output).vae), steps=config.judge_steps,

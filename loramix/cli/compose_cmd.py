@@ -6,18 +6,15 @@ from pathlib import Path
 
 import click
 
+from loramix.choices import DTYPES, FILE_METHODS, FORMATS, GENERATION_METHODS, QUANTIZE_MODES
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
-
-FILE_METHODS = ("exact", "merge-svd", "ties", "dare", "dare_ties")
-RENDER_METHODS = ("switch", "composite")
-DTYPES = ("fp32", "fp16", "bf16")
 
 
 @click.command()
 @click.argument("specs", nargs=-1, required=True, metavar="FILE[:WEIGHT]...")
 @click.option("-o", "--output", type=click.Path(), help="Write the composed LoRA file here.")
-@click.option("--method", type=click.Choice(FILE_METHODS + RENDER_METHODS), default="exact", show_default=True,
+@click.option("--method", type=click.Choice(FILE_METHODS + GENERATION_METHODS), default="exact", show_default=True,
               help="exact: Σ wᵢ·ΔWᵢ. merge-svd: its best rank-R approximation. ties/dare/dare_ties: peft's merges "
                    "of the full ΔWᵢ (not additive). switch/composite: combine the LoRAs while denoising "
                    "(rendering only).")
@@ -28,7 +25,7 @@ DTYPES = ("fp32", "fp16", "bf16")
               help="Fraction of each ΔW kept by ties/dare.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the first image (image i uses seed+i) and of dare's random pruning.")
-@click.option("--format", "file_format", type=click.Choice(["diffusers", "kohya"]), default="diffusers",
+@click.option("--format", "file_format", type=click.Choice(FORMATS), default="diffusers",
               show_default=True, help="Key naming of the output: diffusers, or kohya for A1111/ComfyUI.")
 @click.option("--dtype", type=click.Choice(DTYPES),
               help="Output precision. Default: the inputs' dtype when they agree, else fp32.")
@@ -41,7 +38,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 @click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
 @click.option("--base", default="toy", show_default=True,
               help="'toy', a diffusers folder, a .safetensors checkpoint or a hub id.")
-@click.option("--quantize", type=click.Choice(["none", "nf4", "int8"]), default="none", show_default=True,
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
               help="Store the base quantized; the LoRAs then stay unfused (peft adapters) instead of fused.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="switch: denoising steps before the next LoRA takes over.")
@@ -61,10 +58,10 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     full-precision base it is fused into the weights, so rendering costs what the base costs.
     """
     weighted_files = [parse_weight_spec(s) for s in specs]
-    if method in RENDER_METHODS and output is not None:
+    if method in GENERATION_METHODS and output is not None:
         raise LoramixError(f"--method {method} combines LoRAs while denoising, so there is no file to write: "
                            "drop -o, or use exact, merge-svd, ties or dare")
-    if method in RENDER_METHODS and prompt is None:
+    if method in GENERATION_METHODS and prompt is None:
         raise LoramixError(f"--method {method} combines LoRAs while rendering: give --prompt")
     if sequential and prompt is None:
         raise LoramixError("--sequential renders: give --prompt")
@@ -73,8 +70,12 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     if output is not None:
         _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite)
     if prompt is not None:
-        _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidance, base, quantize, method, rank,
-                density, every, batch_size, sequential, strength, images)
+        from loramix.render.core import Composition
+
+        composition = Composition("sequential" if sequential else method, rank=rank, density=density, seed=seed,
+                                  every=every, strength=strength)
+        _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, base, quantize,
+                batch_size, images)
 
 
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
@@ -82,6 +83,7 @@ def _write_file(weighted_files, output, method, rank, density, seed, file_format
 
     from loramix.compose import compose_by_method
     from loramix.formats import read_adapter, write_adapter
+    from loramix.formats.metadata import composition_metadata
 
     adapters = [read_adapter(wf.path) for wf in weighted_files]
     weighted = [(a, wf.weight) for a, wf in zip(adapters, weighted_files)]
@@ -92,7 +94,7 @@ def _write_file(weighted_files, output, method, rank, density, seed, file_format
         module.down, module.up = module.down.to(out_dtype), module.up.to(out_dtype)
     recipe = " ".join(f"{wf.path}:{wf.weight:g}" for wf in weighted_files)
     write_adapter(result, output, format=file_format,
-                  metadata={"loramix_composed_from": recipe, "loramix_compose_method": method})
+                  metadata=composition_metadata(recipe, method))
     click.echo(f"wrote {output}: {len(result.modules)} modules, rank {', '.join(map(str, result.ranks))}, "
                f"{file_format} naming, {str(out_dtype).removeprefix('torch.')}")
     if report is not None:
@@ -100,81 +102,36 @@ def _write_file(weighted_files, output, method, rank, density, seed, file_format
                    f"{max(report.module_errors.values()):.3e} worst module")
 
 
-def _render(weighted_files, prompt, count, negative_prompt, seed, steps, guidance, base, quantize, method, rank,
-            density, every, batch_size, sequential, strength, images) -> None:
-    import math
-
-    from tqdm import tqdm
-
-    from loramix.adapters import PipelineLoras, check_memory
+def _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, base, quantize,
+            batch_size, images) -> None:
     from loramix.cli.quiet import quiet_libraries
-    from loramix.multi_lora import render_multi
-    from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
-    from loramix.render import RenderSettings, a1111_parameters, image_grid, render, save_png
+    from loramix.models.load import load_base
+    from loramix.models.loras import PipelineLoras, check_memory
+    from loramix.models.quantize import quantize_pipeline
+    from loramix.render.generate import generate
+    from loramix.render.prompts import Defaults, PromptRow, plan
 
     quiet_libraries()
     check_memory([wf.path for wf in weighted_files])
-    default_steps, default_guidance = default_steps_and_guidance(base)
-    pipeline = load_pipeline(base)
+    loaded = load_base(base)
     if quantize != "none":
-        from loramix.quantize import quantize_model
-
-        quantize_model(pipeline.unet, quantize)
-        for encoder in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)):
-            if encoder is not None:
-                quantize_model(encoder, quantize, quantize_convs=False)
-    loras = PipelineLoras(pipeline)
+        quantize_pipeline(loaded.pipeline, quantize)
+    loras = PipelineLoras(loaded.pipeline)
     for wf in weighted_files:  # every file fits the base before anything renders
         loras.read(wf.path)
-    if sequential:
-        _render_sequential(pipeline, loras, weighted_files, prompt, count, negative_prompt, seed,
-                           steps or default_steps, default_guidance if guidance is None else guidance, strength,
-                           images, base)
-        return
-    if not loras.fuse and method in FILE_METHODS and method != "exact":
-        raise LoramixError(f"--method {method} fuses a merge into the base weights, which a quantized base cannot "
-                           "take without losing it: use exact (unfused adapters) or --quantize none")
-    size = native_resolution(pipeline)
-    settings = [RenderSettings(prompt, seed + i, steps or default_steps,
-                               default_guidance if guidance is None else guidance, negative_prompt, size, size)
-                for i in range(count)]
-    if method in FILE_METHODS:
-        loras.apply(weighted_files, method=method, rank=rank, density=density, seed=seed)
-        how = (f"{method} composition fused into the base weights" if loras.fuse
-               else f"unfused peft adapters on the {quantize} base")
+    if not loras.fuse and composition.method in FILE_METHODS and composition.method != "exact":
+        raise LoramixError(f"--method {composition.method} fuses a merge into the base weights, which a quantized "
+                           "base cannot take without losing it: use exact (unfused adapters) or --quantize none")
+    defaults = Defaults(steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
+                        width=loaded.size, height=loaded.size, n=count, seed=seed, negative_prompt=negative_prompt,
+                        loras=tuple(weighted_files))
+    jobs = plan([PromptRow(line=0, prompt=prompt)], defaults, flat=True)
+    generate(loaded, jobs, images, batch_size=batch_size, loras=loras, progress=True, composition=composition)
+    if composition.method == "sequential":
+        click.echo(f"rendered {count} sequences of {len(weighted_files) + 1} stages to {images} (each LoRA in turn, "
+                   f"img2img at strength {composition.strength:g}; stages and strip.png per folder)")
     else:
-        how = f"{method} every {every} steps" if method == "switch" else "composite: guided predictions averaged"
-    images.mkdir(parents=True, exist_ok=True)
-    sampler = type(pipeline.scheduler).__name__
-    lora_weights = {wf.name: wf.weight for wf in weighted_files}
-    hashes = {wf.name: loras.hash_of(wf.path) for wf in weighted_files}
-    paths = [images / f"{i:05d}-{s.seed}.png" for i, s in enumerate(settings)]
-    all_rendered = []
-    for start in tqdm(range(0, count, batch_size), desc="rendering", unit="batch", disable=count <= batch_size):
-        batch = settings[start : start + batch_size]
-        rendered = (render(pipeline, batch) if method in FILE_METHODS
-                    else render_multi(pipeline, loras, weighted_files, batch, method, every))
-        for s, image, path in zip(batch, rendered, paths[start : start + batch_size]):
-            save_png(image, path, a1111_parameters(s, sampler, str(base), lora_weights, hashes))
-        all_rendered += rendered
-    grid = image_grid(all_rendered, columns=min(8, math.ceil(math.sqrt(count * 2))), scale=2)
-    save_png(grid, images / "grid.png")
-    click.echo(f"rendered {count} images to {images} ({how})")
-
-
-def _render_sequential(pipeline, loras, weighted_files, prompt, count, negative_prompt, seed, steps, guidance,
-                       strength, images, base) -> None:
-    from tqdm import tqdm
-
-    from loramix.edit import edit_sequence, write_stages
-
-    sampler = type(pipeline.scheduler).__name__
-    for i in tqdm(range(count), desc="editing", unit="image", disable=count == 1):
-        stages = edit_sequence(pipeline, weighted_files, prompt, strength=strength, seed=seed + i, steps=steps,
-                               guidance=guidance, negative_prompt=negative_prompt, adapters=loras)
-        write_stages(stages, images / f"{i:05d}-{seed + i}", model=str(base), sampler=sampler)
-    click.echo(f"rendered {count} sequences of {len(weighted_files) + 1} stages to {images} (each LoRA in turn, "
-               f"img2img at strength {strength:g}; stages and strip.png per folder)")
+        click.echo(f"rendered {count} images to {images} ({composition.describe(loras.fuse, quantize)})")
 
 
 def _output_dtype(choice, adapters, torch):

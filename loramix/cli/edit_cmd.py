@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
+from loramix.choices import IMAGE_SUFFIXES
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @click.command()
@@ -37,9 +36,9 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     Without it, stage 0 is the base's text-to-image of the prompt.
     """
     from loramix.cli.quiet import quiet_libraries
-    from loramix.edit import edit_sequence, write_stages
     from loramix.imagefile import open_image
-    from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
+    from loramix.models.load import load_base
+    from loramix.render.edit import edit_sequence, write_stages
 
     image_path, specs = split_image(arguments)
     loras = [parse_weight_spec(s) for s in specs]
@@ -50,13 +49,12 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
                            f"{image.width}×{image.height}: they must be the same size")
 
     quiet_libraries()
-    pipeline = load_pipeline(base)
-    default_steps, default_guidance = default_steps_and_guidance(base)
-    stages = edit_sequence(pipeline, loras, prompt, image, strength=strength, seed=seed,
-                           steps=steps or default_steps, guidance=default_guidance if guidance is None else guidance,
+    loaded = load_base(base)
+    stages = edit_sequence(loaded.pipeline, loras, prompt, image, strength=strength, seed=seed,
+                           steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
                            negative_prompt=negative_prompt, mask=mask_image, triggers=trigger)
-    paths = write_stages(stages, output, str(base), type(pipeline.scheduler).__name__)
-    size = native_resolution(pipeline)
+    paths = write_stages(stages, output, loaded.name, loaded.sampler)
+    size = loaded.size
     resized = f" (the input, {image.width}×{image.height}, resized to {size}×{size})" \
         if image is not None and image.size != (size, size) else ""
     click.echo(f"wrote {len(stages)} stages and strip.png to {output}{resized}: "

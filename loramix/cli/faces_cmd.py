@@ -18,7 +18,7 @@ import click
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels.")
 def faces(folder, count, seed, mustache, lipstick, glasses, size) -> None:
     """Write COUNT faces to FOLDER as 0000.png + 0000.txt (its caption): the layout `loramix train` reads."""
-    from loramix.faces import write_dataset
+    from loramix.toy.faces import write_dataset
 
     paths = write_dataset(folder, count, seed, mustache=mustache, lipstick=lipstick, glasses=glasses, size=size)
     click.echo(f"wrote {len(paths)} faces with captions to {folder}")

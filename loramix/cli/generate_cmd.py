@@ -37,8 +37,8 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
     """Render images with their settings in every PNG (A1111's `parameters`), skipping those already there.
 
     Under `accelerate launch` the processes share the images."""
-    from loramix.batch import PromptRow, read_prompt_file, resolve_lora
     from loramix.errors import LoramixError
+    from loramix.render.prompts import PromptRow, read_prompt_file, resolve_lora
     from loramix.specs import parse_weight_spec
 
     if (prompt is None) == (prompt_file is None):
@@ -57,7 +57,7 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
         if not rows:
             raise LoramixError(f"{prompt_file}: no prompts to render" + (f" ({problems[0]})" if problems else ""))
 
-    from loramix.generate import launched_processes
+    from loramix.render.generate import launched_processes
 
     processes = launched_processes()
     if processes.is_main:
@@ -70,26 +70,22 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
 
 def _run(rows, count, seed, steps, guidance, negative_prompt, width, height, loras, base, batch_size, grid, manifest,
          output, flat, processes) -> None:
-    from loramix.adapters import PipelineLoras
-    from loramix.batch import Defaults, plan
     from loramix.cli.quiet import quiet_libraries
-    from loramix.generate import generate as render_plan
-    from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
-    from loramix.toybase import resolve_base
+    from loramix.models.load import load_base, resolve_folder
+    from loramix.models.loras import PipelineLoras
+    from loramix.render.generate import generate as render_plan
+    from loramix.render.prompts import Defaults, plan
 
     quiet_libraries()
     if Path(str(base)).is_dir():
-        resolve_base(base)  # a folder without model_index.json: say so in the words `build-base` users know
-    default_steps, default_guidance = default_steps_and_guidance(base)
-    pipeline = load_pipeline(base).to(processes.device)
-    size = native_resolution(pipeline)
-    defaults = Defaults(steps=steps or default_steps, guidance=default_guidance if guidance is None else guidance,
-                        width=width or size, height=height or size, n=count, seed=seed,
+        resolve_folder(base)  # a folder without model_index.json: say so in the words `build-base` users know
+    loaded = load_base(base).to(processes.device)
+    defaults = Defaults(steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
+                        width=width or loaded.size, height=height or loaded.size, n=count, seed=seed,
                         negative_prompt=negative_prompt, loras=loras)
     jobs = plan(rows, defaults, flat=flat)
-    result = render_plan(pipeline, jobs, output, model=model_name(base), batch_size=batch_size,
-                         loras=PipelineLoras(pipeline), processes=processes, progress=True, grid=grid,
-                         manifest=manifest)
+    result = render_plan(loaded, jobs, output, batch_size=batch_size, loras=PipelineLoras(loaded.pipeline),
+                         processes=processes, progress=True, grid=grid, manifest=manifest)
     if not processes.is_main:
         return
     written = "".join(f" and {p.name}" for p in (result.manifest, result.grid) if p is not None)
@@ -101,9 +97,3 @@ def _run(rows, count, seed, steps, guidance, negative_prompt, width, height, lor
             line += (f"; LoRA set switches: {len(result.switch_seconds)}, {result.seconds_per_switch:.3f} s each "
                      "(median, base not reloaded)")
         click.echo(line)
-
-
-def model_name(base: str) -> str:
-    """The model's name as A1111 records it: the checkpoint's name, not a path."""
-    path = Path(str(base))
-    return path.stem if path.suffix == ".safetensors" else path.name or str(base)

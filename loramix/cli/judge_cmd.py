@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from loramix.choices import IMAGE_SUFFIXES
+
 GRID_NAME = "grid.png"  # `loramix generate` writes its images and a grid of them: the grid is not one image
 
 
@@ -18,7 +19,7 @@ def judge(paths: tuple[Path, ...], as_json: bool) -> None:
     """Judge images (files, or the .png and .jpg images in folders): does each show a face, mustache, lipstick,
     glasses?"""
     from loramix.errors import LoramixError
-    from loramix.judge import ATTRIBUTES, load_judge, read_images, summarize
+    from loramix.toy.judge import ATTRIBUTES, load_judge, read_images, summarize
 
     files = []
     for path in paths:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.recipe import KEYS, default_of
+from loramix.train.recipe import KEYS, default_of
 
 
 def _key_options(command):
@@ -32,8 +32,8 @@ def _key_options(command):
 def train(recipe: Path | None, resume: str | None, **values) -> None:
     """Train a LoRA over a frozen base (4-bit NF4 by default) as RECIPE says, flags overriding its keys."""
     from loramix.cli.quiet import quiet_libraries
-    from loramix.recipe import make_recipe
-    from loramix.train import train as run_training
+    from loramix.train.loop import train as run_training
+    from loramix.train.recipe import make_recipe
 
     quiet_libraries()
 

@@ -28,9 +28,9 @@ import click
 def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt, seed, steps, guidance, base, scale,
        output) -> None:
     """Render PROMPT with every pair of weights of two LoRAs, one seed, as a grid labelled with the weights."""
-    from loramix.batch import resolve_lora
+    from loramix.render.prompts import resolve_lora
+    from loramix.render.xy import XYSweep, parse_weights
     from loramix.specs import WeightedFile, parse_weight_spec
-    from loramix.xy import XYSweep, parse_weights
 
     axes = [resolve_lora(WeightedFile(str(path), 1.0), ".").path for path in (x_file, y_file)]
     fixed = tuple(resolve_lora(parse_weight_spec(spec), ".") for spec in lora_specs)
@@ -38,27 +38,24 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
     if output.suffix.lower() != ".png":
         raise click.BadParameter("the grid is a .png file", param_hint="--output")
 
-    from loramix.adapters import PipelineLoras
-    from loramix.cli.generate_cmd import model_name
     from loramix.cli.quiet import quiet_libraries
-    from loramix.pipelines import default_steps_and_guidance, load_pipeline, native_resolution
-    from loramix.render import RenderSettings, a1111_parameters, save_png
-    from loramix.xy import render_xy
+    from loramix.models.load import load_base
+    from loramix.models.loras import PipelineLoras
+    from loramix.render.core import RenderSettings
+    from loramix.render.images import a1111_parameters, save_png
+    from loramix.render.xy import render_xy
 
     quiet_libraries()
     output.parent.mkdir(parents=True, exist_ok=True)
-    default_steps, default_guidance = default_steps_and_guidance(base)
-    pipeline = load_pipeline(base)
-    size = native_resolution(pipeline)
-    settings = RenderSettings(prompt, seed, steps or default_steps, default_guidance if guidance is None else guidance,
-                              negative_prompt, size, size)
-    loras = PipelineLoras(pipeline)
-    result = render_xy(pipeline, loras, sweep, settings, scale=scale, progress=True)
+    loaded = load_base(base)
+    settings = RenderSettings(prompt, seed, steps or loaded.steps, loaded.guidance if guidance is None else guidance,
+                              loaded.size, loaded.size, negative_prompt)
+    loras = PipelineLoras(loaded.pipeline)
+    result = render_xy(loaded.pipeline, loras, sweep, settings, scale=scale, progress=True)
     names = [WeightedFile(path, 1.0).name for path in (sweep.x, sweep.y)]
     hashes = {name: loras.hash_of(path) for name, path in zip(names, (sweep.x, sweep.y))}
     hashes.update({wf.name: loras.hash_of(wf.path) for wf in fixed})
-    parameters = a1111_parameters(settings, type(pipeline.scheduler).__name__, model_name(base),
-                                  {wf.name: wf.weight for wf in fixed}, hashes)
+    parameters = a1111_parameters(settings, loaded.sampler, loaded.name, {wf.name: wf.weight for wf in fixed}, hashes)
     save_png(result.grid.image, output, parameters)  # the settings every cell shares
     switches = sorted(s for s in result.switch_seconds if s)
     image = sorted(result.image_seconds)[len(result.image_seconds) // 2]

@@ -17,18 +17,29 @@ from safetensors.torch import save_file
 
 import loramix
 from loramix.atomic import atomic_path
+from loramix.choices import FORMATS
 from loramix.errors import AdapterFileError, LoramixError
 from loramix.formats import diffusers as dfs
 from loramix.formats import kohya
+from loramix.formats.metadata import (
+    KOHYA_LORA_MODULE,
+    META_ALPHA,
+    META_BASE,
+    META_RANK,
+    META_TARGETS,
+    META_TRIGGER,
+    META_VERSION,
+    SAFETENSORS_FORMAT,
+    SS_BASE_MODEL_VERSION,
+    SS_NETWORK_ALPHA,
+    SS_NETWORK_DIM,
+    SS_NETWORK_MODULE,
+)
 from loramix.formats.safetensors_file import load_safetensors
 from loramix.lora import LoraAdapter, LoraModule, canonical_path, component_of, path_of
 
-FORMATS = ("diffusers", "kohya")
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
-# Metadata keys loramix writes, other than the per-format ones.
-META_VERSION, META_RANK, META_ALPHA = "loramix_version", "loramix_rank", "loramix_alpha"
-META_TARGETS, META_BASE, META_TRIGGER = "loramix_targets", "loramix_base_model", "loramix_trigger_words"
 
 # Key fragments of adapter types that are not LoRA, with the name users know them by.
 _OTHER_TYPES = (
@@ -209,7 +220,7 @@ def write_adapter(adapter: LoraAdapter, path: str | os.PathLike, format: str = "
         raise LoramixError("the adapter has no modules: nothing to write")
     tensors = _kohya_tensors(adapter) if format == "kohya" else _diffusers_tensors(adapter)
     given = {**adapter.metadata, **(metadata or {})}
-    header = {**given, **describe(adapter, given), "format": "pt"}
+    header = {**given, **describe(adapter, given), SAFETENSORS_FORMAT: "pt"}
     if format == "diffusers":
         header[dfs.METADATA_KEY] = json.dumps(_peft_metadata(adapter), indent=2, sort_keys=True)
     else:
@@ -273,10 +284,10 @@ def describe(adapter: LoraAdapter, given: dict[str, str] | None = None) -> dict[
         META_TARGETS: ",".join(target_groups(adapter)),
         META_BASE: given.get(META_BASE, base_model_version(adapter)),
         META_TRIGGER: given.get(META_TRIGGER, ""),
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": f"{alpha:g}",
-        "ss_base_model_version": base_model_version(adapter),
+        SS_NETWORK_MODULE: KOHYA_LORA_MODULE,
+        SS_NETWORK_DIM: str(rank),
+        SS_NETWORK_ALPHA: f"{alpha:g}",
+        SS_BASE_MODEL_VERSION: base_model_version(adapter),
     }
 
 

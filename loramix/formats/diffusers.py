@@ -17,8 +17,11 @@ import math
 import re
 from dataclasses import dataclass
 
-COMPONENT_PREFIXES = ("unet", "text_encoder", "text_encoder_2")
-METADATA_KEY = "lora_adapter_metadata"
+from loramix.choices import COMPONENTS
+from loramix.formats.metadata import DIFFUSERS_LORA_CONFIG
+
+COMPONENT_PREFIXES = COMPONENTS
+METADATA_KEY = DIFFUSERS_LORA_CONFIG
 
 _FACTOR = re.compile(
     r"^(?P<path>.+?)\.(?:(?P<peft>lora_[AB])|lora\.(?P<old>down|up)|lora_linear_layer\.(?P<linear>down|up))"
@@ -125,3 +128,13 @@ def peft_config_fields(paths_ranks_alphas: list[tuple[str, int, float]]) -> dict
 
 def _plain_number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
+
+
+def peft_factor_pairs(state: dict) -> dict[str, tuple]:
+    """A model's peft LoRA state (`get_peft_model_state_dict`: `<path>.lora_A.weight`, `<path>.lora_B.weight`)
+    as (down, up) per module path."""
+    pairs = {}
+    for key, down in state.items():
+        if ".lora_A." in key:
+            pairs[key.split(".lora_A.")[0]] = (down, state[key.replace(".lora_A.", ".lora_B.")])
+    return pairs

@@ -24,17 +24,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.errors import LoramixError, did_you_mean
+from loramix.errors import LoramixError, PromptFileError, did_you_mean
 from loramix.specs import WeightedFile, parse_weight_spec
 
 ROW_FIELDS = ("prompt", "negative_prompt", "seed", "loras", "steps", "guidance", "width", "height", "n")
 PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 SLUG_LENGTH = 40
-
-
-class PromptFileError(LoramixError):
-    """A prompt file that cannot be read, or (with --strict) has bad rows."""
 
 
 @dataclass(frozen=True)

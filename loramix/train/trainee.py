@@ -9,16 +9,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from loramix.dataset import CaptionedImages
-from loramix.errors import LoramixError
+from loramix.errors import TraineeError
 from loramix.lora import LoraAdapter, LoraModule, canonical_path
-from loramix.recipe import TrainRecipe
+from loramix.train.dataset import CaptionedImages
+from loramix.train.recipe import TrainRecipe
 
 SAMPLE_SEEDS = (0, 1, 2, 3)
-
-
-class TraineeError(LoramixError):
-    """A base and recipe that do not fit together."""
 
 
 @dataclass
@@ -50,7 +46,7 @@ class LoraTrainee:
     def __init__(self, pipeline, recipe: TrainRecipe, device: torch.device):
         from diffusers import DDPMScheduler
 
-        from loramix.pipelines import is_sdxl
+        from loramix.models.load import is_sdxl
 
         self.pipeline, self.recipe, self.device = pipeline, recipe, device
         self.sdxl = is_sdxl(pipeline)
@@ -59,11 +55,9 @@ class LoraTrainee:
             model.requires_grad_(False)
         pipeline.to(device)
         if recipe.quantize != "none":
-            from loramix.quantize import quantize_model
+            from loramix.models.quantize import quantize_pipeline
 
-            quantize_model(pipeline.unet, recipe.quantize, recipe.quantize_convs)
-            for encoder in self.text_encoders:
-                quantize_model(encoder, recipe.quantize, quantize_convs=False)
+            quantize_pipeline(pipeline, recipe.quantize, recipe.quantize_convs)
         torch.manual_seed(recipe.seed)  # peft draws the LoRA's initial A from the global generator
         self._add_lora(pipeline.unet, recipe.targets, "UNet")
         if recipe.train_text_encoder:
@@ -79,6 +73,7 @@ class LoraTrainee:
             encoder.train(recipe.train_text_encoder)
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.resolution = 0
+        self.first_caption = ""  # what samples show when the recipe names no prompt and no trigger
 
     def _add_lora(self, model, targets: list[str], what: str) -> None:
         # peft's own injection, not `add_adapter` of transformers or diffusers: their wrappers gate on peft's
@@ -132,16 +127,13 @@ class LoraTrainee:
         """The trained LoRA, in loramix's in-memory form (diffusers module names)."""
         from peft import get_peft_model_state_dict
 
+        from loramix.formats.diffusers import peft_factor_pairs
+
         modules = {}
         for component, model in self._components().items():
             if component != "unet" and not self.recipe.train_text_encoder:
                 continue
-            state = get_peft_model_state_dict(model)
-            for key, down in state.items():
-                if ".lora_A." not in key:
-                    continue
-                path = key.split(".lora_A.")[0]
-                up = state[key.replace(".lora_A.", ".lora_B.")]
+            for path, (down, up) in peft_factor_pairs(get_peft_model_state_dict(model)).items():
                 modules[f"{component}.{canonical_path(component, path)}"] = LoraModule(
                     down.detach().float().cpu().clone(), up.detach().float().cpu().clone(), self.recipe.alpha)
         return LoraAdapter(modules)
@@ -153,6 +145,7 @@ class LoraTrainee:
         """Encode every image once (and its mirror image when flipping); with frozen text encoders, every
         caption once too."""
         self.resolution = data.pixels.shape[-1]
+        self.first_caption = data.captions[0]
         pixels = torch.cat([data.pixels, data.pixels.flip(-1)]) if flip else data.pixels
         vae = self.pipeline.vae
         means, stds = [], []
@@ -221,11 +214,12 @@ class LoraTrainee:
 
     def save_samples(self, path: Path) -> None:
         """Render the recipe's sample prompts with the LoRA as it is now, into one grid image."""
-        from loramix.pipelines import default_steps_and_guidance
-        from loramix.render import RenderSettings, image_grid, render, save_png
+        from loramix.models.load import render_defaults
+        from loramix.render.core import RenderSettings, render
+        from loramix.render.images import image_grid, save_png
 
-        prompts = self.recipe.sample_prompts or [self.recipe.trigger or "a face"]
-        steps, guidance = default_steps_and_guidance(self.recipe.base)
+        prompts = self.recipe.sample_prompts or [self.recipe.trigger or self.first_caption]
+        steps, guidance = render_defaults(self.recipe.base)
         steps = self.recipe.sample_steps or steps
         size = self.resolution
         settings = [RenderSettings(prompt, seed, steps, guidance, width=size, height=size)

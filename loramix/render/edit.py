@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from loramix.adapters import PipelineLoras
 from loramix.errors import LoramixError, OutputError
-from loramix.render import RenderSettings, a1111_parameters, image_grid, render, save_png
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import RenderSettings, render
+from loramix.render.images import a1111_parameters, image_grid, save_png
 from loramix.specs import WeightedFile
-from loramix.toybase import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength
 
@@ -65,8 +65,8 @@ class Stage:
 
 
 def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image.Image | None = None, *,
-                  strength: float = DEFAULT_STRENGTH, seed: int = 0, steps: int = DEFAULT_STEPS,
-                  guidance: float = DEFAULT_GUIDANCE, negative_prompt: str = "", mask: Image.Image | None = None,
+                  steps: int, guidance: float, strength: float = DEFAULT_STRENGTH, seed: int = 0,
+                  negative_prompt: str = "", mask: Image.Image | None = None,
                   triggers: bool = True, adapters: PipelineLoras | None = None) -> list[Stage]:
     """Apply `loras` one after another, each by img2img on the previous stage; returns stage 0 and one stage
     per LoRA.
@@ -79,7 +79,7 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
     weights are restored at the end either way. Every input is checked before anything is rendered.
     """
     from loramix.formats import META_TRIGGER
-    from loramix.pipelines import native_resolution
+    from loramix.models.load import native_resolution
 
     if not loras:
         raise LoramixError("a sequential edit needs at least one LoRA")
@@ -98,7 +98,7 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
         what = "the input image" if image is not None else "the base's text-to-image"
         mask = _check_mask(mask, image.size if image is not None else (size, size), what, size)
 
-    base_settings = RenderSettings(prompt, seed, steps, guidance, negative_prompt, size, size)
+    base_settings = RenderSettings(prompt, seed, steps, guidance, size, size, negative_prompt)
     img2img = _img2img_pipeline(pipeline)
     try:
         adapters.apply([])
@@ -108,7 +108,7 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
             stages = [Stage(_fit(image.convert("RGB"), size), base_settings, "input")]
         for wf, stage_prompt in zip(loras, prompts):
             adapters.apply([wf])
-            settings = RenderSettings(stage_prompt, seed, steps, guidance, negative_prompt, size, size)
+            settings = RenderSettings(stage_prompt, seed, steps, guidance, size, size, negative_prompt)
             edited = _img2img(img2img, stages[-1].image, settings, strength, mask)
             if mask is not None:
                 edited = Image.composite(edited, stages[-1].image, mask)
@@ -169,7 +169,7 @@ def _img2img_pipeline(pipeline):
     """diffusers' img2img pipeline over the loaded modules (shared, so the fused LoRA acts on both)."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
-    from loramix.pipelines import is_sdxl
+    from loramix.models.load import is_sdxl
 
     if is_sdxl(pipeline):
         img2img = StableDiffusionXLImg2ImgPipeline(**pipeline.components)

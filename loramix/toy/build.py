@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from loramix.errors import LoramixError
-from loramix.faces import CAPTION_WORDS, caption, draw_faces, sample_face
+from loramix.toy.faces import CAPTION_WORDS, caption, draw_faces, sample_face
 
 
 @dataclass
@@ -73,7 +73,7 @@ class BuildConfig:
 
 def face_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """`count` plain faces as a (count, 3, 64, 64) float tensor in [-1, 1], with their captions."""
-    from loramix.judge import to_tensor
+    from loramix.toy.judge import to_tensor
 
     specs = [sample_face(seed * 10_000_000 + i) for i in range(count)]
     return to_tensor(draw_faces(specs)), [caption(spec) for spec in specs]
@@ -149,7 +149,7 @@ def attribute_faces(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Faces each showing a mustache, lipstick and glasses with probability ½, and the same faces plain."""
     import random
 
-    from loramix.judge import to_tensor
+    from loramix.toy.judge import to_tensor
 
     rng = random.Random(f"decoder/{seed}")
     face_seeds = [seed * 10_000_000 + 5_000_000 + i for i in range(count)]
@@ -214,7 +214,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latent_mean: torch.Tensor, lat
     from diffusers.training_utils import EMAModel, compute_snr
     from tqdm import tqdm
 
-    from loramix.toybase import SCHEDULER_CONFIG
+    from loramix.toy.base import SCHEDULER_CONFIG
 
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
     tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -275,8 +275,8 @@ def build_base(output: Path, config: BuildConfig, judge_output: Path | None = No
     `output`, replacing it only once the whole build has succeeded. Returns figures about the build."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    from loramix.tokenizer import build_tokenizer
-    from loramix.toybase import SCHEDULER_CONFIG, new_components
+    from loramix.toy.base import SCHEDULER_CONFIG, new_components
+    from loramix.toy.tokenizer import build_tokenizer
 
     output = Path(output)
     staging = output.with_name(f".{output.name}.building")
@@ -309,7 +309,7 @@ def build_base(output: Path, config: BuildConfig, judge_output: Path | None = No
     figures.update(seconds_attributes=time.monotonic() - mark, attribute_final_loss=_tail_mean(attribute_losses))
 
     if judge_output is not None:
-        from loramix.judge import build_judge
+        from loramix.toy.judge import build_judge
 
         mark = time.monotonic()
         figures["judge"] = build_judge(judge_output, vae_roundtrip(vae), steps=config.judge_steps,
@@ -322,6 +322,7 @@ def build_base(output: Path, config: BuildConfig, judge_output: Path | None = No
         feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(str(staging), safe_serialization=True)
     _load_text_encoder_in_fp32(staging / "text_encoder" / "config.json")
+    _write_render_defaults(staging)
     if output.exists():
         shutil.rmtree(output)
     os.replace(staging, output)
@@ -337,6 +338,15 @@ def _load_text_encoder_in_fp32(config_path: Path) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["dtype"] = "float32"
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_render_defaults(folder: Path) -> None:
+    """The steps and guidance the toy renders best at, where loramix reads any base's defaults from."""
+    from loramix.models.load import RENDER_DEFAULTS
+    from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    defaults = {"guidance": DEFAULT_GUIDANCE, "steps": DEFAULT_STEPS}
+    (folder / RENDER_DEFAULTS).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _tail_mean(losses: list[float], count: int = 100) -> float:

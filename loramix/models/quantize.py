@@ -30,14 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loramix.errors import LoramixError
+from loramix.choices import QUANTIZE_MODES
+from loramix.errors import QuantizeError
 
-QUANTIZE_MODES = ("nf4", "int8", "none")
 BLOCKSIZE = 64  # weights per absmax scale: bitsandbytes' default, the QLoRA paper's choice
-
-
-class QuantizeError(LoramixError):
-    """A quantization that cannot be done: unknown mode, or a model that already carries adapters."""
 
 
 @dataclass
@@ -193,6 +189,15 @@ def quantize_model(model: nn.Module, mode: str = "nf4", quantize_convs: bool = T
         # The flag peft reads to dispatch its bnb LoRA layers (transformers and diffusers set it when they load).
         setattr(model, "is_loaded_in_4bit" if mode == "nf4" else "is_loaded_in_8bit", True)
     return QuantizeReport(mode, len(linears), len(convs), bytes_before, weight_bytes(model))
+
+
+def quantize_pipeline(pipeline, mode: str = "nf4", quantize_convs: bool = True) -> None:
+    """The UNet (its convolutions too, unless told not to) and every text encoder, in place; the VAE, which
+    runs once per image, stays in full precision."""
+    quantize_model(pipeline.unet, mode, quantize_convs)
+    for encoder in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)):
+        if encoder is not None:
+            quantize_model(encoder, mode, quantize_convs=False)
 
 
 def _stored_tensors(model: nn.Module) -> Iterator[torch.Tensor | None]:

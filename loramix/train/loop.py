@@ -26,15 +26,11 @@ from pathlib import Path
 import torch
 
 from loramix.atomic import atomic_path
-from loramix.errors import LoramixError
-from loramix.recipe import TrainRecipe
-from loramix.trainee import LoraTrainee
+from loramix.errors import TrainError, TrainInterrupted
+from loramix.train.recipe import TrainRecipe
+from loramix.train.trainee import LoraTrainee
 
 ADAPTER_NAME = "default"
-
-
-class TrainError(LoramixError):
-    """A training run that cannot start or go on."""
 
 
 @dataclass
@@ -45,10 +41,6 @@ class TrainResult:
     seconds: float
     run: Path
     main_process: bool = True  # under `accelerate launch`, the process that wrote the outputs
-
-
-class TrainInterrupted(TrainError):
-    """Ctrl-C during training, after a checkpoint of the last finished step was written."""
 
 
 def train(recipe: TrainRecipe, resume: str | None = None, progress: bool = False,
@@ -67,9 +59,9 @@ def train(recipe: TrainRecipe, resume: str | None = None, progress: bool = False
 def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator, report) -> TrainResult:
     from tqdm import tqdm
 
-    from loramix.checkpoint import Checkpoint, save_checkpoint
-    from loramix.dataset import load_dataset
-    from loramix.pipelines import load_pipeline, native_resolution
+    from loramix.models.load import load_pipeline, native_resolution
+    from loramix.train.checkpoint import Checkpoint, save_checkpoint
+    from loramix.train.dataset import load_dataset
 
     started = time.monotonic()
     run = Path(recipe.output)
@@ -191,16 +183,12 @@ def _check_processes_agree(model, accelerator) -> None:
 
 def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, steps, final_loss) -> None:
     from loramix.formats import write_adapter
-    from loramix.plot import loss_plot
+    from loramix.formats.metadata import training_metadata
+    from loramix.train.plot import loss_plot
 
     run.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "loramix_recipe": json.dumps(recipe.as_dict(), sort_keys=True), "loramix_base_model": recipe.base,
-        "loramix_trigger_words": recipe.trigger, "loramix_steps": str(steps),
-        "loramix_dataset_size": str(dataset_size), "loramix_final_loss": f"{final_loss:.6g}",
-        "ss_output_name": recipe.name, "ss_steps": str(steps), "ss_num_train_images": str(dataset_size),
-        "ss_learning_rate": str(recipe.learning_rate),
-    }
+    metadata = training_metadata(recipe.as_dict(), recipe.name, recipe.base, recipe.trigger, steps, dataset_size,
+                                 final_loss, recipe.learning_rate)
     write_adapter(model.adapter(), adapter_path, recipe.format, metadata)
     if log_rows:
         loss_plot([r["step"] for r in log_rows], [r["loss"] for r in log_rows], run / "loss.png",
@@ -270,7 +258,7 @@ def _schedule(optimizer, recipe: TrainRecipe, total_steps: int):
 
 def _resume(resume: str, checkpoints: Path, model, optimizer, schedule, recipe: TrainRecipe,
             run: Path) -> tuple[int, list[dict]]:
-    from loramix.checkpoint import list_checkpoints, load_checkpoint
+    from loramix.train.checkpoint import list_checkpoints, load_checkpoint
 
     if resume == "latest":
         found = list_checkpoints(checkpoints)

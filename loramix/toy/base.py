@@ -10,18 +10,12 @@ layers take them as they take SD's. `loramix build-base` trains it; the shipped 
 
 from __future__ import annotations
 
-import os
-from importlib import resources
-from pathlib import Path
-
 import torch
 
-from loramix.errors import LoramixError
-
 IMAGE_SIZE = 64
+# Written into the base's folder as `loramix.json`, where loramix reads a base's render defaults from.
 DEFAULT_STEPS = 15  # DPM-Solver++ steps: indistinguishable from 50 on the toy base, 3× faster
 DEFAULT_GUIDANCE = 4.0
-TOY_NAME = "toy"
 
 # SD's VAE keeps 4 channels per 8×8 pixels; at 64×64 that is 256 numbers per face, too few to carry a thin
 # mustache or a lipstick line through the round trip, so the toy keeps 8 (SD 3 and Flux keep 16).
@@ -49,41 +43,12 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
                         beta_end=0.012, prediction_type="epsilon", steps_offset=1)
 
 
-def toy_base_path() -> Path:
-    return Path(str(resources.files("loramix") / "weights" / TOY_NAME))
-
-
-def resolve_base(base: str | os.PathLike) -> Path:
-    """A base given as `toy` or as a diffusers pipeline folder."""
-    if str(base) == TOY_NAME:
-        path = toy_base_path()
-        if not (path / "model_index.json").is_file():
-            raise LoramixError("the toy base is not built in this install: run `loramix build-base`")
-        return path
-    path = Path(base)
-    if not (path / "model_index.json").is_file():
-        raise LoramixError(f"base {base}: not a diffusers pipeline folder (no model_index.json) and not 'toy'")
-    return path
-
-
-def load_pipeline(base: str | os.PathLike = TOY_NAME, dtype: torch.dtype = torch.float32):
-    """The base as a diffusers `StableDiffusionPipeline`, from local files only."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        str(resolve_base(base)), dtype=dtype, local_files_only=True, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
 def new_components(vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int):
     """Freshly initialised VAE, UNet and text encoder of the toy architecture."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from loramix.tokenizer import MAX_LENGTH
+    from loramix.toy.tokenizer import MAX_LENGTH
 
     text_config = CLIPTextConfig(**TEXT_ENCODER_CONFIG, vocab_size=vocab_size, max_position_embeddings=MAX_LENGTH,
                                  bos_token_id=0, eos_token_id=eos_token_id, pad_token_id=pad_token_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from loramix.choices import COMPONENTS
 from loramix.errors import LoramixError
 from loramix.lora import canonical_path
 
@@ -22,7 +23,6 @@ BUILTIN = {
     "sdxl": {"unet": "sdxl-unet.json", "text_encoder": "sd15-text-encoder.json",
              "text_encoder_2": "sdxl-text-encoder-2.json"},
 }
-_PIPELINE_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _component_configs(spec: str) -> dict[str, dict]:
     if path.is_file():
         return {_component_of_config(path, _read_config(path)): _read_config(path)}
     if (path / "model_index.json").is_file():
-        configs = {c: _read_config(path / c / "config.json") for c in _PIPELINE_COMPONENTS
+        configs = {c: _read_config(path / c / "config.json") for c in COMPONENTS
                    if (path / c / "config.json").is_file()}
         if not configs:
             raise LoramixError(f"base {spec}: pipeline folder without unet or text encoder configs")

@@ -17,18 +17,21 @@ import json
 import math
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from loramix.adapters import PipelineLoras, check_memory
 from loramix.atomic import atomic_path
-from loramix.batch import ImageJob, lora_files
+from loramix.choices import FILE_METHODS, PRUNING_MERGES, SEQUENTIAL
 from loramix.errors import LoramixError
-from loramix.render import RenderSettings, a1111_parameters, image_grid, render, save_png
+from loramix.models.load import LoadedBase
+from loramix.models.loras import PipelineLoras, check_memory
+from loramix.render.core import EXACT, Composition, render_jobs, render_order, settings_of
+from loramix.render.edit import write_stages
+from loramix.render.images import a1111_parameters, image_grid, save_png
+from loramix.render.prompts import ImageJob, lora_files
 
 MANIFEST = "manifest.jsonl"
 GRID = "grid.png"
@@ -93,19 +96,19 @@ def check_loras(loras: PipelineLoras, jobs: list[ImageJob]) -> None:
         loras.hash_of(path)
 
 
-def generate(pipeline, jobs: list[ImageJob], output: str | os.PathLike, model: str, batch_size: int = 8,
+def generate(base: LoadedBase, jobs: list[ImageJob], output: str | os.PathLike, batch_size: int = 8,
              loras: PipelineLoras | None = None, processes: Processes = Processes(), progress: bool = False,
-             grid: bool = True, manifest: bool = True) -> GenerateResult:
+             grid: bool = True, manifest: bool = True, composition: Composition = EXACT) -> GenerateResult:
     """Render the images of `jobs` that are not already in `output`, then (main process) the manifest and grid."""
     if batch_size < 1:
         raise LoramixError("batch size must be at least 1")
     output = Path(output)
     if len({job.path for job in jobs}) != len(jobs):
         raise LoramixError("two images of the plan have the same path")
+    pipeline = base.pipeline
     loras = loras or PipelineLoras(pipeline)
     check_loras(loras, jobs)
-    sampler = type(pipeline.scheduler).__name__
-    parameters = {job.path: job_parameters(job, sampler, model, loras) for job in jobs}
+    parameters = {job.path: job_parameters(job, base, loras, composition) for job in jobs}
     for folder in sorted({(output / job.path).parent for job in jobs}):
         folder.mkdir(parents=True, exist_ok=True)
     mine = render_order(jobs)[processes.rank::processes.world]
@@ -115,19 +118,17 @@ def generate(pipeline, jobs: list[ImageJob], output: str | os.PathLike, model: s
     from tqdm import tqdm
 
     with tqdm(total=len(todo), desc="rendering", unit="image", disable=not progress or not todo) as bar:
-        for batch in batches(todo, batch_size):
-            switch = loras.apply(batch[0].loras)
-            if switch:
-                result.switch_seconds.append(switch)
-            start = time.perf_counter()
-            images = render(pipeline, [settings_of(job) for job in batch])
-            seconds = (time.perf_counter() - start) / len(batch)
-            for job, image in zip(batch, images):
+        for rendered in render_jobs(pipeline, loras, todo, composition, batch_size):
+            if rendered.switch_seconds:
+                result.switch_seconds.append(rendered.switch_seconds)
+            for k, (job, image) in enumerate(zip(rendered.jobs, rendered.images)):
+                if rendered.stages:
+                    write_stages(rendered.stages[k], output / job.path.removesuffix(".png"), base.name,
+                                 base.sampler)
                 save_png(image, output / job.path, parameters[job.path])
-                rows.append(manifest_row(job, sampler, model, loras, seconds))
-            result.image_seconds += [seconds] * len(batch)
-            bar.update(len(batch))
-    loras.apply([])  # the pipeline is left as it came, the base alone
+                rows.append(manifest_row(job, base, loras, rendered.seconds_per_image))
+            result.image_seconds += [rendered.seconds_per_image] * len(rendered.jobs)
+            bar.update(len(rendered.jobs))
     if processes.world > 1:
         _write_rows(output / f".{MANIFEST}.part{processes.rank}", rows)
         processes.wait()
@@ -135,39 +136,30 @@ def generate(pipeline, jobs: list[ImageJob], output: str | os.PathLike, model: s
         if processes.world > 1:
             rows, result.rendered = _gather_parts(output, processes.world)
         if manifest:
-            result.manifest = write_manifest(output, jobs, rows, sampler, model, loras)
+            result.manifest = write_manifest(output, jobs, rows, base, loras)
         if grid:
             result.grid = write_contact_sheet(output, jobs)
     return result
 
 
-def render_order(jobs: list[ImageJob]) -> list[ImageJob]:
-    """The jobs with each LoRA set's images together (sets in order of first use), then by settings."""
-    first_use: dict[tuple, int] = {}
-    for job in jobs:
-        first_use.setdefault(job.group, len(first_use))
-    return sorted(jobs, key=lambda job: first_use[job.group])
-
-
-def batches(jobs: list[ImageJob], batch_size: int) -> list[list[ImageJob]]:
-    """Consecutive jobs of one group, at most `batch_size` at a time."""
-    result: list[list[ImageJob]] = []
-    for job in jobs:
-        if result and result[-1][0].group == job.group and len(result[-1]) < batch_size:
-            result[-1].append(job)
-        else:
-            result.append([job])
-    return result
-
-
-def settings_of(job: ImageJob) -> RenderSettings:
-    return RenderSettings(job.prompt, job.seed, job.steps, job.guidance, job.negative_prompt, job.width, job.height)
-
-
-def job_parameters(job: ImageJob, sampler: str, model: str, loras: PipelineLoras) -> str:
+def job_parameters(job: ImageJob, base: LoadedBase, loras: PipelineLoras,
+                   composition: Composition = EXACT) -> str:
+    """A1111's `parameters` text of the job's image; a method other than the exact sum is named in it, so that
+    a rerun with another method renders the image again instead of keeping it."""
     weights = {wf.name: wf.weight for wf in job.loras}
     hashes = {wf.name: loras.hash_of(wf.path) for wf in job.loras}
-    return a1111_parameters(settings_of(job), sampler, model, weights, hashes)
+    text = a1111_parameters(settings_of(job), base.sampler, base.name, weights, hashes)
+    method = composition.method
+    if method == "exact":
+        return text
+    if method == SEQUENTIAL:
+        stages = " > ".join(["text-to-image"] + [f"{wf.name}:{wf.weight:g}" for wf in job.loras])
+        return text + f', Denoising strength: {composition.strength:g}, Stages: "{stages}"'
+    knobs = {"rank": composition.rank if method in FILE_METHODS else None,
+             "density": composition.density if method in PRUNING_MERGES else None,
+             "seed": composition.seed if method.startswith("dare") else None,
+             "every": composition.every if method == "switch" else None}
+    return text + ", Composition: " + " ".join([method] + [f"{k} {v:g}" for k, v in knobs.items() if v is not None])
 
 
 def is_done(path: Path, parameters: str) -> bool:
@@ -182,18 +174,18 @@ def is_done(path: Path, parameters: str) -> bool:
         return False
 
 
-def manifest_row(job: ImageJob, sampler: str, model: str, loras: PipelineLoras, seconds: float | None) -> dict:
+def manifest_row(job: ImageJob, base: LoadedBase, loras: PipelineLoras, seconds: float | None) -> dict:
     return {
         "path": job.path, "line": job.line, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "seed": job.seed, "steps": job.steps, "guidance": job.guidance, "width": job.width, "height": job.height,
-        "sampler": sampler, "model": model,
+        "sampler": base.sampler, "model": base.name,
         "loras": [{"path": wf.path, "name": wf.name, "weight": wf.weight, "hash": loras.hash_of(wf.path)}
                   for wf in job.loras],
         "seconds": None if seconds is None else round(seconds, 4),
     }
 
 
-def write_manifest(output: Path, jobs: list[ImageJob], rendered: list[dict], sampler: str, model: str,
+def write_manifest(output: Path, jobs: list[ImageJob], rendered: list[dict], base: LoadedBase,
                    loras: PipelineLoras) -> Path:
     """One row per image of the plan, in plan order: this run's, else the previous manifest's (when it
     describes the same image), else one without a time."""
@@ -209,7 +201,7 @@ def write_manifest(output: Path, jobs: list[ImageJob], rendered: list[dict], sam
     new = {row["path"]: row for row in rendered}
     rows = []
     for job in jobs:
-        row = manifest_row(job, sampler, model, loras, None)
+        row = manifest_row(job, base, loras, None)
         old = previous.get(job.path)
         if job.path in new:
             row = new[job.path]

@@ -4,14 +4,15 @@ the weights to use. Every cell is the same noise; only the fused composition w_x
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from loramix.adapters import PipelineLoras
 from loramix.errors import LoramixError
-from loramix.render import LabelledGrid, RenderSettings, labelled_grid, render
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import RenderSettings, render_jobs
+from loramix.render.images import LabelledGrid, labelled_grid
+from loramix.render.prompts import ImageJob
 from loramix.specs import WeightedFile
 
 MAX_CELLS = 400
@@ -72,19 +73,19 @@ def render_xy(pipeline, loras: PipelineLoras, sweep: XYSweep, settings: RenderSe
 
     for path in (sweep.x, sweep.y, *(wf.path for wf in sweep.fixed)):
         loras.read(path)
+    jobs = [ImageJob(f"{row}-{column}", 0, settings.prompt, settings.negative_prompt, settings.seed, settings.steps,
+                     settings.guidance, settings.width, settings.height, sweep.cell(wx, wy))
+            for row, wy in enumerate(sweep.y_weights) for column, wx in enumerate(sweep.x_weights)]
     result = XYResult(cells=[], grid=None)
-    with tqdm(total=len(sweep.x_weights) * len(sweep.y_weights), desc="xy grid", unit="image",
-              disable=not progress) as bar:
-        for wy in sweep.y_weights:
-            row = []
-            for wx in sweep.x_weights:
-                result.switch_seconds.append(loras.apply(sweep.cell(wx, wy)))
-                start = time.perf_counter()
-                row.append(render(pipeline, [settings])[0])
-                result.image_seconds.append(time.perf_counter() - start)
-                bar.update(1)
-            result.cells.append(row)
-    loras.apply([])
+    images = []
+    with tqdm(total=len(jobs), desc="xy grid", unit="image", disable=not progress) as bar:
+        for rendered in render_jobs(pipeline, loras, jobs, batch_size=1):
+            images += rendered.images
+            result.switch_seconds.append(rendered.switch_seconds)
+            result.image_seconds.append(rendered.seconds_per_image)
+            bar.update(len(rendered.jobs))
+    columns = len(sweep.x_weights)
+    result.cells = [images[start : start + columns] for start in range(0, len(images), columns)]
     x_name, y_name = WeightedFile(sweep.x, 1).name, WeightedFile(sweep.y, 1).name
     cell_width = settings.width * scale
     result.grid = labelled_grid(

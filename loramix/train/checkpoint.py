@@ -19,13 +19,9 @@ from pathlib import Path
 
 import torch
 
-from loramix.errors import LoramixError
+from loramix.errors import CheckpointError
 
 PREFIX = "step-"
-
-
-class CheckpointError(LoramixError):
-    """A checkpoint that cannot be resumed from."""
 
 
 @dataclass

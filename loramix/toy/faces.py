@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageChops, ImageDraw, PngImagePlugin
 
 from loramix.atomic import atomic_path
-from loramix.errors import LoramixError
+from loramix.errors import FaceSpecError
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
@@ -67,10 +67,6 @@ EYE_US, EYE_V = (-0.36, 0.36), -0.04  # where the eyes sit, in `_Head` units
 # brown skin are nearly as bright as the skin and came back from the round trip all but gone.
 MIN_LUMA_CONTRAST = 40.0
 MIN_COLOUR_CONTRAST = 150.0
-
-
-class FaceSpecError(LoramixError):
-    """A face spec or dataset request that names something this module cannot draw."""
 
 
 def _check(field: str, value: object, allowed: tuple | dict) -> None:

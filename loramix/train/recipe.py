@@ -14,20 +14,15 @@ from pathlib import Path
 
 import tomllib
 
-from loramix.errors import LoramixError, did_you_mean
+from loramix.choices import FORMATS, QUANTIZE_MODES
+from loramix.errors import RecipeError, did_you_mean
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
-QUANTIZE_MODES = ("nf4", "int8", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 LR_SCHEDULES = ("constant", "cosine")
-FORMATS = ("diffusers", "kohya")
 PATH_KEYS = ("dataset", "output", "base")
-
-
-class RecipeError(LoramixError):
-    """A recipe key or value that loramix cannot train with."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Rendering images reproducibly: one seeded generator per image, the settings written into every PNG."""
+"""What a rendered image carries and how images are laid out: A1111's `parameters` PNG text, atomic PNG
+writes, and grids."""
 
 from __future__ import annotations
 
@@ -6,42 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image, PngImagePlugin
 
 from loramix.atomic import atomic_path
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    negative_prompt: str = ""
-    width: int = 64
-    height: int = 64
-
-
-def batch_settings(settings: list[RenderSettings]) -> RenderSettings:
-    """The first image's settings, after checking that the batch shares what one pipeline call takes once."""
-    first = settings[0]
-    for s in settings[1:]:
-        if (s.steps, s.guidance, s.width, s.height) != (first.steps, first.guidance, first.width, first.height):
-            raise ValueError("a batch must share steps, guidance and size")
-    return first
-
-
-def render(pipeline, settings: list[RenderSettings]) -> list[Image.Image]:
-    """Render one batch; images with the same seed and settings are identical whatever batch they are in."""
-    first = batch_settings(settings)
-    generators = [torch.Generator().manual_seed(s.seed) for s in settings]
-    with torch.inference_mode():  # no autograd bookkeeping at all: ~1-2% on the toy base's many small ops
-        return pipeline(
-            prompt=[s.prompt for s in settings], negative_prompt=[s.negative_prompt for s in settings],
-            num_inference_steps=first.steps, guidance_scale=first.guidance, width=first.width,
-            height=first.height, generator=generators, output_type="pil",
-        ).images
+from loramix.render.core import RenderSettings
 
 
 def a1111_parameters(settings: RenderSettings, sampler: str, model: str, loras: dict[str, float] | None = None,

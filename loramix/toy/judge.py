@@ -24,19 +24,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from loramix import faces
 from loramix.atomic import atomic_path
-from loramix.errors import LoramixError
+from loramix.errors import JudgeError
 from loramix.imagefile import open_image
+from loramix.toy import faces
 
 ATTRIBUTES = ("face", "mustache", "lipstick", "glasses")
 SIZE = 64
 EVALUATION_SEEDS = 10**9  # evaluation images come from seeds at or above this, training ones from below it
 Roundtrip = Callable[[torch.Tensor], torch.Tensor]
-
-
-class JudgeError(LoramixError):
-    """Images the judge cannot read, or judge weights it cannot load."""
 
 
 class JudgeNet(nn.Module):

@@ -19,18 +19,17 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from loramix.adapters import PipelineLoras
+from loramix.choices import GENERATION_METHODS
 from loramix.errors import LoramixError
-from loramix.render import RenderSettings, batch_settings
+from loramix.models.loras import PipelineLoras
+from loramix.render.core import RenderSettings, batch_settings
 from loramix.specs import WeightedFile
-
-GENERATION_METHODS = ("switch", "composite")
 
 
 def render_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], settings: list[RenderSettings],
                  method: str, every: int = 1) -> list[Image.Image]:
     """Render one batch with `files` combined by `method` ("switch" every `every` steps, or "composite")."""
-    from loramix.pipelines import is_sdxl
+    from loramix.models.load import is_sdxl
 
     if method not in GENERATION_METHODS:
         raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(GENERATION_METHODS)}")

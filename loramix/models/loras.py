@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
+from loramix.choices import COMPONENTS
 from loramix.compose import compose_by_method
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, component_of, path_of
 from loramix.specs import WeightedFile, short_hash
-
-PIPELINE_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 class PipelineLoras:
@@ -127,7 +126,7 @@ class PipelineLoras:
             self._layer(key).weight.copy_(original)
 
     def _layer(self, key: str) -> torch.nn.Module:
-        from loramix.fuse import resolve_module
+        from loramix.models.fuse import resolve_module
 
         if key not in self._layers:  # peft may wrap the layer later; the wrapper's weight is this layer's
             self._layers[key] = resolve_module(getattr(self.pipeline, component_of(key)), path_of(key))
@@ -148,12 +147,12 @@ def check_memory(paths: list[str]) -> None:
 
 def check_fits(adapter: LoraAdapter, pipeline, source: str) -> None:
     """Refuse, naming the first module that does not fit, a LoRA made for another base."""
-    from loramix.fuse import resolve_module
+    from loramix.models.fuse import resolve_module
 
     indexes: dict[str, dict[str, torch.nn.Module]] = {}
     for key, module in adapter.modules.items():
         component = component_of(key)
-        model = getattr(pipeline, component, None) if component in PIPELINE_COMPONENTS else None
+        model = getattr(pipeline, component, None) if component in COMPONENTS else None
         if model is None:
             raise IncompatibleAdaptersError(f"{source}: it changes the {component}, which this base does not have")
         if component not in indexes:
@@ -195,10 +194,10 @@ def diffusers_state_dict(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
 def is_quantized(pipeline) -> bool:
     import bitsandbytes as bnb
 
-    from loramix.quantize import Conv2dNF4
+    from loramix.models.quantize import Conv2dNF4
 
     quantized = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt, Conv2dNF4)
-    for component in PIPELINE_COMPONENTS:
+    for component in COMPONENTS:
         model = getattr(pipeline, component, None)
         if model is not None and any(isinstance(m, quantized) for m in model.modules()):
             return True

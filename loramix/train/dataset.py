@@ -15,14 +15,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from loramix.errors import LoramixError
+from loramix.choices import IMAGE_SUFFIXES
+from loramix.errors import DatasetError
 from loramix.imagefile import open_image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-class DatasetError(LoramixError):
-    """A dataset folder loramix cannot train on."""
 
 
 @dataclass

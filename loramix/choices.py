@@ -1,0 +1,17 @@
+"""The fixed choices loramix offers, each spelled once: the command line offers them before any heavy import,
+and the library checks against the same tuples. Imports nothing."""
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # the parts of a pipeline a LoRA can change
+QUANTIZE_MODES = ("nf4", "int8", "none")
+FORMATS = ("diffusers", "kohya")  # LoRA file namings loramix writes
+DTYPES = ("fp32", "fp16", "bf16")
+
+# Methods that turn weighted LoRAs into one LoRA (a file, or a fused update).
+PRUNING_MERGES = ("ties", "dare", "dare_ties")  # peft's merges of the full ΔWᵢ: not additive by design
+FILE_METHODS = ("exact", "merge-svd", *PRUNING_MERGES)
+# Methods that keep the LoRAs apart while rendering.
+GENERATION_METHODS = ("switch", "composite")
+SEQUENTIAL = "sequential"
+RENDER_METHODS = (*FILE_METHODS, *GENERATION_METHODS, SEQUENTIAL)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # images Pillow reads

@@ -1,0 +1,1 @@
+"""Bases as live diffusers pipelines: loading, shapes, quantization, LoRAs on them."""

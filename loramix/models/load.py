@@ -1,0 +1,133 @@
+"""Loading a base as a diffusers pipeline: a diffusers folder (the shipped toy base is one, by the name
+`toy`), a single-file checkpoint, or a hub id (where there is a network); and what rendering needs to know
+about it, read from the base itself.
+
+A base folder may carry `loramix.json` beside `model_index.json`, with the steps and guidance it renders
+best at, as it carries its scheduler's config: the toy base does. Other bases get Stable Diffusion's usual
+30 steps at guidance 7.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loramix.errors import BaseLoadError
+
+BUNDLED_BASE = "toy"  # the name of the base that ships inside the package
+RENDER_DEFAULTS = "loramix.json"  # a base folder's own steps and guidance
+FALLBACK_STEPS, FALLBACK_GUIDANCE = 30, 7.0
+
+
+@dataclass(frozen=True)
+class LoadedBase:
+    """A loaded pipeline and what every command that renders with it needs to agree on."""
+
+    pipeline: Any
+    name: str  # the model's name as A1111 records it: the checkpoint's or folder's name, not a path
+    steps: int
+    guidance: float
+    size: int  # the native square size in pixels
+    sampler: str
+
+    @classmethod
+    def of(cls, pipeline, base: str | os.PathLike) -> LoadedBase:
+        """What loramix knows of `pipeline`, loaded from `base` (for its name and its folder's defaults)."""
+        steps, guidance = render_defaults(base)
+        return cls(pipeline, model_name(base), steps, guidance, native_resolution(pipeline),
+                   type(pipeline.scheduler).__name__)
+
+    def to(self, device) -> LoadedBase:
+        self.pipeline.to(device)
+        return self
+
+
+def bundled_base_path() -> Path:
+    return Path(str(resources.files("loramix") / "weights" / BUNDLED_BASE))
+
+
+def resolve_folder(base: str | os.PathLike) -> Path:
+    """A base given as `toy` or as a diffusers pipeline folder, as a folder."""
+    if str(base) == BUNDLED_BASE:
+        path = bundled_base_path()
+        if not (path / "model_index.json").is_file():
+            raise BaseLoadError("the toy base is not built in this install: run `loramix build-base`")
+        return path
+    path = Path(base)
+    if not (path / "model_index.json").is_file():
+        raise BaseLoadError(f"base {base}: not a diffusers pipeline folder (no model_index.json) and not 'toy'")
+    return path
+
+
+def load_base(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = torch.float32) -> LoadedBase:
+    return LoadedBase.of(load_pipeline(base, dtype), base)
+
+
+def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = torch.float32):
+    """A Stable Diffusion (1.x, 2.x or XL) pipeline for `base`, without safety checker."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    spec = str(base)
+    path = resolve_folder(spec) if spec == BUNDLED_BASE else Path(spec)
+    try:
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise BaseLoadError(f"base {spec}: a folder without model_index.json is not a diffusers pipeline")
+            pipeline = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True,
+                                                         **_no_safety_checker(path))
+        elif path.suffix in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"):
+            if path.suffix != ".safetensors":
+                raise BaseLoadError(f"base {spec}: only .safetensors checkpoints are read (pickle files can run code)")
+            if not path.is_file():
+                raise BaseLoadError(f"base {spec}: no such file")
+            pipeline = StableDiffusionPipeline.from_single_file(spec, dtype=dtype, safety_checker=None,
+                                                                requires_safety_checker=False)
+        elif spec.count("/") == 1 and not path.exists():
+            pipeline = DiffusionPipeline.from_pretrained(spec, dtype=dtype)  # a hub id
+        else:
+            raise BaseLoadError(f"base {spec}: not 'toy', a diffusers folder, a .safetensors file or a hub id")
+    except BaseLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BaseLoadError(f"base {spec}: cannot load it ({first_line})") from None
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _no_safety_checker(folder: Path) -> dict:
+    index = json.loads((folder / "model_index.json").read_text())
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+
+
+def render_defaults(base: str | os.PathLike) -> tuple[int, float]:
+    """The steps and guidance the base's folder names in `loramix.json`, else Stable Diffusion's usual."""
+    folder = bundled_base_path() if str(base) == BUNDLED_BASE else Path(base)
+    path = folder / RENDER_DEFAULTS
+    if not path.is_file():
+        return FALLBACK_STEPS, FALLBACK_GUIDANCE
+    try:
+        defaults = json.loads(path.read_text(encoding="utf-8"))
+        return int(defaults["steps"]), float(defaults["guidance"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BaseLoadError(f"{path}: not a render-defaults file with steps and guidance ({e})") from None
+
+
+def model_name(base: str | os.PathLike) -> str:
+    """The model's name as A1111 records it: the checkpoint's name, not a path."""
+    path = Path(str(base))
+    return path.stem if path.suffix == ".safetensors" else path.name or str(base)
+
+
+def is_sdxl(pipeline) -> bool:
+    return getattr(pipeline, "text_encoder_2", None) is not None
+
+
+def native_resolution(pipeline) -> int:
+    return pipeline.unet.config.sample_size * pipeline.vae_scale_factor

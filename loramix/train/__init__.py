@@ -1,0 +1,1 @@
+"""Training a LoRA: recipe, data, the trainee model, the loop, checkpoints, the loss plot."""
