@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from loramix.cli import main
 from loramix.train.dataset import DatasetError, load_dataset
-from loramix.train.recipe import RecipeError, TrainRecipe, make_recipe, read_recipe
+from loramix.train.recipe import KEYS, RecipeError, TrainRecipe, help_of, make_recipe, read_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -23,9 +26,58 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_flags_override_keys_and_paths_are_relative_to_the_recipe(tmp_path):
     path = write(tmp_path, 'dataset = "data"\nrank = 4\nsteps = 10\n')
     recipe = make_recipe(path, {"rank": 16, "learning_rate": 3e-4})
-    assert (recipe.rank, recipe.alpha, recipe.learning_rate, recipe.steps) == (16, 16.0, 3e-4, 10)
+    assert (recipe.rank, recipe.learning_rate, recipe.steps, recipe.epochs) == (16, 3e-4, 10, None)
+    assert (recipe.alpha, recipe.effective_alpha, recipe.scale) == (None, 16.0, 1.0)
     assert Path(recipe.dataset) == tmp_path / "data"
-    assert recipe.name == "run" and Path(recipe.output) == Path("runs") / "run"
+    assert recipe.name == "run" and recipe.output is None and recipe.run_folder == Path("runs") / "run"
+
+
+def test_unset_keys_take_their_values_from_elsewhere_and_the_recipe_keeps_what_was_asked():
+    recipe = TrainRecipe(dataset="d", epochs=2, learning_rate=3e-4)
+    assert (recipe.effective_alpha, recipe.effective_text_encoder_learning_rate) == (8.0, 3e-4)
+    assert (recipe.adapter_name, recipe.run_folder) == ("lora", Path("runs") / "lora")
+    named_by_output = TrainRecipe(dataset="d", steps=1, output="out/mustache-v2")
+    assert (named_by_output.adapter_name, named_by_output.run_folder) == ("mustache-v2", Path("out/mustache-v2"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.alpha = 4.0  # type: ignore[misc]
+
+
+def test_the_saved_recipe_records_the_values_used_and_rebuilds_the_same_run():
+    recipe = make_recipe(None, {"dataset": "d", "steps": 3, "rank": 4, "name": "m"})
+    saved = recipe.as_dict()
+    assert saved["alpha"] == 4.0 and saved["text_encoder_learning_rate"] == recipe.learning_rate
+    assert saved["output"] == str(Path("runs") / "m") and saved["name"] == "m"
+    assert (saved["steps"], saved["epochs"], saved["resolution"], saved["snr_gamma"]) == (3, None, None, None)
+    assert make_recipe(None, saved).as_dict() == saved
+
+
+@pytest.mark.parametrize("text, message", [
+    ("alpha = 0", r"alpha: must be positive, got 0; leave alpha out for alpha = rank"),
+    ("resolution = 0", r"resolution: must be positive, got 0; leave resolution out for the base's own"),
+    ("text_encoder_learning_rate = 0.0", r"text_encoder_learning_rate: must be positive, got 0\.0; "
+                                         r"leave text_encoder_learning_rate out for the same rate as learning_rate"),
+    ("steps = 0\nepochs = 3", r"steps: must be positive, got 0; leave steps out to train by epochs"),
+    ("epochs = 0", r"epochs: must be positive, got 0; leave epochs out to train by steps"),
+    ("sample_steps = 0", r"sample_steps: must be positive, got 0; leave sample_steps out for the base's default"),
+    ("snr_gamma = 0.0", r"snr_gamma: must be positive, got 0\.0; leave snr_gamma out for plain MSE"),
+    ('output = ""', r"output: empty; leave output out for runs/<name>"),
+    ('name = ""', r"name: empty; leave name out to name the adapter after the recipe file"),
+])
+def test_zero_no_longer_means_unset_and_the_message_says_to_leave_the_key_out(tmp_path, text, message):
+    """Before None meant "not set", 0 or "" did; a recipe still written that way is told what to write."""
+    body = 'dataset = "d"\n' + ("" if "steps" in text else "steps = 5\n") + text + "\n"
+    with pytest.raises(RecipeError, match=message):
+        make_recipe(write(tmp_path, body), {})
+
+
+def test_every_key_has_help_and_train_help_shows_it():
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0, result.output
+    shown = "".join(result.output.split())  # help is wrapped, at spaces and hyphens
+    for key in KEYS:
+        assert help_of(key).strip(), f"{key} has no help"
+        assert "".join(f"Recipe key {key}".split()) in shown
+        assert "".join(help_of(key).split()) in shown, f"--{key.replace('_', '-')} does not show {key}'s help"
 
 
 def test_an_unknown_key_suggests_the_closest(tmp_path):
@@ -58,8 +110,9 @@ def test_a_missing_recipe_file_is_named(tmp_path):
         read_recipe(tmp_path / "nothing.toml")
 
 
-def test_integers_are_accepted_for_floats():
-    assert TrainRecipe(dataset="d", steps=1, learning_rate=1, alpha=4).alpha == 4.0
+def test_integers_are_accepted_for_floats(tmp_path):
+    assert TrainRecipe(dataset="d", steps=1, learning_rate=1, alpha=4).effective_alpha == 4.0
+    assert make_recipe(write(tmp_path, 'dataset = "d"\nsteps = 1\nalpha = 4\nsnr_gamma = 5\n'), {}).scale == 0.5
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])

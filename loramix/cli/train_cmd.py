@@ -6,22 +6,26 @@ from pathlib import Path
 
 import click
 
-from loramix.train.recipe import KEYS, default_of
+from loramix.train.recipe import KEYS, help_of, value_type
 
 
 def _key_options(command):
-    """A flag per recipe key: `--rank 8`, `--flip/--no-flip`, `--targets to_q,to_k`."""
+    """A flag per recipe key, its help the key's own: `--rank 8`, `--flip/--no-flip`, `--targets to_q,to_k`."""
     for key in reversed(list(KEYS)):
         flag = "--" + key.replace("_", "-")
-        default = default_of(key)
-        if isinstance(default, bool):
-            option = click.option(f"{flag}/--no-{flag[2:]}", key, default=None, help=f"Recipe key {key}.")
-        elif isinstance(default, list):
-            option = click.option(flag, key, default=None, help=f"Recipe key {key}, comma-separated.")
+        kind = value_type(key)
+        if kind is bool:
+            option = click.option(f"{flag}/--no-{flag[2:]}", key, default=None, help=_help(key))
+        elif kind is list:
+            option = click.option(flag, key, default=None, help=_help(key, "comma-separated"))
         else:
-            option = click.option(flag, key, type=type(default), default=None, help=f"Recipe key {key}.")
+            option = click.option(flag, key, type=kind, default=None, help=_help(key))
         command = option(command)
     return command
+
+
+def _help(key: str, form: str = "") -> str:
+    return f"Recipe key {key}{f' ({form})' if form else ''}: {help_of(key)}"
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -41,7 +45,7 @@ def train(recipe: Path | None, resume: str | None, **values) -> None:
     for key, value in values.items():
         if value is None:
             continue
-        if isinstance(default_of(key), list):
+        if value_type(key) is list:
             value = [item.strip() for item in value.split(",") if item.strip()]
         overrides[key] = value
     config = make_recipe(recipe, overrides)

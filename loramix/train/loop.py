@@ -30,8 +30,6 @@ from loramix.errors import TrainError, TrainInterrupted
 from loramix.train.recipe import TrainRecipe
 from loramix.train.trainee import LoraTrainee
 
-ADAPTER_NAME = "default"
-
 
 @dataclass
 class TrainResult:
@@ -64,11 +62,11 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
     from loramix.train.dataset import load_dataset
 
     started = time.monotonic()
-    run = Path(recipe.output)
+    run = recipe.run_folder
     if accelerator.is_main_process:
         _check_writable(run)
     pipeline = load_pipeline(recipe.base)
-    resolution = recipe.resolution or native_resolution(pipeline)
+    resolution = native_resolution(pipeline) if recipe.resolution is None else recipe.resolution
     data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template,
                         recipe.skip_bad_images)
     if data.uncaptioned:
@@ -81,7 +79,7 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = recipe.batch_size * recipe.gradient_accumulation * world
-    total_steps = recipe.steps or recipe.epochs * math.ceil(len(data) / per_step)
+    total_steps = recipe.steps if recipe.steps is not None else recipe.epochs * math.ceil(len(data) / per_step)
     optimizer = _optimizer(recipe, model)
     schedule = _schedule(optimizer, recipe, total_steps)
 
@@ -92,7 +90,7 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
     elif accelerator.is_main_process and (run / "train_log.jsonl").exists():
         (run / "train_log.jsonl").unlink()  # a fresh run replaces the old run's log
 
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"training {recipe.name}", unit="step",
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"training {recipe.adapter_name}", unit="step",
                disable=not (progress and accelerator.is_main_process))
     loss_value = log_rows[-1]["loss"] if log_rows else float("nan")
 
@@ -134,7 +132,7 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
 
     if world > 1:
         _check_processes_agree(model, accelerator)
-    adapter_path = run / f"{recipe.name}.safetensors"
+    adapter_path = run / f"{recipe.adapter_name}.safetensors"
     if accelerator.is_main_process:
         _write_outputs(model, recipe, run, adapter_path, log_rows, len(data), total_steps, loss_value)
     accelerator.wait_for_everyone()
@@ -187,12 +185,12 @@ def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, ste
     from loramix.train.plot import loss_plot
 
     run.mkdir(parents=True, exist_ok=True)
-    metadata = training_metadata(recipe.as_dict(), recipe.name, recipe.base, recipe.trigger, steps, dataset_size,
-                                 final_loss, recipe.learning_rate)
+    metadata = training_metadata(recipe.as_dict(), recipe.adapter_name, recipe.base, recipe.trigger, steps,
+                                 dataset_size, final_loss, recipe.learning_rate)
     write_adapter(model.adapter(), adapter_path, recipe.format, metadata)
     if log_rows:
         loss_plot([r["step"] for r in log_rows], [r["loss"] for r in log_rows], run / "loss.png",
-                  title=f"{recipe.name}: loss per step")
+                  title=f"{recipe.adapter_name}: loss per step")
     model.save_samples(run / "samples" / f"step-{steps:06d}.png")
 
 
@@ -233,7 +231,7 @@ def _optimizer(recipe: TrainRecipe, model):
     groups = [{"params": model.unet_parameters(), "lr": recipe.learning_rate}]
     if model.text_parameters():
         groups.append({"params": model.text_parameters(),
-                       "lr": recipe.text_encoder_learning_rate or recipe.learning_rate})
+                       "lr": recipe.effective_text_encoder_learning_rate})
     if recipe.optimizer == "adamw8bit":
         if not torch.cuda.is_available():
             raise TrainError("optimizer: adamw8bit needs a GPU (bitsandbytes' 8-bit optimizers); use adamw")
@@ -268,9 +266,9 @@ def _resume(resume: str, checkpoints: Path, model, optimizer, schedule, recipe: 
     else:
         path = Path(resume)
     checkpoint = load_checkpoint(path)
-    saved = checkpoint.extra.get("recipe", {})
+    saved, now = checkpoint.extra.get("recipe", {}), recipe.as_dict()  # both with alpha as used
     changed = [k for k in ("rank", "alpha", "targets", "train_text_encoder", "text_encoder_targets", "base")
-               if k in saved and saved[k] != getattr(recipe, k)]
+               if k in saved and saved[k] != now[k]]
     if changed:
         raise TrainError(f"--resume {path}: the recipe changed {', '.join(changed)} since this checkpoint")
     model.load_trainable_state(checkpoint.trainable, str(path))

@@ -3,13 +3,16 @@
     loramix train recipes/mustache.toml --rank 8 --steps 300
 
 Unknown keys are errors that suggest the closest known key; values are checked in `__post_init__` with
-messages that say what to choose instead. Paths in a recipe are relative to the recipe file.
+messages that say what to choose instead. Paths in a recipe are relative to the recipe file. A key whose
+default comes from elsewhere (the base, rank, learning_rate) is None until set: in TOML, leave it out.
+Each field's `help` is its flag's `--help` text.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import tomllib
@@ -24,55 +27,102 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 LR_SCHEDULES = ("constant", "cosine")
 PATH_KEYS = ("dataset", "output", "base")
 
+# What leaving an optional key out gives, for the message when a recipe sets it to 0 (which meant "not set"
+# before None did) or below.
+UNSET = {
+    "resolution": "for the base's own resolution",
+    "alpha": "for alpha = rank",
+    "text_encoder_learning_rate": "for the same rate as learning_rate",
+    "steps": "to train by epochs",
+    "epochs": "to train by steps",
+    "sample_steps": "for the base's default",
+    "snr_gamma": "for plain MSE",
+}
+UNSET_NAMES = {"output": "for runs/<name>", "name": "to name the adapter after the recipe file"}
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainRecipe:
-    # What to learn from: a folder of images with same-name .txt captions, or one with a metadata.jsonl.
-    dataset: str = ""
-    trigger: str = ""  # a rare word the LoRA ties its attribute to; put in every caption by caption_template
-    caption_template: str = "{trigger} {caption}"
-    # The frozen base: "toy" (shipped), a diffusers pipeline folder, a single-file .safetensors or a hub id.
-    base: str = "toy"
-    resolution: int = 0  # 0: the base's own (64 for the toy base, 512 for SD 1.5, 1024 for SDXL)
-    skip_bad_images: bool = False  # false: an unreadable image stops the run; true: it is left out, and named
-    flip: bool = False  # random horizontal flips: doubles the data when the attribute is symmetric
+    """A training run's settings, exactly as asked for: None is "not set", and what that means (the base's own
+    resolution, alpha = rank …) is in each key's help; values derived from others are properties."""
+
+    # What to learn from.
+    dataset: str = field(default="", metadata={"help": (
+        "A folder of images with same-name .txt captions, or one with a metadata.jsonl.")})
+    trigger: str = field(default="", metadata={"help": (
+        "A rare word the LoRA ties its attribute to; caption_template puts it in every caption.")})
+    caption_template: str = field(default="{trigger} {caption}", metadata={"help": (
+        "How each caption is written, from {trigger} and the image's own {caption}.")})
+    # The frozen base.
+    base: str = field(default="toy", metadata={"help": (
+        '"toy" (shipped), a diffusers pipeline folder, a single-file .safetensors or a hub id.')})
+    resolution: int | None = field(default=None, metadata={"help": (
+        "The training images' side in pixels, a multiple of 8; unset: the base's own (64 for the toy base, "
+        "512 for SD 1.5, 1024 for SDXL).")})
+    skip_bad_images: bool = field(default=False, metadata={"help": (
+        "Leave unreadable images out, naming them, instead of stopping the run at the first.")})
+    flip: bool = field(default=False, metadata={"help": (
+        "Random horizontal flips: doubles the data when the attribute is symmetric.")})
     # What to train.
-    targets: list[str] = field(default_factory=lambda: list(UNET_ATTENTION))
-    train_text_encoder: bool = False
-    text_encoder_targets: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_ATTENTION))
-    rank: int = 8
-    alpha: float = 0.0  # 0: equal to rank, so the update's scale α/r is 1
-    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(UNET_ATTENTION), metadata={"help": (
+        "The UNet modules that get a LoRA (default: the attention projections).")})
+    train_text_encoder: bool = field(default=False, metadata={"help": (
+        "Put LoRAs on the text encoder(s) too: for a trigger whose meaning the base does not know.")})
+    text_encoder_targets: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_ATTENTION), metadata={
+        "help": "The text encoder modules that get a LoRA when train_text_encoder is true."})
+    rank: int = field(default=8, metadata={"help": "The LoRA's rank r, the inner size of B·A."})
+    alpha: float | None = field(default=None, metadata={"help": (
+        "Scales the LoRA's update by alpha/rank; unset: equal to rank, so the scale is 1.")})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path's input, in [0, 1)."})
     # How.
-    learning_rate: float = 1e-4
-    text_encoder_learning_rate: float = 0.0  # 0: the same as learning_rate
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    steps: int = 0  # 0: from epochs
-    epochs: int = 0
-    batch_size: int = 1
-    gradient_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023); 0: plain MSE
-    optimizer: str = "adamw"
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    quantize: str = "nf4"
-    quantize_convs: bool = True
-    seed: int = 0
+    learning_rate: float = field(default=1e-4, metadata={"help": "The UNet LoRA's peak learning rate."})
+    text_encoder_learning_rate: float | None = field(default=None, metadata={"help": (
+        "The text encoder LoRAs' peak learning rate; unset: the same as learning_rate.")})
+    lr_schedule: str = field(default="constant", metadata={"help": (
+        "After warmup, constant, or cosine: decaying towards 0 over the run.")})
+    warmup_steps: int = field(default=0, metadata={"help": (
+        "Steps over which the learning rate rises linearly to its peak (0: no warmup).")})
+    steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train; set this or epochs."})
+    epochs: int | None = field(default=None, metadata={"help": "Passes over the dataset; set this or steps."})
+    batch_size: int = field(default=1, metadata={"help": "Images per micro-batch, in each process."})
+    gradient_accumulation: int = field(default=1, metadata={"help": (
+        "Micro-batches whose gradients add up to one optimizer step.")})
+    max_grad_norm: float = field(default=1.0, metadata={"help": (
+        "Clip the LoRA gradients' norm to this before each step (0: no clipping).")})
+    snr_gamma: float | None = field(default=None, metadata={"help": (
+        "Min-SNR loss weighting's gamma (Hang et al. 2023), e.g. 5; unset: plain MSE.")})
+    optimizer: str = field(default="adamw", metadata={"help": (
+        "adamw, or adamw8bit (bitsandbytes, GPU only), which keeps Adam's moments in 8 bits.")})
+    mixed_precision: str = field(default="no", metadata={"help": (
+        "no, fp16 (GPU only) or bf16 compute; the LoRA factors stay fp32.")})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+        "Recompute activations in the backward pass: less memory, slower steps.")})
+    quantize: str = field(default="nf4", metadata={"help": (
+        "How the frozen base is stored: nf4 (4-bit, as QLoRA), int8, or none.")})
+    quantize_convs: bool = field(default=True, metadata={"help": (
+        "Quantize the base's convolutions too, not only its linear layers.")})
+    seed: int = field(default=0, metadata={"help": (
+        "Seeds every random draw (initial A, batches, noise, timesteps, dropout), so a run repeats exactly.")})
     # What to write.
-    output: str = ""  # the run's folder; "" → runs/<recipe name>
-    name: str = ""  # the adapter's name; "" → the recipe file's name
-    format: str = "diffusers"
-    sample_every: int = 0  # render sample_prompts every N steps (0: only at the end)
-    sample_prompts: list[str] = field(default_factory=list)  # [] → "<trigger> a face" style: the trigger alone
-    sample_steps: int = 0  # 0: the base's default
-    checkpoint_every: int = 0  # 0: no checkpoints, so no resume
-    keep_checkpoints: int = 2
-    log_every: int = 1
+    output: str | None = field(default=None, metadata={"help": "The run's folder; unset: runs/<name>."})
+    name: str | None = field(default=None, metadata={"help": (
+        "The adapter's name: <output>/<name>.safetensors; unset: the recipe file's name, else the output "
+        "folder's, else lora.")})
+    format: str = field(default="diffusers", metadata={"help": (
+        "The adapter file's naming: diffusers (what diffusers' load_lora_weights loads) or kohya (what A1111 "
+        "and ComfyUI load).")})
+    sample_every: int = field(default=0, metadata={"help": (
+        "Render sample_prompts every N steps (0: only at the end).")})
+    sample_prompts: list[str] = field(default_factory=list, metadata={"help": (
+        "The prompts of the sample grids; empty: the trigger alone, else the first caption.")})
+    sample_steps: int | None = field(default=None, metadata={"help": (
+        "Denoising steps for the samples; unset: the base's default.")})
+    checkpoint_every: int = field(default=0, metadata={"help": (
+        "Write a checkpoint every N steps, for --resume (0: no checkpoints).")})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many of the latest checkpoints to keep."})
+    log_every: int = field(default=1, metadata={"help": "Write a train_log.jsonl row every N steps."})
 
     def __post_init__(self):
-        self.alpha = float(self.alpha or self.rank)
         choices = {"lr_schedule": LR_SCHEDULES, "optimizer": OPTIMIZERS, "mixed_precision": MIXED_PRECISION,
                    "quantize": QUANTIZE_MODES, "format": FORMATS}
         for key, allowed in choices.items():
@@ -81,21 +131,25 @@ class TrainRecipe:
         for key in ("rank", "batch_size", "gradient_accumulation", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{key}: must be at least 1, got {getattr(self, key)}")
-        for key in ("resolution", "steps", "epochs", "warmup_steps", "sample_every", "sample_steps",
-                    "checkpoint_every", "snr_gamma", "text_encoder_learning_rate", "max_grad_norm"):
+        for key in ("warmup_steps", "sample_every", "checkpoint_every", "max_grad_norm"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"{key}: must not be negative, got {getattr(self, key)}")
+        for key, unset in UNSET.items():
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise RecipeError(f"{key}: must be positive, got {value}; leave {key} out {unset}")
+        for key in ("output", "name"):
+            if getattr(self, key) == "":
+                raise RecipeError(f"{key}: empty; leave {key} out {UNSET_NAMES[key]}")
         if self.learning_rate <= 0:
             raise RecipeError(f"learning_rate: must be positive, got {self.learning_rate}")
-        if self.alpha <= 0:
-            raise RecipeError(f"alpha: must be positive, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise RecipeError(f"dropout: must be in [0, 1), got {self.dropout}")
-        if self.resolution and self.resolution % 8:
+        if self.resolution is not None and self.resolution % 8:
             raise RecipeError(f"resolution: must be a multiple of 8 (the VAE's factor), got {self.resolution}")
-        if not self.steps and not self.epochs:
+        if self.steps is None and self.epochs is None:
             raise RecipeError("steps or epochs: set one of them")
-        if self.steps and self.epochs:
+        if self.steps is not None and self.epochs is not None:
             raise RecipeError(f"steps ({self.steps}) and epochs ({self.epochs}): set only one of them")
         if not self.dataset:
             raise RecipeError("dataset: missing (a folder of images with .txt captions, or with a metadata.jsonl)")
@@ -112,19 +166,56 @@ class TrainRecipe:
                               f"may appear ({e})") from None
 
     @property
+    def effective_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        return self.effective_alpha / self.rank
+
+    @property
+    def effective_text_encoder_learning_rate(self) -> float:
+        return self.learning_rate if self.text_encoder_learning_rate is None else self.text_encoder_learning_rate
+
+    @property
+    def adapter_name(self) -> str:
+        if self.name is not None:
+            return self.name
+        if self.output is not None:
+            return os.path.basename(os.path.abspath(self.output)) or "lora"
+        return "lora"
+
+    @property
+    def run_folder(self) -> Path:
+        return Path(self.output) if self.output is not None else Path("runs") / self.adapter_name
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as the run's outputs record it: alpha, the text encoder's rate, name and output as used.
+        resolution and sample_steps stay None (the base's own) unless set; the base is recorded with them."""
+        values = asdict(self)
+        values.update(alpha=self.effective_alpha, text_encoder_learning_rate=self.effective_text_encoder_learning_rate,
+                      name=self.adapter_name, output=str(self.run_folder))
+        return values
 
 
 KEYS = {f.name: f for f in fields(TrainRecipe)}
+_HINTS = typing.get_type_hints(TrainRecipe)
 
 
-def default_of(key: str):
-    spec = KEYS[key]
-    return spec.default_factory() if spec.default is MISSING else spec.default
+def value_type(key: str) -> type:
+    """The type of a key's value when it is set: int for `steps: int | None`, list for `list[str]`."""
+    hint = _HINTS[key]
+    if is_optional(key):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return typing.get_origin(hint) or hint
+
+
+def is_optional(key: str) -> bool:
+    return type(None) in typing.get_args(_HINTS[key])
+
+
+def help_of(key: str) -> str:
+    return KEYS[key].metadata["help"]
 
 
 def read_recipe(path: str | os.PathLike) -> dict:
@@ -161,7 +252,9 @@ def check_keys(values: dict, where: str) -> None:
 
 
 def _check_type(key: str, value, where: str) -> None:
-    expected = type(default_of(key))
+    if value is None and is_optional(key):  # from Python callers; TOML has no None
+        return
+    expected = value_type(key)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return
     if expected is list:
@@ -177,9 +270,4 @@ def make_recipe(path: str | os.PathLike | None, overrides: dict) -> TrainRecipe:
     values = read_recipe(path) if path is not None else {}
     check_keys(overrides, "option")
     values.update(overrides)
-    if not values.get("name"):
-        values["name"] = Path(values.get("output") or "lora").name
-    recipe = TrainRecipe(**values)
-    if not recipe.output:
-        recipe.output = os.path.join("runs", recipe.name)
-    return recipe
+    return TrainRecipe(**values)

@@ -82,7 +82,8 @@ class LoraTrainee:
 
         from loramix.environment import dependency_error
 
-        config = LoraConfig(r=self.recipe.rank, lora_alpha=self.recipe.alpha, lora_dropout=self.recipe.dropout,
+        recipe = self.recipe
+        config = LoraConfig(r=recipe.rank, lora_alpha=recipe.effective_alpha, lora_dropout=recipe.dropout,
                             target_modules=list(targets), init_lora_weights="gaussian")
         try:
             inject_adapter_in_model(config, model)
@@ -135,7 +136,7 @@ class LoraTrainee:
                 continue
             for path, (down, up) in peft_factor_pairs(get_peft_model_state_dict(model)).items():
                 modules[f"{component}.{canonical_path(component, path)}"] = LoraModule(
-                    down.detach().float().cpu().clone(), up.detach().float().cpu().clone(), self.recipe.alpha)
+                    down.detach().float().cpu().clone(), up.detach().float().cpu().clone(), self.recipe.effective_alpha)
         return LoraAdapter(modules)
 
     # --- data ----------------------------------------------------------------------------------------
