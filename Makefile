@@ -17,7 +17,7 @@ TORCH ?= lock
 TORCH_VERSION ?= 2.13.0
 LOCK_HOLDS ?= transformers<5.24
 
-.PHONY: demo test test-durations lint bench clean lock check-latest venv
+.PHONY: demo test test-fast lint bench clean lock check-latest venv
 
 venv: $(STAMP)
 
@@ -56,6 +56,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
+
+# The quick loop while editing: everything but the tests marked slow (subprocesses, kills, the toy-base build,
+# end-to-end training and the many-image judge checks), under 2 minutes on 2 shared cores. `make test` runs all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check loramix tests bench samples scripts

@@ -160,3 +160,19 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert out.read_bytes() == b"old content"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+
+
+def test_a_base_folder_with_a_plain_pickled_component_is_refused_by_name(tmp_path):
+    """Even a harmless state dict saved as `.bin` is refused before anything loads it: loramix never unpickles."""
+    import shutil
+
+    from loramix.models.load import bundled_base_path
+
+    folder = tmp_path / "base"
+    shutil.copytree(bundled_base_path(), folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({"conv_in.weight": torch.zeros(1)}, folder / "unet" / "diffusion_pytorch_model.bin")
+    result = CliRunner().invoke(main, ["generate", "--prompt", "a face", "-n", "1", "--base", str(folder),
+                                       "-o", str(tmp_path / "out")])
+    assert_clean_error(result, "unet/diffusion_pytorch_model.bin is a pickle file", "never unpickles")
+    assert not (tmp_path / "out").exists()

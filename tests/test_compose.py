@@ -7,8 +7,7 @@ import copy
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import random_adapter, unet_inputs
-from test_formats import fused, outputs
+from conftest import fused, outputs, random_adapter, unet_inputs
 
 from loramix.cli import main
 from loramix.compose import compose_exact, compose_merge, compose_svd

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import UNET_ATTENTION, random_adapter, tiny_unet, weight_shapes
+from conftest import random_adapter
 from PIL import Image
 
 from loramix.cli import main
@@ -15,17 +15,9 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def lora_files(pipeline, tmp_path_factory):
-    from loramix.formats import write_adapter
-
-    folder = tmp_path_factory.mktemp("loras")
-    shapes = weight_shapes(pipeline.unet, "unet", UNET_ATTENTION)
-    paths = []
-    for seed, rank in ((0, 4), (1, 8)):
-        path = folder / f"random{seed}.safetensors"
-        write_adapter(random_adapter(shapes, rank, alpha=rank, seed=seed), path)
-        paths.append(str(path))
-    return paths
+def lora_files(toy_loras):
+    """Two LoRAs of different ranks, so their composition concatenates unequal factors."""
+    return list(toy_loras(["random0", "random1"], rank=[4, 8]).values())
 
 
 def settings(count: int = 2):
@@ -153,11 +145,11 @@ def test_compose_refuses_impossible_requests(lora_files, tmp_path, extra, messag
     assert result.exit_code == 1 and result.output.startswith(message) and len(result.output.splitlines()) == 1
 
 
-def test_a_lora_for_another_base_is_refused_before_rendering(tmp_path):
+def test_a_lora_for_another_base_is_refused_before_rendering(unet_attention_shapes, tmp_path):
     from loramix.formats import write_adapter
 
     foreign = tmp_path / "foreign.safetensors"
-    write_adapter(random_adapter(weight_shapes(tiny_unet(), "unet", UNET_ATTENTION), 2, 2, 0), foreign)
+    write_adapter(random_adapter(unet_attention_shapes, 2, 2, 0), foreign)  # conftest's tiny UNet: another base
     result = CliRunner().invoke(main, ["compose", f"{foreign}:0.5", "--prompt", "a face", "--images",
                                        str(tmp_path / "out")])
     assert result.exit_code == 1 and len(result.output.splitlines()) == 1

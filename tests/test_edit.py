@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import UNET_ATTENTION, random_adapter, tiny_unet, weight_shapes
+from conftest import random_adapter
 from PIL import Image
 
 from loramix.cli import main
@@ -22,27 +23,13 @@ PROMPT = "a face"
 STEPS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CPU is shared: two torch threads spinning against other processes make a toy step 100× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def files(pipeline, tmp_path_factory):
-    """Random LoRAs that fit the toy UNet (`z` with a trigger word), and one made for another base."""
-    folder = tmp_path_factory.mktemp("loras")
-    shapes = weight_shapes(pipeline.unet, "unet", UNET_ATTENTION)
-    paths = {}
-    for seed, name in enumerate("abz"):
-        paths[name] = str(folder / f"{name}.safetensors")
-        metadata = {META_TRIGGER: "zq"} if name == "z" else None
-        write_adapter(random_adapter(shapes, rank=4, alpha=4, seed=seed), paths[name], metadata=metadata)
-    paths["other"] = str(folder / "other.safetensors")
-    write_adapter(random_adapter(weight_shapes(tiny_unet(), "unet", UNET_ATTENTION), 4, 4, seed=9), paths["other"])
+def files(toy_loras, unet_attention_shapes):
+    """Random LoRAs that fit the toy UNet (`z` with a trigger word), and one made for another base (the tiny
+    UNet of conftest)."""
+    paths = toy_loras(["a", "b", "z"], metadata={"z": {META_TRIGGER: "zq"}})
+    paths["other"] = str(Path(paths["a"]).parent / "other.safetensors")
+    write_adapter(random_adapter(unet_attention_shapes, 4, 4, seed=9), paths["other"])
     return paths
 
 

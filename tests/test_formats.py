@@ -7,14 +7,13 @@ import json
 
 import pytest
 import torch
-from conftest import random_adapter, unet_inputs
+from conftest import fused, outputs, random_adapter
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix.formats import read_adapter, write_adapter
 from loramix.formats.kohya import flatten_path, kohya_module_path, unflatten_path
 from loramix.lora import LoraAdapter
-from loramix.models.fuse import fuse_into
 from loramix.models.shapes import load_base_shapes
 
 
@@ -49,13 +48,6 @@ def kohya_file_as_sd_scripts_writes(adapter: LoraAdapter, path, dtype=torch.floa
                                             "ss_output_name": "sample"})
 
 
-def fused(model, adapter: LoraAdapter, component: str, weight: float = 1.0):
-    """A copy of `model` with W + weight·ΔW for every module of `component` in the adapter."""
-    model = copy.deepcopy(model)
-    fuse_into(model, adapter.of_component(component), weight)
-    return model
-
-
 def load_with_diffusers(path, unet, clip):
     """What `StableDiffusionPipeline.load_lora_weights` does, on models without a whole pipeline."""
     from diffusers import StableDiffusionPipeline as Pipeline
@@ -66,12 +58,6 @@ def load_with_diffusers(path, unet, clip):
     if any(k.startswith("text_encoder.") for k in state_dict):
         Pipeline.load_lora_into_text_encoder(state_dict, alphas, clip, metadata=metadata)
     return unet, clip
-
-
-def outputs(unet, clip) -> tuple[torch.Tensor, torch.Tensor]:
-    sample, timesteps, text = unet_inputs()
-    with torch.no_grad():
-        return unet(sample, timesteps, text).sample, clip(torch.tensor([[0, 5, 9, 1]])).last_hidden_state
 
 
 @pytest.fixture(scope="module")

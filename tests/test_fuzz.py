@@ -217,6 +217,7 @@ def test_huge_shapes_and_offsets_are_refused_fast(tmp_path, shape, offsets):
     assert read_cleanly(path, "huge shape") is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
 def test_hostile_sizes_allocate_nothing(tmp_path):
     """In a child process whose address space may grow by only 512 MiB, hostile sizes are refused cleanly:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import UNET_ATTENTION, random_adapter, weight_shapes
+from conftest import random_adapter
 from PIL import Image
 
 from loramix.cli import main
@@ -34,13 +34,11 @@ def loras(pipeline):
 
 
 @pytest.fixture(scope="module")
-def lora_dir(pipeline, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("loras")
-    shapes = weight_shapes(pipeline.unet, "unet", UNET_ATTENTION)
-    for seed, name in enumerate(("red", "blue")):
-        write_adapter(random_adapter(shapes, 4, 4.0, seed), folder / f"{name}.safetensors")
-    key = next(k for k in shapes if k.endswith("attn2.to_k"))
-    wrong = {key: (shapes[key][0], 32)}  # cross-attention over 32-wide text: another base's
+def lora_dir(toy_loras, toy_attention_shapes) -> Path:
+    """`red` and `blue` fit the toy base; `other-base` does not. Prompt files are written next to them."""
+    folder = Path(toy_loras(["red", "blue"])["red"]).parent
+    key = next(k for k in toy_attention_shapes if k.endswith("attn2.to_k"))
+    wrong = {key: (toy_attention_shapes[key][0], 32)}  # cross-attention over 32-wide text: another base's
     write_adapter(random_adapter(wrong, 4, 4.0, 2), folder / "other-base.safetensors")
     return folder
 
@@ -196,6 +194,7 @@ def test_bad_input_is_one_line_and_writes_nothing(lora_dir, tmp_path, args, mess
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_launch_render_each_image_once(tmp_path):
     """`accelerate launch` with 2 CPU processes: every image of the plan exists once, the manifest lists each
     once, and the processes' counts add up to the plan (an image rendered twice would count twice)."""

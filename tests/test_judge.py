@@ -29,6 +29,7 @@ def judge():
     return load_judge()
 
 
+@pytest.mark.slow
 def test_shipped_judge_reads_fresh_generator_images(judge):
     accuracy = evaluate_judge(judge, count=200, seed=3)  # half faces with random attributes, half non-faces
     assert set(accuracy) == set(ATTRIBUTES)
@@ -67,6 +68,7 @@ def test_images_of_other_sizes_and_tensors_get_the_same_verdicts(judge):
         judge.scores(torch.zeros(3, 64, 64))
 
 
+@pytest.mark.slow
 def test_training_runs_end_to_end_with_a_vae_roundtrip_and_is_seeded(tmp_path):
     from diffusers import AutoencoderKL
 

@@ -7,6 +7,9 @@ What must hold whatever the moment of the kill:
   truncated PNG and a manifest that lists each image once;
 - `compose -o` over an existing file leaves the old file or the complete new one, never a part.
 
+Each planned kill must land: a run that finishes before its kill is undone (its folder put back as it was)
+and killed again at an earlier moment, so no seed can pass without killing anything.
+
 A killed writer may leave its hidden temporary file (`.NAME.PID.HEX.tmp`, `.step-N.partial`): SIGKILL gives
 it no chance to clean up. The tests check such leftovers are hidden and that later runs ignore them (a later
 write of the same file removes atomic.py's, tests/test_atomic.py).
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import UNET_ATTENTION, random_adapter, weight_shapes
+from conftest import random_adapter
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -40,6 +43,8 @@ MUSTACHE = ROOT / "samples" / "mustache"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: the same float sums in every process
 SEEDS = [0, 1, 2]
 TIMEOUT = 240
+
+pytestmark = pytest.mark.slow
 
 
 def loramix(*args) -> list[str]:
@@ -70,6 +75,25 @@ def kill_when(command: list[str], ready, delay: float) -> int:
             process.wait()
     assert process.returncode in (0, -signal.SIGKILL), stderr[-2000:]
     return process.returncode
+
+
+def kill_landing(command: list[str], folder: Path, moments, saved: Path) -> int:
+    """Kill `command` at the first of `moments` (`(ready, delay)` pairs for kill_when, each earlier than the
+    one before) that comes before the run finishes, and return that moment's index. A run that finishes
+    first is undone: `folder` is put back as it was (kept meanwhile in `saved`) before the next moment is
+    tried. Fails when even the earliest comes too late."""
+    if folder.exists():
+        shutil.copytree(folder, saved, symlinks=True)
+    try:
+        for index, (ready, delay) in enumerate(moments):
+            if kill_when(command, ready, delay) == -signal.SIGKILL:
+                return index
+            shutil.rmtree(folder, ignore_errors=True)
+            if saved.exists():
+                shutil.copytree(saved, folder, symlinks=True)
+        pytest.fail(f"the run finished before each of {len(moments)} kills, even the earliest")
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def visible(folder: Path) -> set[str]:
@@ -147,24 +171,22 @@ def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninter
     folder = tmp_path / "run"
     resume: list[str] = []
     kept: list[tuple[int, list[dict]]] = []  # (checkpoint resumed from, the log as the kill left it)
-    finished = False
     for _ in range(1 + seed % 2):
         low = max(EVERY + 1, logged_step(folder) + 1)  # step EVERY + 1 is logged after checkpoint EVERY is written
         if low > STEPS:
             break
         target = rng.randint(low, STEPS)
-        status = kill_when(train_command(folder, *resume), lambda target=target: logged_step(folder) >= target,
-                           rng.uniform(0, 0.15))
-        if status == 0:
-            finished = True
-            break
+        logged = [lambda step=step: logged_step(folder) >= step for step in (target, low)]
+        # The seeded moment, then the same step at once, then the first step this run can be killed after.
+        moment = kill_landing(train_command(folder, *resume), folder,
+                              [(logged[0], rng.uniform(0, 0.15)), (logged[0], 0.0), (logged[1], 0.0)],
+                              tmp_path / "before")
         rows, latest = log_rows(folder), checkpoint_steps(folder)[-1]
         assert rows[-1]["step"] - latest <= EVERY, (rows[-1], latest)  # at most one interval of work lost
-        print(f"killed after step {rows[-1]['step']} was logged; resuming from checkpoint {latest}")
+        print(f"killed (moment {moment}) after step {rows[-1]['step']} was logged; resuming from checkpoint {latest}")
         kept.append((latest, rows))
         resume = ["--resume"]
-    if not finished:
-        run(train_command(folder, *resume))
+    run(train_command(folder, *resume))
 
     rows, reference_rows = log_rows(folder), log_rows(uninterrupted)
     assert [row["step"] for row in rows] == list(range(1, STEPS + 1))  # every step logged once
@@ -188,13 +210,9 @@ PER_PROMPT = 24
 
 
 @pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory) -> Path:
+def prompt_file(toy_loras) -> Path:
     """Three rows, one with a LoRA, so a restart also lands between LoRA sets."""
-    from loramix.models.load import load_pipeline
-
-    folder = tmp_path_factory.mktemp("prompts")
-    shapes = weight_shapes(load_pipeline("toy").unet, "unet", UNET_ATTENTION)
-    write_adapter(random_adapter(shapes, 4, 4.0, 0), folder / "red.safetensors")
+    folder = Path(toy_loras(["red"])["red"]).parent
     rows = [{"prompt": "a face"}, {"prompt": "a face", "loras": "red.safetensors:0.8", "seed": 100},
             {"prompt": "a smiling face", "seed": 200}]
     path = folder / "p.jsonl"
@@ -226,29 +244,27 @@ def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, gene
     output = tmp_path / "out"
     expected = pngs(generated)
     assert len(expected) == 3 * PER_PROMPT
-    finished = False
     for _ in range(1 + seed % 2):
         low = len(pngs(output)) + 1 if output.exists() else 1
         if low > len(expected):
             break
         target = rng.randint(low, len(expected))
-        status = kill_when(generate_command(prompt_file, output),
-                           lambda target=target: output.exists() and len(pngs(output)) >= target, rng.uniform(0, 0.15))
-        if status == 0:
-            finished = True
-            break
+        written = [lambda count=count: output.exists() and len(pngs(output)) >= count for count in (target, low)]
+        # The seeded moment, then the same count at once, then the first image this run writes.
+        moment = kill_landing(generate_command(prompt_file, output), output,
+                              [(written[0], rng.uniform(0, 0.15)), (written[0], 0.0), (written[1], 0.0)],
+                              tmp_path / "before")
         assert pngs(output) <= expected
         assert visible(output) - pngs(output) <= {"manifest.jsonl", "grid.png"}
         for name in visible(output):
             if name.endswith(".png"):
                 assert_whole_png(output / name)
-        print(f"killed with {len(pngs(output))} of {len(expected)} images written")
+        print(f"killed (moment {moment}) with {len(pngs(output))} of {len(expected)} images written")
     before = {name: (output / name).stat() for name in pngs(output)} if output.exists() else {}
     leftovers = hidden_leftovers(output) if output.exists() else set()
-    if not finished:
-        done = run(generate_command(prompt_file, output))
-        assert (f"wrote {len(expected)} images and manifest.jsonl and grid.png to {output} "
-                f"({len(expected) - len(before)} rendered, {len(before)} kept)") in done.stdout
+    done = run(generate_command(prompt_file, output))
+    assert (f"wrote {len(expected)} images and manifest.jsonl and grid.png to {output} "
+            f"({len(expected) - len(before)} rendered, {len(before)} kept)") in done.stdout
 
     assert pngs(output) == expected and visible(output) == visible(generated)
     for name, stat in before.items():  # kept, not rendered again

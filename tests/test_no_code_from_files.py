@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -257,5 +258,26 @@ def test_inspect_does_not_send_terminal_controls_from_metadata(tmp_path):
     assert "\x1b" not in result.output and "\r" not in result.output
 
 
-def test_no_marker_files_in_the_working_folder():
+def test_commands_reading_hostile_metadata_leave_nothing_in_the_working_folder(tmp_path, monkeypatch):
+    """Every command that reads or writes metadata, run where a `touch pwned` in it would land: the working
+    folder ends with the files asked for and nothing else."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    # The payload is live: a shell that expands the metadata does create the marker.
+    subprocess.run(["sh", "-c", 'echo "' + HOSTILE_METADATA["template"] + '"'], check=True, capture_output=True)
+    assert (work / "pwned").exists()
+    (work / "pwned").unlink()
+
+    source = tmp_path / "meta.safetensors"
+    write_adapter(small_adapter(HOSTILE_METADATA), source)
+    for args in (["inspect", str(source)], ["inspect", "--json", str(source)],
+                 ["compose", str(source), "-o", "composed.safetensors"],
+                 ["compose", str(source), "--format", "kohya", "-o", "composed.kohya.safetensors"],
+                 ["inspect", "composed.safetensors", "composed.kohya.safetensors"]):
+        result = run(*args)
+        assert result.exit_code == 0, (args, result.output)
+    write_adapter(read_adapter(work / "composed.kohya.safetensors"), work / "again.safetensors")
+    assert sorted(p.name for p in work.iterdir()) == ["again.safetensors", "composed.kohya.safetensors",
+                                                      "composed.safetensors"]
     assert not Path(os.getcwd(), "pwned").exists()

@@ -6,10 +6,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from loramix.train.loop import train
 from loramix.train.recipe import make_recipe
+
+pytestmark = pytest.mark.slow  # trains a LoRA, then renders with and without it
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- this snippet runs as it is in tests/test_readme.py -->"

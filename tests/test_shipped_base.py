@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loramix.models.load import bundled_base_path
 from loramix.toy.base import LATENT_CHANNELS
 
@@ -20,6 +22,7 @@ def test_plain_diffusers_loads_the_shipped_base_and_it_is_small():
     assert report["seconds_total"] <= 90 * 60
 
 
+@pytest.mark.slow
 def test_shipped_base_renders_faces_without_the_attributes(pipeline):
     from loramix.render.core import RenderSettings, render
     from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -32,6 +35,7 @@ def test_shipped_base_renders_faces_without_the_attributes(pipeline):
     assert verdicts[:, 1:].sum() <= 1  # hardly ever a mustache, lipstick or glasses
 
 
+@pytest.mark.slow
 def test_shipped_judge_reads_faces_through_the_shipped_vae(pipeline):
     from loramix.toy.build import vae_roundtrip
     from loramix.toy.judge import evaluate_judge, load_judge

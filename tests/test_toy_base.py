@@ -27,6 +27,7 @@ def built(tmp_path_factory):
     return output, figures
 
 
+@pytest.mark.slow
 def test_build_writes_a_pipeline_plain_diffusers_loads_and_runs(built):
     from diffusers import StableDiffusionPipeline
 
@@ -45,6 +46,7 @@ def test_build_writes_a_pipeline_plain_diffusers_loads_and_runs(built):
     assert not any(p.name.startswith(".") for p in output.parent.iterdir())  # no staging folder left
 
 
+@pytest.mark.slow
 def test_every_linear_input_is_a_multiple_of_64(built):
     """bitsandbytes' 4-bit layers need it, as real SD sizes have."""
     from diffusers import StableDiffusionPipeline
@@ -56,6 +58,7 @@ def test_every_linear_input_is_a_multiple_of_64(built):
                 assert module.in_features % 64 == 0, name
 
 
+@pytest.mark.slow
 def test_the_build_is_reproducible(built, tmp_path):
     again = build_base(tmp_path / "toy", TINY)
     assert again["losses"] == built[1]["losses"]
@@ -68,6 +71,7 @@ def test_tokenizer_knows_caption_and_lora_words_as_single_tokens(tmp_path):
     assert tokenizer.unk_token_id not in tokenizer("zebra", add_special_tokens=False).input_ids
 
 
+@pytest.mark.slow
 def test_generate_renders_reproducible_pngs_with_their_settings(built, tmp_path):
     output, _ = built
     args = ["generate", "--base", str(output), "--prompt", "a face", "-n", "3", "--steps", "2", "--seed", "5",

@@ -133,6 +133,7 @@ def test_cli_flags_override_the_recipe_and_errors_are_one_line(tmp_path):
     assert len(missing.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_launch(tmp_path):
     """Data-parallel training as users scale it out: `accelerate launch --multi_gpu` starts 2 processes (on CPU
     when there is no GPU). Each trains on its share of every batch; the run fails if the processes' LoRAs differ
@@ -182,6 +183,7 @@ def test_an_unwritable_output_is_named(tmp_path):
     assert result.output.startswith(f"Error: output {blocker / 'run'}: cannot write there")
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     import os
     import signal

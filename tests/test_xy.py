@@ -5,25 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import UNET_ATTENTION, random_adapter, weight_shapes
 from PIL import Image
 
 from loramix.cli import main
 from loramix.errors import LoramixError
-from loramix.formats import write_adapter
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
 from loramix.render.xy import XYSweep, parse_weights, render_xy
 
 
 @pytest.fixture(scope="module")
-def lora_files(pipeline, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("loras")
-    shapes = weight_shapes(pipeline.unet, "unet", UNET_ATTENTION)
-    paths = []
-    for seed, name in enumerate(("mustache", "lipstick")):
-        paths.append(str(write_adapter(random_adapter(shapes, 4, 4.0, seed), folder / f"{name}.safetensors")))
-    return paths
+def lora_files(toy_loras):
+    return list(toy_loras(["mustache", "lipstick"]).values())  # their names label the axes
 
 
 @pytest.mark.parametrize("text, weights", [
