@@ -30,10 +30,24 @@ from loramix.lora import LoraAdapter, LoraModule
 
 @dataclass
 class SvdReport:
-    """Relative Frobenius error ‖ΔW − ΔW_k‖ / ‖ΔW‖ of each module and of all modules together."""
+    """Relative Frobenius error ‖ΔW − ΔW_k‖ / ‖ΔW‖ of each module and of all modules together.
+
+    ‖ΔW − ΔW_k‖² is the energy of the singular values dropped, ‖ΔW‖² that of all of them."""
 
     module_errors: dict[str, float] = field(default_factory=dict)
-    overall_error: float = 0.0
+    dropped_energy: float = 0.0
+    total_energy: float = 0.0
+
+    def add(self, key: str, singular_values: torch.Tensor, kept: int) -> None:
+        energy = singular_values.double() ** 2
+        dropped, total = float(energy[kept:].sum()), float(energy.sum())
+        self.module_errors[key] = math.sqrt(dropped / total) if total > 0 else 0.0
+        self.dropped_energy += dropped
+        self.total_energy += total
+
+    @property
+    def overall_error(self) -> float:
+        return math.sqrt(self.dropped_energy / self.total_energy) if self.total_energy > 0 else 0.0
 
 
 Weighted = list[tuple[LoraAdapter, float]]
@@ -51,15 +65,12 @@ def compose_svd(weighted: Weighted, rank: int, names: list[str] | None = None,
     """The best rank-`rank` approximation of Σ wᵢ·ΔWᵢ per module, with its errors."""
     _check(weighted, names, allow_nonfinite)
     _check_rank(rank)
-    modules, report, tails, totals = {}, SvdReport(), 0.0, 0.0
+    modules, report = {}, SvdReport()
     for key, (down, up) in _stacked_factors(weighted).items():
         weight_shape = (up.shape[0], *down.shape[1:])
         new_up, new_down, singular_values = truncated_product_svd(up.flatten(1), down.flatten(1), rank)
         modules[key] = _module(new_down, new_up, weight_shape)
-        tail, total = _tail_and_total(singular_values, new_up.shape[1])
-        report.module_errors[key] = math.sqrt(tail / total) if total > 0 else 0.0
-        tails, totals = tails + tail, totals + total
-    report.overall_error = math.sqrt(tails / totals) if totals > 0 else 0.0
+        report.add(key, singular_values, new_up.shape[1])
     return LoraAdapter(modules), report
 
 
@@ -79,7 +90,7 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
         raise LoramixError(f"unknown merge method {method!r}: choose one of {', '.join(PRUNING_MERGES)}")
     if not 0 < density <= 1:
         raise LoramixError(f"density must be in (0, 1], got {density}")
-    modules, report, tails, totals = {}, SvdReport(), 0.0, 0.0
+    modules, report = {}, SvdReport()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for key in _all_keys(weighted):
@@ -94,10 +105,7 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
                 merged = merge_utils.dare_ties(deltas, module_weights, density)
             up, down, singular_values = truncated_svd(merged.flatten(1), rank)
             modules[key] = _module(down, up, tuple(merged.shape))
-            tail, total = _tail_and_total(singular_values, up.shape[1])
-            report.module_errors[key] = math.sqrt(tail / total) if total > 0 else 0.0
-            tails, totals = tails + tail, totals + total
-    report.overall_error = math.sqrt(tails / totals) if totals > 0 else 0.0
+            report.add(key, singular_values, up.shape[1])
     return LoraAdapter(modules), report
 
 
@@ -152,11 +160,6 @@ def _module(down: torch.Tensor, up: torch.Tensor, weight_shape: tuple[int, ...])
         down = down.reshape(k, *weight_shape[1:])
         up = up.reshape(weight_shape[0], k, 1, 1)
     return LoraModule(down.contiguous(), up.contiguous(), float(k))
-
-
-def _tail_and_total(singular_values: torch.Tensor, kept: int) -> tuple[float, float]:
-    energy = singular_values.double() ** 2
-    return float(energy[kept:].sum()), float(energy.sum())
 
 
 def _all_keys(weighted: Weighted) -> list[str]:

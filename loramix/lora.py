@@ -91,6 +91,9 @@ class LoraAdapter:
         return {k[len(prefix) :]: m for k, m in self.modules.items() if k.startswith(prefix)}
 
 
+CLIP_LEVEL = "text_model."  # the level transformers 5 dropped from CLIPTextModel
+
+
 def component_of(key: str) -> str:
     return key.split(".", 1)[0]
 
@@ -104,6 +107,17 @@ def canonical_path(component: str, module_path: str) -> str:
     level, but the files of the ecosystem (kohya's `lora_te_text_model_…`, older diffusers) keep it, and
     diffusers strips it again when the model has no such level. One spelling lets adapters of either kind
     be composed, and files written with it load with old and new transformers alike."""
-    if component.startswith("text_encoder") and not module_path.startswith("text_model."):
-        return "text_model." + module_path
+    if component.startswith("text_encoder") and not module_path.startswith(CLIP_LEVEL):
+        return CLIP_LEVEL + module_path
     return module_path
+
+
+def flat_path(module_path: str) -> str:
+    """The path without CLIP's `text_model.` level: how transformers 5 names the module, and a suffix that
+    matches it with or without that level (as peft matches `target_modules`)."""
+    return module_path.removeprefix(CLIP_LEVEL)
+
+
+def path_spellings(module_path: str) -> tuple[str, ...]:
+    """The ways a model may name the module at this path: as written, and with and without `text_model.`."""
+    return (module_path, flat_path(module_path), CLIP_LEVEL + flat_path(module_path))

@@ -36,7 +36,7 @@ from loramix.formats.metadata import (
     SS_NETWORK_MODULE,
 )
 from loramix.formats.safetensors_file import load_safetensors
-from loramix.lora import LoraAdapter, LoraModule, canonical_path, component_of, path_of
+from loramix.lora import CLIP_LEVEL, LoraAdapter, LoraModule, canonical_path, component_of, flat_path, path_of
 
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
@@ -136,7 +136,7 @@ def _parse(path, tensors, metadata, peft_config) -> tuple[dict[str, LoraModule],
             if not math.isfinite(alpha):
                 raise AdapterFileError(path, f"module {name}: alpha is {alpha}")
         if name in modules:
-            raise AdapterFileError(path, f"module {name} appears twice, with and without 'text_model.'")
+            raise AdapterFileError(path, f"module {name} appears twice, with and without '{CLIP_LEVEL}'")
         modules[name] = LoraModule(down=down, up=up, alpha=alpha)
     return modules, families.pop()
 
@@ -263,7 +263,7 @@ def _peft_metadata(adapter: LoraAdapter) -> dict:
     fields = {}
     for component in adapter.components:
         modules = adapter.of_component(component)
-        config = dfs.peft_config_fields([(p.removeprefix("text_model."), m.rank, m.alpha)
+        config = dfs.peft_config_fields([(flat_path(p), m.rank, m.alpha)
                                          for p, m in modules.items()])
         fields.update({f"{component}.{k}": v for k, v in config.items()})
     return fields

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from loramix.errors import IncompatibleAdaptersError
-from loramix.lora import LoraModule
+from loramix.lora import LoraModule, path_spellings
 
 
 def resolve_module(model: torch.nn.Module, module_path: str,
@@ -14,7 +14,7 @@ def resolve_module(model: torch.nn.Module, module_path: str,
     (transformers 5 flattened CLIPTextModel, and adapter files keep the older spelling). Pass `modules`,
     `dict(model.named_modules())`, when resolving many paths in one model."""
     modules = dict(model.named_modules()) if modules is None else modules
-    for candidate in (module_path, module_path.removeprefix("text_model."), "text_model." + module_path):
+    for candidate in path_spellings(module_path):
         if candidate in modules:
             return modules[candidate]
     raise IncompatibleAdaptersError(f"the model has no module {module_path}")
@@ -25,8 +25,13 @@ def fuse_into(model: torch.nn.Module, modules: dict[str, LoraModule], weight: fl
     """W ← W + weight·ΔW for each module, given by its path inside `model`."""
     index = dict(model.named_modules())
     for module_path, lora in modules.items():
-        layer = resolve_module(model, module_path, index)
-        if tuple(layer.weight.shape) != lora.weight_shape:
-            raise IncompatibleAdaptersError(f"module {module_path}: the LoRA changes a weight of shape "
-                                            f"{lora.weight_shape}, the model's is {tuple(layer.weight.shape)}")
-        layer.weight += weight * lora.delta().to(layer.weight.dtype)
+        add_delta(resolve_module(model, module_path, index), lora, weight, module_path)
+
+
+@torch.no_grad()
+def add_delta(layer: torch.nn.Module, lora: LoraModule, weight: float = 1.0, name: str = "") -> None:
+    """W ← W + weight·ΔW, in the layer's own dtype: the one place loramix adds an update into a weight."""
+    if tuple(layer.weight.shape) != lora.weight_shape:
+        raise IncompatibleAdaptersError(f"module {name}: the LoRA changes a weight of shape "
+                                        f"{lora.weight_shape}, the model's is {tuple(layer.weight.shape)}")
+    layer.weight += weight * lora.delta().to(layer.weight.dtype)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from loramix.errors import BaseLoadError
+from loramix.formats.safetensors_file import PICKLE_SUFFIXES
 
 BUNDLED_BASE = "toy"  # the name of the base that ships inside the package
 RENDER_DEFAULTS = "loramix.json"  # a base folder's own steps and guidance
@@ -79,8 +80,9 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = t
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise BaseLoadError(f"base {spec}: a folder without model_index.json is not a diffusers pipeline")
+            _refuse_pickled_weights(path, spec)
             pipeline = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True,
-                                                         **_no_safety_checker(path))
+                                                         use_safetensors=True, **_no_safety_checker(path))
         elif path.suffix in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"):
             if path.suffix != ".safetensors":
                 raise BaseLoadError(f"base {spec}: only .safetensors checkpoints are read (pickle files can run code)")
@@ -99,6 +101,19 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = t
         raise BaseLoadError(f"base {spec}: cannot load it ({first_line})") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _refuse_pickled_weights(folder: Path, spec: str) -> None:
+    """A component stored only as a pickle (`diffusion_pytorch_model.bin`, `pytorch_model.bin`) is refused by
+    name: loramix never unpickles, whatever the loader's own safeguards."""
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in component.iterdir() if f.is_file()]
+        if any(f.suffix == ".safetensors" for f in files):
+            continue
+        pickled = sorted(f for f in files if f.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise BaseLoadError(f"base {spec}: {component.name}/{pickled[0].name} is a pickle file, which can run "
+                                "code when loaded; loramix never unpickles: convert it to .safetensors")
 
 
 def _no_safety_checker(folder: Path) -> dict:

@@ -113,12 +113,13 @@ class PipelineLoras:
 
     @torch.no_grad()
     def _fuse(self, adapter: LoraAdapter) -> None:
+        from loramix.models.fuse import add_delta
+
         layers = {key: self._layer(key) for key in adapter.modules}
         for key, module in adapter.modules.items():
-            weight = layers[key].weight
             if key not in self._originals:
-                self._originals[key] = weight.detach().clone()
-            weight += module.delta().to(weight.dtype)
+                self._originals[key] = layers[key].weight.detach().clone()
+            add_delta(layers[key], module, name=key)
 
     @torch.no_grad()
     def _restore(self) -> None:

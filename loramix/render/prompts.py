@@ -145,8 +145,14 @@ def _jsonl_records(text: str, path: Path):
 
 
 def _csv_records(text: str, path: Path):
-    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long prompt is a long field, not an error
     reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        yield from _csv_rows(reader, path)
+    except csv.Error as e:  # e.g. a field over csv's size limit, which is process-wide: loramix leaves it alone
+        raise PromptFileError(f"{path}:{reader.line_num}: not CSV that loramix reads ({e})") from None
+
+
+def _csv_rows(reader, path: Path):
     header = next(reader, None)
     if not header:
         raise PromptFileError(f"{path}: empty CSV file; its first row names the columns, e.g. prompt,seed,loras")
