@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from loramix.cli import main
@@ -87,3 +88,16 @@ def test_base_from_a_config_file_and_a_pipeline_folder(tmp_path):
     (pipeline / "unet" / "config.json").write_text(config)
     fit = json.loads(run("inspect", KOHYA, "--json", "--base", str(pipeline)))[0]["base_fit"]
     assert len(fit["missing_targets"]) == 48  # the pipeline has no text encoder
+
+
+@pytest.mark.slow
+def test_a_real_process_prints_no_library_notices():
+    """bitsandbytes announces a missing optional CPU kernel as it is imported (on CPUs with AVX512-BF16, such
+    as this project's); the command line keeps that out of its output."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "loramix", "inspect", KOHYA, "--base", "sd15"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "kernels" not in result.stderr and "Failed to load" not in result.stderr, result.stderr

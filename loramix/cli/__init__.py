@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from loramix import __version__
@@ -20,6 +22,9 @@ from loramix.errors import LoramixError
 
 class LoramixGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        # bitsandbytes warns about a missing optional CPU kernel as it is imported, which any command may do
+        # first: quiet it before any command runs (the logging module only; no heavy import here).
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
             return super().invoke(ctx)
         except LoramixError as e:
