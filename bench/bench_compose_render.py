@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,10 +36,8 @@ def lora_files(folder: Path, scratch: Path) -> list[str]:
     trained = [folder / "mustache.safetensors", folder / "lipstick.safetensors"]
     if all(path.is_file() for path in trained):
         return [str(path) for path in trained]
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import UNET_ATTENTION, random_adapter, weight_shapes
-
     from loramix.formats import write_adapter
+    from loramix.testing import UNET_ATTENTION, random_adapter, weight_shapes
 
     shapes = weight_shapes(load_pipeline("toy").unet, "unet", UNET_ATTENTION)
     paths = []

@@ -75,10 +75,8 @@ def throughput(pipeline, loras, images: int, batch_size: int, repeats: int, scra
 
 
 def switching(pipeline, loras, per_image_in_batch: float, scratch: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import UNET_ATTENTION, random_adapter, weight_shapes
-
     from loramix.formats import write_adapter
+    from loramix.testing import UNET_ATTENTION, random_adapter, weight_shapes
 
     shapes = weight_shapes(pipeline.unet, "unet", UNET_ATTENTION)
     paths = [str(write_adapter(random_adapter(shapes, 8, 8.0, seed), scratch / f"r{seed}.safetensors"))

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error, random_adapter
+from conftest import assert_clean_error
 from safetensors.torch import save_file
 
 from loramix.cli import main
 from loramix.formats import write_adapter
+from loramix.testing import random_adapter
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 GOOD = str(SAMPLES / "random-b.diffusers.safetensors")

@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import fused, outputs, random_adapter, unet_inputs
+from conftest import fused, outputs, unet_inputs
 
 from loramix.cli import main
 from loramix.compose import compose_exact, compose_merge, compose_svd
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.formats import read_adapter, write_adapter
 from loramix.lora import LoraAdapter, LoraModule
+from loramix.testing import random_adapter
 
 
 def delta_sum(weighted) -> dict[str, torch.Tensor]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import random_adapter
 from PIL import Image
 
 from loramix.cli import main
 from loramix.specs import WeightedFile
+from loramix.testing import random_adapter
 
 STEPS = 6
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import random_adapter
 from PIL import Image
 
 from loramix.cli import main
@@ -18,6 +17,7 @@ from loramix.formats import META_TRIGGER, write_adapter
 from loramix.render.core import RenderSettings, render
 from loramix.render.edit import Stage, edit_sequence
 from loramix.specs import WeightedFile
+from loramix.testing import random_adapter
 
 PROMPT = "a face"
 STEPS = 4

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import fused, outputs, random_adapter
+from conftest import fused, outputs
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -15,6 +15,7 @@ from loramix.formats import read_adapter, write_adapter
 from loramix.formats.kohya import flatten_path, kohya_module_path, unflatten_path
 from loramix.lora import LoraAdapter
 from loramix.models.shapes import load_base_shapes
+from loramix.testing import random_adapter
 
 
 def tensors_of(path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import random_adapter
 from PIL import Image
 
 from loramix.cli import main
@@ -23,6 +22,7 @@ from loramix.render.core import render
 from loramix.render.generate import MANIFEST, generate, render_order, settings_of
 from loramix.render.prompts import Defaults, ImageJob, plan, read_prompt_file, slug
 from loramix.specs import WeightedFile, short_hash
+from loramix.testing import random_adapter
 
 STEPS = ["--steps", "4"]
 DEFAULTS = Defaults(steps=4, guidance=4.0, width=64, height=64, n=1, seed=0)

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_adapter
 from PIL import Image
 from safetensors.torch import load_file
 
 from loramix.formats import read_adapter, write_adapter
+from loramix.testing import random_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 MUSTACHE = ROOT / "samples" / "mustache"

@@ -10,13 +10,13 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from bitsandbytes.functional import dequantize_4bit, has_avx512bf16
-from conftest import CLIP_ATTENTION, UNET_ATTENTION
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from peft.tuners.lora import bnb as peft_bnb
 from torch import nn
 
 from loramix.errors import LoramixError
 from loramix.models.quantize import QUANTIZE_MODES, Conv2dNF4, QuantizeError, quantize_model, weight_bytes
+from loramix.testing import CLIP_ATTENTION, UNET_ATTENTION
 
 CROSS = 64
 
