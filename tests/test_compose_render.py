@@ -216,3 +216,30 @@ def test_every_render_command_writes_the_same_a1111_fields_for_the_same_base(lor
         fields = dict(field.split(": ", 1) for field in text.splitlines()[-1].split(", ") if ": " in field)
         assert fields["Model"] == "toy" and fields["Sampler"] == "DPMSolverMultistepScheduler", (name, fields)
         assert fields["Steps"] == "3" and fields["Seed"] == "2" and fields["Size"] == "64x64", (name, fields)
+
+
+def test_every_render_command_takes_a_width_and_height(lora_files, tmp_path):
+    lora = f"{lora_files[0]}:0.7"
+    size = ["--width", "48", "--height", "64", "--steps", "2", "--prompt", "a face"]
+    runs = {
+        "compose": (["compose", lora, "-n", "1", "--images", str(tmp_path / "c")], tmp_path / "c" / "00000-0.png"),
+        "sequential": (["compose", lora, "-n", "1", "--sequential", "--images", str(tmp_path / "s")],
+                       tmp_path / "s" / "00000-0" / "stage-1-random0.png"),
+        "edit": (["edit", lora, "-o", str(tmp_path / "e")], tmp_path / "e" / "stage-1-random0.png"),
+        "generate": (["generate", "-n", "1", "--lora", lora, "-o", str(tmp_path / "g")],
+                     tmp_path / "g" / "00000-0.png"),
+    }
+    for name, (args, image) in runs.items():
+        result = CliRunner().invoke(main, args + size)
+        assert result.exit_code == 0, (name, result.output)
+        with Image.open(image) as png:
+            assert png.size == (48, 64), name
+            assert "Size: 48x64" in png.text["parameters"], name
+    grid = CliRunner().invoke(main, ["xy", "--x", lora_files[0], "--y", lora_files[1], "--x-weights", "0,1",
+                                     "--y-weights", "0", "-o", str(tmp_path / "xy.png"), *size])
+    assert grid.exit_code == 0, grid.output
+    assert "Size: 48x64" in Image.open(tmp_path / "xy.png").text["parameters"]
+    for command in (["compose", lora, "--prompt", "a face"], ["edit", lora, "--prompt", "a face", "-o", "x"],
+                    ["xy", "--x", lora_files[0], "--y", lora_files[1], "--prompt", "a face", "-o", "x.png"]):
+        bad = CliRunner().invoke(main, [*command, "--width", "60"])
+        assert bad.exit_code == 2 and "width and height are multiples of 8" in bad.output, command

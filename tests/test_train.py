@@ -213,3 +213,14 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     result = CliRunner().invoke(main, command[3:] + ["--resume"])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, 61))
+
+
+def test_samples_can_be_switched_off_entirely(tmp_path):
+    """sample_every = 0 renders none during the run, and final_samples = false none at its end: a short run on
+    a large base is not spent on a sample grid."""
+    result = train(recipe(tmp_path, steps=2, sample_every=0, final_samples=False))
+    run = tmp_path / "run"
+    assert result.adapter.is_file() and (run / "loss.png").is_file()
+    assert not (run / "samples").exists()
+    with_final = train(recipe(tmp_path / "again", steps=2, sample_every=0))
+    assert [p.name for p in (with_final.run / "samples").iterdir()] == ["step-000002.png"]

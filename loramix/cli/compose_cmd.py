@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from loramix.choices import DTYPES, FILE_METHODS, FORMATS, GENERATION_METHODS, QUANTIZE_MODES
+from loramix.cli.options import check_image_size, image_size_options
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
 
@@ -36,6 +37,7 @@ from loramix.specs import parse_weight_spec
 @click.option("--negative-prompt", default="", help="What to steer away from.")
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps. Default: the base's.")
 @click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
+@image_size_options
 @click.option("--base", default="toy", show_default=True,
               help="'toy', a diffusers folder, a .safetensors checkpoint or a hub id.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
@@ -50,7 +52,8 @@ from loramix.specs import parse_weight_spec
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=Path("composed"),
               show_default=True, help="Folder for the rendered PNGs and grid.png.")
 def compose(specs, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, prompt, count,
-            negative_prompt, steps, guidance, base, quantize, every, batch_size, sequential, strength, images) -> None:
+            negative_prompt, steps, guidance, width, height, base, quantize, every, batch_size, sequential, strength,
+            images) -> None:
     """Combine LoRA files with weights: `loramix compose a.safetensors:0.7 b.safetensors:0.5 -o ab.safetensors`,
     and with --prompt render the combination.
 
@@ -58,6 +61,7 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     full-precision base it is fused into the weights, so rendering costs what the base costs.
     """
     weighted_files = [parse_weight_spec(s) for s in specs]
+    check_image_size(width, height)
     if method in GENERATION_METHODS and output is not None:
         raise LoramixError(f"--method {method} combines LoRAs while denoising, so there is no file to write: "
                            "drop -o, or use exact, merge-svd, ties or dare")
@@ -74,8 +78,8 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
 
         composition = Composition("sequential" if sequential else method, rank=rank, density=density, seed=seed,
                                   every=every, strength=strength)
-        _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, base, quantize,
-                batch_size, images)
+        _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, width, height,
+                base, quantize, batch_size, images)
 
 
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
@@ -102,8 +106,8 @@ def _write_file(weighted_files, output, method, rank, density, seed, file_format
                    f"{max(report.module_errors.values()):.3e} worst module")
 
 
-def _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, base, quantize,
-            batch_size, images) -> None:
+def _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, width, height,
+            base, quantize, batch_size, images) -> None:
     from loramix.cli.quiet import quiet_libraries
     from loramix.models.load import load_base
     from loramix.models.loras import PipelineLoras, check_memory
@@ -123,8 +127,8 @@ def _render(weighted_files, composition, prompt, count, negative_prompt, seed, s
         raise LoramixError(f"--method {composition.method} fuses a merge into the base weights, which a quantized "
                            "base cannot take without losing it: use exact (unfused adapters) or --quantize none")
     defaults = Defaults(steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
-                        width=loaded.size, height=loaded.size, n=count, seed=seed, negative_prompt=negative_prompt,
-                        loras=tuple(weighted_files))
+                        width=width or loaded.size, height=height or loaded.size, n=count, seed=seed,
+                        negative_prompt=negative_prompt, loras=tuple(weighted_files))
     jobs = plan([PromptRow(line=0, prompt=prompt)], defaults, flat=True)
     generate(loaded, jobs, images, batch_size=batch_size, loras=loras, progress=True, composition=composition)
     if composition.method == "sequential":

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from loramix.choices import IMAGE_SUFFIXES
+from loramix.cli.options import check_image_size, image_size_options
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
 
@@ -25,10 +26,12 @@ from loramix.specs import parse_weight_spec
               help="Confine the edits: white is edited, black kept. The size of IMAGE (or the base's, without).")
 @click.option("--trigger/--no-trigger", default=True, show_default=True,
               help="Put each LoRA's trigger words (from its metadata) before the prompt of its stage.")
+@image_size_options
 @click.option("--base", default="toy", show_default=True, help="'toy' or a diffusers pipeline folder.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for stage-<i>-<name>.png and strip.png.")
-def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, mask, trigger, base, output) -> None:
+def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, mask, trigger, width, height, base,
+         output) -> None:
     """Edit IMAGE with each LoRA in turn: `loramix edit face.png a.safetensors:0.7 b.safetensors:0.5 -o out`.
 
     Stage i is img2img of stage i-1 with LoRA i alone at its weight, so the order matters. IMAGE is the
@@ -40,6 +43,7 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     from loramix.models.load import load_base
     from loramix.render.edit import edit_sequence, write_stages
 
+    check_image_size(width, height)
     image_path, specs = split_image(arguments)
     loras = [parse_weight_spec(s) for s in specs]
     image = open_image(image_path, "image") if image_path else None
@@ -52,11 +56,12 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     loaded = load_base(base)
     stages = edit_sequence(loaded.pipeline, loras, prompt, image, strength=strength, seed=seed,
                            steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
-                           negative_prompt=negative_prompt, mask=mask_image, triggers=trigger)
+                           negative_prompt=negative_prompt, mask=mask_image, width=width, height=height,
+                           triggers=trigger)
     paths = write_stages(stages, output, loaded.name, loaded.sampler)
-    size = loaded.size
-    resized = f" (the input, {image.width}×{image.height}, resized to {size}×{size})" \
-        if image is not None and image.size != (size, size) else ""
+    size = stages[-1].image.size
+    resized = f" (the input, {image.width}×{image.height}, resized to {size[0]}×{size[1]})" \
+        if image is not None and image.size != size else ""
     click.echo(f"wrote {len(stages)} stages and strip.png to {output}{resized}: "
                + " > ".join(p.name for p in paths[:-1]))
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from loramix.cli.options import check_image_size, image_size_options
+
 
 @click.command()
 @click.option("--prompt", help="What to render; its images go straight into OUTPUT.")
@@ -20,8 +22,7 @@ import click
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps. Default: the base's.")
 @click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
 @click.option("--negative-prompt", default="", help="What to steer away from.")
-@click.option("--width", type=click.IntRange(min=8), help="Image width. Default: the base's resolution.")
-@click.option("--height", type=click.IntRange(min=8), help="Image height. Default: the base's resolution.")
+@image_size_options
 @click.option("--lora", "lora_specs", multiple=True, metavar="FILE[:WEIGHT]",
               help="A LoRA on every prompt whose row names no loras (repeatable).")
 @click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
@@ -43,8 +44,7 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give --prompt or --prompts (one of them)")
-    if width is not None and width % 8 or height is not None and height % 8:
-        raise click.BadParameter("width and height are multiples of 8", param_hint="--width/--height")
+    check_image_size(width, height)
     loras = tuple(resolve_lora(parse_weight_spec(spec), ".") for spec in lora_specs)
     if prompt is not None:
         rows, problems = [PromptRow(line=0, prompt=prompt)], []

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from loramix.cli.options import check_image_size, image_size_options
+
 
 @click.command()
 @click.option("--x", "x_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -21,17 +23,19 @@ import click
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="The seed of every cell.")
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps. Default: the base's.")
 @click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
+@image_size_options
 @click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
 @click.option("--scale", type=click.IntRange(min=1), default=2, show_default=True, help="Enlarge each cell this often.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The grid's PNG file.")
-def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt, seed, steps, guidance, base, scale,
-       output) -> None:
+def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt, seed, steps, guidance, width,
+       height, base, scale, output) -> None:
     """Render PROMPT with every pair of weights of two LoRAs, one seed, as a grid labelled with the weights."""
     from loramix.render.prompts import resolve_lora
     from loramix.render.xy import XYSweep, parse_weights
     from loramix.specs import WeightedFile, parse_weight_spec
 
+    check_image_size(width, height)
     axes = [resolve_lora(WeightedFile(str(path), 1.0), ".").path for path in (x_file, y_file)]
     fixed = tuple(resolve_lora(parse_weight_spec(spec), ".") for spec in lora_specs)
     sweep = XYSweep(axes[0], axes[1], parse_weights(x_weights), parse_weights(y_weights), fixed)
@@ -49,7 +53,7 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
     output.parent.mkdir(parents=True, exist_ok=True)
     loaded = load_base(base)
     settings = RenderSettings(prompt, seed, steps or loaded.steps, loaded.guidance if guidance is None else guidance,
-                              loaded.size, loaded.size, negative_prompt)
+                              width or loaded.size, height or loaded.size, negative_prompt)
     loras = PipelineLoras(loaded.pipeline)
     result = render_xy(loaded.pipeline, loras, sweep, settings, scale=scale, progress=True)
     names = [WeightedFile(path, 1.0).name for path in (sweep.x, sweep.y)]

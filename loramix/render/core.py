@@ -147,7 +147,8 @@ def render_jobs(pipeline, loras, jobs: list, composition: Composition = EXACT,
                 job = batch[0]
                 stages = [edit_sequence(pipeline, list(files), job.prompt, steps=job.steps, guidance=job.guidance,
                                         strength=composition.strength, seed=job.seed,
-                                        negative_prompt=job.negative_prompt, adapters=loras)]
+                                        negative_prompt=job.negative_prompt, width=job.width, height=job.height,
+                                        adapters=loras)]
                 images = [stages[0][-1].image]
             seconds = (time.perf_counter() - start) / len(batch)
             yield RenderedBatch(batch, images, seconds, switch, stages)

@@ -66,13 +66,15 @@ class Stage:
 
 def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image.Image | None = None, *,
                   steps: int, guidance: float, strength: float = DEFAULT_STRENGTH, seed: int = 0,
-                  negative_prompt: str = "", mask: Image.Image | None = None,
-                  triggers: bool = True, adapters: PipelineLoras | None = None) -> list[Stage]:
+                  negative_prompt: str = "", mask: Image.Image | None = None, width: int | None = None,
+                  height: int | None = None, triggers: bool = True,
+                  adapters: PipelineLoras | None = None) -> list[Stage]:
     """Apply `loras` one after another, each by img2img on the previous stage; returns stage 0 and one stage
     per LoRA.
 
-    `image` (any size, resized to the base's native square) is stage 0; without it stage 0 is the base's
-    text-to-image of `prompt`. `mask` must be the size of `image` (or the native size without one). Each
+    `image` (any size, resized to `width`×`height`, by default the base's native square) is stage 0; without it
+    stage 0 is the base's text-to-image of `prompt`. `mask` must be the size of `image` (or of the stages
+    without one). Each
     stage's prompt is its LoRA's trigger words (metadata `loramix_trigger_words`), when it has some and
     `triggers` is on, followed by `prompt`, as the LoRA saw them in its captions. Every stage denoises with
     a generator seeded `seed`. Pass `adapters` when the pipeline already has a `PipelineLoras`; the base's
@@ -88,7 +90,8 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
     if int(steps * strength) < 1:
         raise LoramixError(f"strength {strength:g} of {steps} steps denoises no step: raise the strength or the "
                            f"steps to at least {math.ceil(1 / strength)}")
-    size = native_resolution(pipeline)
+    native = native_resolution(pipeline)
+    size = (width or native, height or native)
     adapters = adapters or PipelineLoras(pipeline)
     prompts = []
     for wf in loras:
@@ -96,9 +99,9 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
         prompts.append(f"{trigger} {prompt}".strip() if trigger and trigger not in prompt else prompt)
     if mask is not None:
         what = "the input image" if image is not None else "the base's text-to-image"
-        mask = _check_mask(mask, image.size if image is not None else (size, size), what, size)
+        mask = _check_mask(mask, image.size if image is not None else size, what, size)
 
-    base_settings = RenderSettings(prompt, seed, steps, guidance, size, size, negative_prompt)
+    base_settings = RenderSettings(prompt, seed, steps, guidance, *size, negative_prompt)
     img2img = _img2img_pipeline(pipeline)
     try:
         adapters.apply([])
@@ -108,7 +111,7 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
             stages = [Stage(_fit(image.convert("RGB"), size), base_settings, "input")]
         for wf, stage_prompt in zip(loras, prompts):
             adapters.apply([wf])
-            settings = RenderSettings(stage_prompt, seed, steps, guidance, size, size, negative_prompt)
+            settings = RenderSettings(stage_prompt, seed, steps, guidance, *size, negative_prompt)
             edited = _img2img(img2img, stages[-1].image, settings, strength, mask)
             if mask is not None:
                 edited = Image.composite(edited, stages[-1].image, mask)
@@ -150,7 +153,7 @@ def strip_image(stages: list[Stage], scale: int = 2, gap: int = 2) -> Image.Imag
     return strip
 
 
-def _check_mask(mask: Image.Image, expected: tuple[int, int], what: str, size: int) -> Image.Image:
+def _check_mask(mask: Image.Image, expected: tuple[int, int], what: str, size: tuple[int, int]) -> Image.Image:
     if mask.size != expected:
         raise LoramixError(f"mask is {mask.width}×{mask.height} but {what} is {expected[0]}×{expected[1]}: "
                            "they must be the same size")
@@ -160,9 +163,9 @@ def _check_mask(mask: Image.Image, expected: tuple[int, int], what: str, size: i
     return mask
 
 
-def _fit(image: Image.Image, size: int) -> Image.Image:
-    """The image at the base's native square size: stretched, as A1111's default "Just resize" does."""
-    return image if image.size == (size, size) else image.resize((size, size), Image.LANCZOS)
+def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The image at the stages' size: stretched, as A1111's default "Just resize" does."""
+    return image if image.size == size else image.resize(size, Image.LANCZOS)
 
 
 def _img2img_pipeline(pipeline):

@@ -191,7 +191,8 @@ def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, ste
     if log_rows:
         loss_plot([r["step"] for r in log_rows], [r["loss"] for r in log_rows], run / "loss.png",
                   title=f"{recipe.adapter_name}: loss per step")
-    model.save_samples(run / "samples" / f"step-{steps:06d}.png")
+    if recipe.final_samples:
+        model.save_samples(run / "samples" / f"step-{steps:06d}.png")
 
 
 def _train_step(model, examples, recipe, step, world, rank, accelerator, optimizer) -> float:

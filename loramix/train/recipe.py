@@ -112,7 +112,10 @@ class TrainRecipe:
         "The adapter file's naming: diffusers (what diffusers' load_lora_weights loads) or kohya (what A1111 "
         "and ComfyUI load).")})
     sample_every: int = field(default=0, metadata={"help": (
-        "Render sample_prompts every N steps (0: only at the end).")})
+        "Render sample_prompts every N steps during the run (0: none during it).")})
+    final_samples: bool = field(default=True, metadata={"help": (
+        "Render the sample grid once more at the end; off for a short run on a large base, where the grid "
+        "takes longer than the training.")})
     sample_prompts: list[str] = field(default_factory=list, metadata={"help": (
         "The prompts of the sample grids; empty: the trigger alone, else the first caption.")})
     sample_steps: int | None = field(default=None, metadata={"help": (
