@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from loramix.choices import DTYPES, FILE_METHODS, FORMATS, GENERATION_METHODS, QUANTIZE_MODES
-from loramix.cli.options import check_image_size, image_size_options
+from loramix.cli.options import image_size_options
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
 
@@ -61,7 +61,6 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     full-precision base it is fused into the weights, so rendering costs what the base costs.
     """
     weighted_files = [parse_weight_spec(s) for s in specs]
-    check_image_size(width, height)
     if method in GENERATION_METHODS and output is not None:
         raise LoramixError(f"--method {method} combines LoRAs while denoising, so there is no file to write: "
                            "drop -o, or use exact, merge-svd, ties or dare")

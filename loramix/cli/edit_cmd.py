@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from loramix.choices import IMAGE_SUFFIXES
-from loramix.cli.options import check_image_size, image_size_options
+from loramix.cli.options import image_size_options
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
 
@@ -43,7 +43,6 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     from loramix.models.load import load_base
     from loramix.render.edit import edit_sequence, write_stages
 
-    check_image_size(width, height)
     image_path, specs = split_image(arguments)
     loras = [parse_weight_spec(s) for s in specs]
     image = open_image(image_path, "image") if image_path else None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.cli.options import check_image_size, image_size_options
+from loramix.cli.options import image_size_options
 
 
 @click.command()
@@ -44,7 +44,6 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give --prompt or --prompts (one of them)")
-    check_image_size(width, height)
     loras = tuple(resolve_lora(parse_weight_spec(spec), ".") for spec in lora_specs)
     if prompt is not None:
         rows, problems = [PromptRow(line=0, prompt=prompt)], []
@@ -71,14 +70,12 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
 def _run(rows, count, seed, steps, guidance, negative_prompt, width, height, loras, base, batch_size, grid, manifest,
          output, flat, processes) -> None:
     from loramix.cli.quiet import quiet_libraries
-    from loramix.models.load import load_base, resolve_folder
+    from loramix.models.load import load_base
     from loramix.models.loras import PipelineLoras
     from loramix.render.generate import generate as render_plan
     from loramix.render.prompts import Defaults, plan
 
     quiet_libraries()
-    if Path(str(base)).is_dir():
-        resolve_folder(base)  # a folder without model_index.json: say so in the words `build-base` users know
     loaded = load_base(base).to(processes.device)
     defaults = Defaults(steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
                         width=width or loaded.size, height=height or loaded.size, n=count, seed=seed,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.cli.options import check_image_size, image_size_options
+from loramix.cli.options import image_size_options
 
 
 @click.command()
@@ -35,7 +35,6 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
     from loramix.render.xy import XYSweep, parse_weights
     from loramix.specs import WeightedFile, parse_weight_spec
 
-    check_image_size(width, height)
     axes = [resolve_lora(WeightedFile(str(path), 1.0), ".").path for path in (x_file, y_file)]
     fixed = tuple(resolve_lora(parse_weight_spec(spec), ".") for spec in lora_specs)
     sweep = XYSweep(axes[0], axes[1], parse_weights(x_weights), parse_weights(y_weights), fixed)

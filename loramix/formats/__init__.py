@@ -17,11 +17,12 @@ from safetensors.torch import save_file
 
 import loramix
 from loramix.atomic import atomic_path
-from loramix.choices import FORMATS
+from loramix.choices import COMPONENTS, FORMATS
 from loramix.errors import AdapterFileError, LoramixError
 from loramix.formats import diffusers as dfs
 from loramix.formats import kohya
 from loramix.formats.metadata import (
+    DIFFUSERS_LORA_CONFIG,
     KOHYA_LORA_MODULE,
     META_ALPHA,
     META_BASE,
@@ -115,11 +116,11 @@ def _parse(path, tensors, metadata, peft_config) -> tuple[dict[str, LoraModule],
     try:
         alpha_configs = dfs.alpha_configs_from_metadata(metadata)
     except (ValueError, RecursionError, AttributeError, TypeError):  # ValueError: bad JSON, 5000-digit numbers
-        raise AdapterFileError(path, f"has unreadable {dfs.METADATA_KEY} metadata (not a JSON object)") from None
+        raise AdapterFileError(path, f"has unreadable {DIFFUSERS_LORA_CONFIG} metadata (not a JSON object)") from None
     if peft_config is not None:
-        alpha_configs = dict.fromkeys(dfs.COMPONENT_PREFIXES, dfs.alpha_config_from_peft(peft_config))
+        alpha_configs = dict.fromkeys(COMPONENTS, dfs.alpha_config_from_peft(peft_config))
     for component, config in alpha_configs.items():
-        _check_alpha_config(path, PEFT_CONFIG if peft_config is not None else f"{component} in {dfs.METADATA_KEY}",
+        _check_alpha_config(path, PEFT_CONFIG if peft_config is not None else f"{component} in {DIFFUSERS_LORA_CONFIG}",
                             config)
     modules = {}
     for (component, module_path), parts in sorted(factors.items()):
@@ -222,9 +223,9 @@ def write_adapter(adapter: LoraAdapter, path: str | os.PathLike, format: str = "
     given = {**adapter.metadata, **(metadata or {})}
     header = {**given, **describe(adapter, given), SAFETENSORS_FORMAT: "pt"}
     if format == "diffusers":
-        header[dfs.METADATA_KEY] = json.dumps(_peft_metadata(adapter), indent=2, sort_keys=True)
+        header[DIFFUSERS_LORA_CONFIG] = json.dumps(_peft_metadata(adapter), indent=2, sort_keys=True)
     else:
-        header.pop(dfs.METADATA_KEY, None)
+        header.pop(DIFFUSERS_LORA_CONFIG, None)
     header = {str(k): str(v) for k, v in header.items()}
     with atomic_path(path) as temp:
         save_file(tensors, str(temp), metadata=header)

@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from loramix.choices import COMPONENTS
 from loramix.formats.metadata import DIFFUSERS_LORA_CONFIG
 
-COMPONENT_PREFIXES = COMPONENTS
-METADATA_KEY = DIFFUSERS_LORA_CONFIG
-
 _FACTOR = re.compile(
     r"^(?P<path>.+?)\.(?:(?P<peft>lora_[AB])|lora\.(?P<old>down|up)|lora_linear_layer\.(?P<linear>down|up))"
     r"\.weight$"
@@ -47,7 +44,7 @@ _CLIP_TOP_LEVEL = ("text_model.", "encoder.layers.", "embeddings.", "final_layer
 def split_component(key: str) -> tuple[str, str]:
     """`text_encoder.text_model…` → ("text_encoder", "text_model…"); peft's `base_model.model.` prefix and
     bare paths are told apart by what CLIP's modules are called."""
-    for prefix in sorted(COMPONENT_PREFIXES, key=len, reverse=True):
+    for prefix in sorted(COMPONENTS, key=len, reverse=True):
         if key.startswith(prefix + "."):
             return prefix, key[len(prefix) + 1 :]
     key = key.removeprefix("base_model.model.")
@@ -96,12 +93,12 @@ class AlphaConfig:
 
 def alpha_configs_from_metadata(metadata: dict[str, str]) -> dict[str, AlphaConfig]:
     """Per component, α as diffusers' `save_lora_weights` records it in the header."""
-    raw = metadata.get(METADATA_KEY)
+    raw = metadata.get(DIFFUSERS_LORA_CONFIG)
     if raw is None:
         return {}
     fields = json.loads(raw)
     configs: dict[str, AlphaConfig] = {}
-    for component in COMPONENT_PREFIXES:
+    for component in COMPONENTS:
         own = {k[len(component) + 1 :]: v for k, v in fields.items() if k.startswith(component + ".")}
         if own:
             configs[component] = alpha_config_from_peft(own)

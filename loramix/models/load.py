@@ -53,15 +53,17 @@ def bundled_base_path() -> Path:
     return Path(str(resources.files("loramix") / "weights" / BUNDLED_BASE))
 
 
+def base_path(base: str | os.PathLike) -> Path:
+    """Where a base lies: the package's own folder for `toy`, else the path given."""
+    return bundled_base_path() if str(base) == BUNDLED_BASE else Path(base)
+
+
 def resolve_folder(base: str | os.PathLike) -> Path:
     """A base given as `toy` or as a diffusers pipeline folder, as a folder."""
-    if str(base) == BUNDLED_BASE:
-        path = bundled_base_path()
-        if not (path / "model_index.json").is_file():
-            raise BaseLoadError("the toy base is not built in this install: run `loramix build-base`")
-        return path
-    path = Path(base)
+    path = base_path(base)
     if not (path / "model_index.json").is_file():
+        if str(base) == BUNDLED_BASE:
+            raise BaseLoadError("the toy base is not built in this install: run `loramix build-base`")
         raise BaseLoadError(f"base {base}: not a diffusers pipeline folder (no model_index.json) and not 'toy'")
     return path
 
@@ -75,11 +77,10 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = t
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     spec = str(base)
-    path = resolve_folder(spec) if spec == BUNDLED_BASE else Path(spec)
+    path = base_path(spec)
     try:
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise BaseLoadError(f"base {spec}: a folder without model_index.json is not a diffusers pipeline")
+        if spec == BUNDLED_BASE or path.is_dir():
+            path = resolve_folder(spec)
             _refuse_pickled_weights(path, spec)
             pipeline = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True,
                                                          use_safetensors=True, **_no_safety_checker(path))
@@ -123,8 +124,7 @@ def _no_safety_checker(folder: Path) -> dict:
 
 def render_defaults(base: str | os.PathLike) -> tuple[int, float]:
     """The steps and guidance the base's folder names in `loramix.json`, else Stable Diffusion's usual."""
-    folder = bundled_base_path() if str(base) == BUNDLED_BASE else Path(base)
-    path = folder / RENDER_DEFAULTS
+    path = base_path(base) / RENDER_DEFAULTS
     if not path.is_file():
         return FALLBACK_STEPS, FALLBACK_GUIDANCE
     try:

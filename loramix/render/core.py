@@ -56,8 +56,6 @@ def render(pipeline, settings: list[RenderSettings]) -> list[Image.Image]:
         ).images
 
 
-
-
 @dataclass(frozen=True)
 class Composition:
     """How the LoRAs of one image act together, and the knobs of that method."""

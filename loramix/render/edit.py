@@ -74,10 +74,9 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
 
     `image` (any size, resized to `width`×`height`, by default the base's native square) is stage 0; without it
     stage 0 is the base's text-to-image of `prompt`. `mask` must be the size of `image` (or of the stages
-    without one). Each
-    stage's prompt is its LoRA's trigger words (metadata `loramix_trigger_words`), when it has some and
-    `triggers` is on, followed by `prompt`, as the LoRA saw them in its captions. Every stage denoises with
-    a generator seeded `seed`. Pass `adapters` when the pipeline already has a `PipelineLoras`; the base's
+    without one). Each stage's prompt is its LoRA's trigger words (metadata `loramix_trigger_words`), when it
+    has some and `triggers` is on, followed by `prompt`, as the LoRA saw them in its captions. Every stage
+    denoises with a generator seeded `seed`. Pass `adapters` when the pipeline already has a `PipelineLoras`; the base's
     weights are restored at the end either way. Every input is checked before anything is rendered.
     """
     from loramix.formats import META_TRIGGER
