@@ -4,7 +4,9 @@ Two ways to put weighted LoRAs on a pipeline:
 
 - **fused** (full-precision bases): the exact composition Σ wᵢ·ΔWᵢ (or its SVD / TIES / DARE merge) is added
   into the base weights, W ← W₀ + ΔW, so a denoising step costs what the base's does. Switching to another
-  set copies the touched weights back from a saved W₀ first, so nothing drifts however often it switches.
+  set first takes the update out again, W₀ = (W₀ + ΔW) − ΔW, and sets back the few weights where rounding
+  lost bits of W₀ (`fuse.FusedUpdate`): nothing drifts however often it switches, and no copy of the touched
+  weights is kept.
 - **unfused** (quantized bases, and the generation-time methods that change the active LoRA during
   denoising): each file is a named peft adapter loaded by diffusers' `load_lora_weights`, and
   `set_adapters` picks the active ones and their weights. Adding ΔW into 4-bit codes would re-quantize it
@@ -23,6 +25,7 @@ from loramix.choices import COMPONENTS
 from loramix.compose import compose_by_method
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, component_of, path_of
+from loramix.models.fuse import FusedUpdate
 from loramix.specs import WeightedFile, short_hash
 
 
@@ -37,7 +40,7 @@ class PipelineLoras:
                                "re-quantize the update; use the unfused path")
         self._adapters: dict[str, LoraAdapter] = {}
         self._hashes: dict[str, str] = {}
-        self._originals: dict[str, torch.Tensor] = {}  # module key → its weight before any fusing
+        self._fused: dict[str, FusedUpdate] = {}  # module key → what taking its fused update out needs
         self._layers: dict[str, torch.nn.Module] = {}  # module key → its layer, found once
         self._peft_names: dict[str, str] = {}  # file → adapter name loaded into the pipeline
         self.active: tuple[WeightedFile, ...] = ()
@@ -113,18 +116,24 @@ class PipelineLoras:
 
     @torch.no_grad()
     def _fuse(self, adapter: LoraAdapter) -> None:
-        from loramix.models.fuse import add_delta
+        from loramix.models.fuse import fuse_reversibly
 
-        layers = {key: self._layer(key) for key in adapter.modules}
         for key, module in adapter.modules.items():
-            if key not in self._originals:
-                self._originals[key] = layers[key].weight.detach().clone()
-            add_delta(layers[key], module, name=key)
+            self._fused[key] = fuse_reversibly(self._layer(key), module, name=key)
+
+    def restore_bytes(self) -> int:
+        """Memory kept to take the fused set out again (factors and the weights rounding moved)."""
+        from loramix.models.fuse import kept_bytes
+
+        return sum(kept_bytes(update) for update in self._fused.values())
 
     @torch.no_grad()
     def _restore(self) -> None:
-        for key, original in self._originals.items():
-            self._layer(key).weight.copy_(original)
+        from loramix.models.fuse import unfuse
+
+        for key, update in self._fused.items():
+            unfuse(self._layer(key), update)
+        self._fused.clear()
 
     def _layer(self, key: str) -> torch.nn.Module:
         from loramix.models.fuse import resolve_module
@@ -136,7 +145,7 @@ class PipelineLoras:
 
 def check_memory(paths: list[str]) -> None:
     """Refuse, before anything renders, LoRA files that will not fit in the memory that is free: each file's
-    factors stay in memory while rendering, beside a saved copy of every base weight they touch."""
+    factors stay in memory while rendering, beside what taking a fused set out again needs."""
     import psutil
 
     needed = sum(Path(path).stat().st_size for path in paths if Path(path).is_file())
