@@ -1,6 +1,6 @@
 """QLoRA on SD 1.5's real UNet (random weights): weight memory, training-step peak memory, step time, output error.
 
-    python bench/bench_quantize.py [--config loramix/architectures/sd15-unet.json] [--steps 2]
+    python bench/bench_quantize.py [--config loramix/architectures/sd1/unet/config.json] [--steps 2]
 
 Three bases, each in its own process so that each peak is its own: fp32 (`none`), NF4 on the Linear layers only,
 and NF4 on Linear and Conv2d layers. Each trains a rank-4 LoRA on to_q, to_k, to_v, to_out.0 for `--steps` steps
@@ -30,7 +30,7 @@ MB = 2**20
 
 
 def builtin_config() -> Path:
-    return Path(str(resources.files("loramix") / "architectures" / "sd15-unet.json"))
+    return Path(str(resources.files("loramix") / "architectures" / "sd1" / "unet" / "config.json"))
 
 
 def memory_kb(field: str) -> int:

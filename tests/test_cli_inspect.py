@@ -78,7 +78,7 @@ def test_inspect_text_output_is_readable():
 
 
 def test_base_from_a_config_file_and_a_pipeline_folder(tmp_path):
-    config = (Path(__file__).parent.parent / "loramix" / "architectures" / "sd15-unet.json").read_text()
+    config = (Path(__file__).parent.parent / "loramix" / "architectures" / "sd1" / "unet" / "config.json").read_text()
     (tmp_path / "unet.json").write_text(config)
     fit = json.loads(run("inspect", DIFFUSERS, "--json", "--base", str(tmp_path / "unet.json")))[0]["base_fit"]
     assert fit["missing_targets"] == []

@@ -42,6 +42,7 @@ def test_a_run_writes_adapter_log_plot_samples_and_checkpoints(nf4_run):
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert all(row["loss"] > 0 for row in rows) and rows[-1]["loss"] == result.final_loss
+    assert all(row["peak_rss_gib"] > 0.1 for row in rows)  # the process's peak memory so far, every row
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]

@@ -40,6 +40,9 @@ from loramix.specs import parse_weight_spec
 @image_size_options
 @click.option("--base", default="toy", show_default=True,
               help="'toy', a diffusers folder, a .safetensors checkpoint or a hub id.")
+@click.option("--base-dtype", type=click.Choice(DTYPES),
+              help="--prompt: the base's precision (--dtype is the written file's). Default: what fits the device: "
+                   "fp32 on a CPU for bases up to a quarter of its memory, else bf16; bf16 on GPUs that have it.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
               help="Store the base quantized; the LoRAs then stay unfused (peft adapters) instead of fused.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
@@ -52,8 +55,8 @@ from loramix.specs import parse_weight_spec
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=Path("composed"),
               show_default=True, help="Folder for the rendered PNGs and grid.png.")
 def compose(specs, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, prompt, count,
-            negative_prompt, steps, guidance, width, height, base, quantize, every, batch_size, sequential, strength,
-            images) -> None:
+            negative_prompt, steps, guidance, width, height, base, base_dtype, quantize, every, batch_size, sequential,
+            strength, images) -> None:
     """Combine LoRA files with weights: `loramix compose a.safetensors:0.7 b.safetensors:0.5 -o ab.safetensors`,
     and with --prompt render the combination.
 
@@ -78,7 +81,7 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
         composition = Composition("sequential" if sequential else method, rank=rank, density=density, seed=seed,
                                   every=every, strength=strength)
         _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, width, height,
-                base, quantize, batch_size, images)
+                base, base_dtype, quantize, batch_size, images)
 
 
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
@@ -106,19 +109,17 @@ def _write_file(weighted_files, output, method, rank, density, seed, file_format
 
 
 def _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, width, height,
-            base, quantize, batch_size, images) -> None:
+            base, base_dtype, quantize, batch_size, images) -> None:
     from loramix.cli.quiet import quiet_libraries
+    from loramix.cli.status import TerminalStatus
     from loramix.models.load import load_base
     from loramix.models.loras import PipelineLoras, check_memory
-    from loramix.models.quantize import quantize_pipeline
     from loramix.render.generate import generate
     from loramix.render.prompts import Defaults, PromptRow, plan
 
     quiet_libraries()
     check_memory([wf.path for wf in weighted_files])
-    loaded = load_base(base)
-    if quantize != "none":
-        quantize_pipeline(loaded.pipeline, quantize)
+    loaded = load_base(base, base_dtype, quantize, status=TerminalStatus())
     loras = PipelineLoras(loaded.pipeline)
     for wf in weighted_files:  # every file fits the base before anything renders
         loras.read(wf.path)

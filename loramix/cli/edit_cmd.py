@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from loramix.choices import IMAGE_SUFFIXES
-from loramix.cli.options import image_size_options
+from loramix.cli.options import dtype_option, image_size_options
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
 
@@ -27,11 +27,12 @@ from loramix.specs import parse_weight_spec
 @click.option("--trigger/--no-trigger", default=True, show_default=True,
               help="Put each LoRA's trigger words (from its metadata) before the prompt of its stage.")
 @image_size_options
-@click.option("--base", default="toy", show_default=True, help="'toy' or a diffusers pipeline folder.")
+@click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
+@dtype_option
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for stage-<i>-<name>.png and strip.png.")
 def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, mask, trigger, width, height, base,
-         output) -> None:
+         dtype, output) -> None:
     """Edit IMAGE with each LoRA in turn: `loramix edit face.png a.safetensors:0.7 b.safetensors:0.5 -o out`.
 
     Stage i is img2img of stage i-1 with LoRA i alone at its weight, so the order matters. IMAGE is the
@@ -39,6 +40,7 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     Without it, stage 0 is the base's text-to-image of the prompt.
     """
     from loramix.cli.quiet import quiet_libraries
+    from loramix.cli.status import TerminalStatus
     from loramix.imagefile import open_image
     from loramix.models.load import load_base
     from loramix.render.edit import edit_sequence, write_stages
@@ -52,7 +54,7 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
                            f"{image.width}×{image.height}: they must be the same size")
 
     quiet_libraries()
-    loaded = load_base(base)
+    loaded = load_base(base, dtype, status=TerminalStatus())
     stages = edit_sequence(loaded.pipeline, loras, prompt, image, strength=strength, seed=seed,
                            steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
                            negative_prompt=negative_prompt, mask=mask_image, width=width, height=height,

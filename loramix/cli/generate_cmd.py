@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.cli.options import image_size_options
+from loramix.cli.options import dtype_option, image_size_options
 
 
 @click.command()
@@ -26,6 +26,7 @@ from loramix.cli.options import image_size_options
 @click.option("--lora", "lora_specs", multiple=True, metavar="FILE[:WEIGHT]",
               help="A LoRA on every prompt whose row names no loras (repeatable).")
 @click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
+@dtype_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--strict", is_flag=True, help="A bad row in the prompt file is an error, before anything renders.")
 @click.option("--grid/--no-grid", default=True, show_default=True, help="Write grid.png, a contact sheet.")
@@ -34,7 +35,7 @@ from loramix.cli.options import image_size_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the PNGs, manifest.jsonl and grid.png.")
 def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt, width, height, lora_specs, base,
-             batch_size, strict, grid, manifest, output) -> None:
+             dtype, batch_size, strict, grid, manifest, output) -> None:
     """Render images with their settings in every PNG (A1111's `parameters`), skipping those already there.
 
     Under `accelerate launch` the processes share the images."""
@@ -63,20 +64,22 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
         for problem in problems:
             click.echo(f"Warning: {problem} (row skipped)", err=True)
     _run(rows, count or (8 if prompt is not None else 1), seed, steps, guidance, negative_prompt, width, height,
-         loras, base, batch_size, grid, manifest, output,
+         loras, base, dtype, batch_size, grid, manifest, output,
          prompt is not None, processes)
 
 
-def _run(rows, count, seed, steps, guidance, negative_prompt, width, height, loras, base, batch_size, grid, manifest,
-         output, flat, processes) -> None:
+def _run(rows, count, seed, steps, guidance, negative_prompt, width, height, loras, base, dtype, batch_size, grid,
+         manifest, output, flat, processes) -> None:
     from loramix.cli.quiet import quiet_libraries
+    from loramix.cli.status import TerminalStatus
     from loramix.models.load import load_base
     from loramix.models.loras import PipelineLoras
     from loramix.render.generate import generate as render_plan
     from loramix.render.prompts import Defaults, plan
 
     quiet_libraries()
-    loaded = load_base(base).to(processes.device)
+    status = TerminalStatus(None if processes.is_main else False)
+    loaded = load_base(base, dtype, device=processes.device, status=status)
     defaults = Defaults(steps=steps or loaded.steps, guidance=loaded.guidance if guidance is None else guidance,
                         width=width or loaded.size, height=height or loaded.size, n=count, seed=seed,
                         negative_prompt=negative_prompt, loras=loras)

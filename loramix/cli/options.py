@@ -19,3 +19,13 @@ def image_size_options(command):
         command = click.option(f"--{name}", type=click.IntRange(min=8), callback=_multiple_of_8,
                                help=f"Image {name}. {SIZE_HELP}")(command)
     return command
+
+
+def dtype_option(command):
+    """`--dtype`: the precision the base loads in."""
+    from loramix.choices import DTYPES
+
+    return click.option("--dtype", "dtype", type=click.Choice(DTYPES), default=None,
+                        help="The base's precision (its compute precision when quantized). Default: what fits the "
+                             "device: fp32 on a CPU for bases up to a quarter of its memory, else bf16; bf16 on "
+                             "GPUs that have it, else fp16.")(command)

@@ -36,6 +36,7 @@ def _help(key: str, form: str = "") -> str:
 def train(recipe: Path | None, resume: str | None, **values) -> None:
     """Train a LoRA over a frozen base (4-bit NF4 by default) as RECIPE says, flags overriding its keys."""
     from loramix.cli.quiet import quiet_libraries
+    from loramix.cli.status import TerminalStatus
     from loramix.train.loop import train as run_training
     from loramix.train.recipe import make_recipe
 
@@ -49,7 +50,8 @@ def train(recipe: Path | None, resume: str | None, **values) -> None:
             value = [item.strip() for item in value.split(",") if item.strip()]
         overrides[key] = value
     config = make_recipe(recipe, overrides)
-    result = run_training(config, resume=resume, progress=True, report=lambda note: click.echo(note, err=True))
+    result = run_training(config, resume=resume, progress=True, report=lambda note: click.echo(note, err=True),
+                          status=TerminalStatus())
     if result.main_process:
         click.echo(f"wrote {result.adapter} after {result.steps} steps in {result.seconds:.0f} s "
                    f"(final loss {result.final_loss:.4f}; log, loss plot and samples in {result.run})")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.cli.options import image_size_options
+from loramix.cli.options import dtype_option, image_size_options
 
 
 @click.command()
@@ -25,11 +25,12 @@ from loramix.cli.options import image_size_options
 @click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
 @image_size_options
 @click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
+@dtype_option
 @click.option("--scale", type=click.IntRange(min=1), default=2, show_default=True, help="Enlarge each cell this often.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The grid's PNG file.")
 def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt, seed, steps, guidance, width,
-       height, base, scale, output) -> None:
+       height, base, dtype, scale, output) -> None:
     """Render PROMPT with every pair of weights of two LoRAs, one seed, as a grid labelled with the weights."""
     from loramix.render.prompts import resolve_lora
     from loramix.render.xy import XYSweep, parse_weights
@@ -42,6 +43,7 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
         raise click.BadParameter("the grid is a .png file", param_hint="--output")
 
     from loramix.cli.quiet import quiet_libraries
+    from loramix.cli.status import TerminalStatus
     from loramix.models.load import load_base
     from loramix.models.loras import PipelineLoras
     from loramix.render.core import RenderSettings
@@ -50,7 +52,7 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
 
     quiet_libraries()
     output.parent.mkdir(parents=True, exist_ok=True)
-    loaded = load_base(base)
+    loaded = load_base(base, dtype, status=TerminalStatus())
     settings = RenderSettings(prompt, seed, steps or loaded.steps, loaded.guidance if guidance is None else guidance,
                               width or loaded.size, height or loaded.size, negative_prompt)
     loras = PipelineLoras(loaded.pipeline)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -68,31 +69,39 @@ def resolve_folder(base: str | os.PathLike) -> Path:
     return path
 
 
-def load_base(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = torch.float32) -> LoadedBase:
-    return LoadedBase.of(load_pipeline(base, dtype), base)
+def load_base(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dtype | None = None,
+              quantize: str = "none", quantize_convs: bool = True, device: torch.device | str | None = None,
+              status: Status | None = None) -> LoadedBase:
+    return LoadedBase.of(load_pipeline(base, dtype, quantize, quantize_convs, device, status), base)
 
 
-def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = torch.float32):
-    """A Stable Diffusion (1.x, 2.x or XL) pipeline for `base`, without safety checker."""
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
-
+def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dtype | None = None,
+                  quantize: str = "none", quantize_convs: bool = True, device: torch.device | str | None = None,
+                  status: Status | None = None):
+    """A Stable Diffusion (1.x, 2.x or XL) pipeline for `base`, without safety checker, on `device` (CPU by
+    default). `dtype` ("fp32", "fp16", "bf16"; None: what fits the device, see `precision`) is the precision of
+    its weights, or with `quantize` ("nf4", "int8") the compute precision of its quantized UNet and text
+    encoders, which are then quantized as they load. `status` hears what is happening, a line at a time, and
+    gets a progress bar (a tqdm-like callable) for the layer-by-layer loading."""
+    status = status or Status()
+    device = torch.device(device or "cpu")
     spec = str(base)
     path = base_path(spec)
     try:
         if spec == BUNDLED_BASE or path.is_dir():
-            path = resolve_folder(spec)
-            _refuse_pickled_weights(path, spec)
-            pipeline = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True,
-                                                         use_safetensors=True, **_no_safety_checker(path))
-        elif path.suffix in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"):
-            if path.suffix != ".safetensors":
-                raise BaseLoadError(f"base {spec}: only .safetensors checkpoints are read (pickle files can run code)")
-            if not path.is_file():
-                raise BaseLoadError(f"base {spec}: no such file")
-            pipeline = StableDiffusionPipeline.from_single_file(spec, dtype=dtype, safety_checker=None,
-                                                                requires_safety_checker=False)
+            pipeline = _load_folder(resolve_folder(spec), spec, dtype, quantize, quantize_convs, device, status)
+        elif path.suffix in (".safetensors", *PICKLE_SUFFIXES):
+            from loramix.models.single_file import load_single_file
+
+            pipeline = load_single_file(path, dtype, quantize, quantize_convs, device, status)
         elif spec.count("/") == 1 and not path.exists():
-            pipeline = DiffusionPipeline.from_pretrained(spec, dtype=dtype)  # a hub id
+            from diffusers import DiffusionPipeline
+
+            status(f"loading {spec} from the hub")  # a hub id
+            dtype = _dtype(dtype, [], device)
+            pipeline = DiffusionPipeline.from_pretrained(spec, dtype=dtype)
+            quantize_loaded(pipeline, quantize, quantize_convs, dtype, status)
+            pipeline.to(device)
         else:
             raise BaseLoadError(f"base {spec}: not 'toy', a diffusers folder, a .safetensors file or a hub id")
     except BaseLoadError:
@@ -102,6 +111,85 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: torch.dtype = t
         raise BaseLoadError(f"base {spec}: cannot load it ({first_line})") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+class Status:
+    """Where loading tells what it does: `line(text)` for a status line, `bar(items, what)` wraps a list in a
+    progress bar. This one says nothing; the command line passes one that shows both."""
+
+    def __call__(self, text: str) -> None:
+        pass
+
+    def bar(self, items: list, what: str) -> Iterable:
+        return items
+
+
+def _dtype(choice: str | torch.dtype | None, weight_files: list[Path], device: torch.device) -> torch.dtype:
+    from loramix.models.precision import choose_dtype
+
+    return choice if isinstance(choice, torch.dtype) else choose_dtype(choice, weight_files, device)
+
+
+def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: bool, device: torch.device,
+                 status: Status):
+    from diffusers import DiffusionPipeline
+
+    from loramix.models.precision import name_of
+    from loramix.models.quantized_load import load_text_encoder_quantized, load_unet_quantized, weight_files
+
+    _refuse_pickled_weights(folder, spec)
+    variant = folder_variant(folder)
+    components = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2") if (folder / c).is_dir()]
+    dtype = _dtype(dtype, [f for c in components for f in weight_files(folder / c, variant)], device)
+    what = f"{model_name(spec)} in {name_of(dtype)}" + (f", {quantize}" if quantize != "none" else "")
+    status(f"loading {what}" + (f" (its {variant} files)" if variant else ""))
+    loaded = {}
+    if quantize != "none":
+        unet = load_unet_quantized(folder, variant, quantize, quantize_convs, dtype, device,
+                                   lambda layers: status.bar(layers, f"quantizing the UNet to {quantize}"))
+        if unet is not None:
+            loaded["unet"] = unet
+        for encoder in ("text_encoder", "text_encoder_2"):
+            if encoder in components:
+                status(f"quantizing the {encoder.replace('_', ' ')} to {quantize}")
+                loaded[encoder] = load_text_encoder_quantized(folder, encoder, variant, quantize, dtype, device)
+    pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                 use_safetensors=True, variant=variant,
+                                                 **_no_safety_checker(folder), **loaded)
+    if quantize != "none" and "unet" not in loaded:  # an old file layout: the whole UNet, then quantized
+        quantize_loaded(pipeline, quantize, quantize_convs, dtype, status, only=("unet",))
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        model = getattr(pipeline, name, None)
+        if model is not None and name not in loaded:
+            model.to(device)
+    return pipeline
+
+
+def quantize_loaded(pipeline, quantize: str, quantize_convs: bool, dtype: torch.dtype, status: Status,
+                    only: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")) -> None:
+    """Quantize a pipeline that loaded whole (a single file, a hub id), one layer at a time, computing in
+    `dtype`; what stays in full precision is cast to `dtype`."""
+    from loramix.models.quantize import quantize_model
+    from loramix.models.quantized_load import cast_full_precision
+
+    if quantize == "none":
+        return
+    for name in only:
+        model = getattr(pipeline, name, None)
+        if model is not None:
+            status(f"quantizing the {name.replace('_', ' ')} to {quantize}")
+            quantize_model(model, quantize, quantize_convs and name == "unet", compute_dtype=dtype)
+            cast_full_precision(model, dtype)
+
+
+def folder_variant(folder: Path) -> str | None:
+    """The variant a pipeline folder's weights are stored under (`diffusion_pytorch_model.fp16.safetensors`:
+    "fp16") when its UNet has no plain weight file, else None."""
+    unet = folder / "unet"
+    names = [f.name for f in unet.glob("*.safetensors")] if unet.is_dir() else []
+    if not names or any(len(name.split(".")) == 2 for name in names):
+        return None
+    return names[0].split(".")[-2]
 
 
 def _refuse_pickled_weights(folder: Path, spec: str) -> None:

@@ -149,7 +149,7 @@ def _is_plain_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, new)
 
@@ -164,8 +164,6 @@ def quantize_model(model: nn.Module, mode: str = "nf4", quantize_convs: bool = T
     Quantized layers are frozen. Attach LoRA adapters afterwards, to this same `model`: it is flagged the way
     transformers and diffusers flag a bitsandbytes model, which is what makes peft use its bnb LoRA layers.
     """
-    if mode not in QUANTIZE_MODES:
-        raise QuantizeError(f"unknown quantize mode {mode!r}: choose one of {', '.join(QUANTIZE_MODES)}")
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     adapted = [name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
@@ -173,22 +171,43 @@ def quantize_model(model: nn.Module, mode: str = "nf4", quantize_convs: bool = T
         raise QuantizeError(f"{adapted[0]} already carries a LoRA adapter: quantize the base before attaching "
                             f"adapters, or the adapters' own layers would be quantized")
     bytes_before = weight_bytes(model)
-    skip = skip or (lambda name: False)
-    linears = [(n, m) for n, m in model.named_modules() if _is_plain_linear(m) and not skip(n)]
-    convs = [(n, m) for n, m in model.named_modules() if _is_plain_conv(m) and not skip(n)]
-    if mode == "none":
-        linears, convs = [], []
-    elif mode == "int8" or not quantize_convs:
-        convs = []
+    names = layers_to_quantize(model, mode, quantize_convs, skip)
+    for name in names:
+        replace_layer(model, name, quantized_layer(model.get_submodule(name), mode, compute_dtype))
+    mark_quantized(model, mode)
+    convs = sum(isinstance(model.get_submodule(name), Conv2dNF4) for name in names)
+    return QuantizeReport(mode, len(names) - convs, convs, bytes_before, weight_bytes(model))
 
-    for name, linear in linears:
-        _replace(model, name, _linear_4bit(linear, compute_dtype) if mode == "nf4" else _linear_8bit(linear))
-    for name, conv in convs:
-        _replace(model, name, Conv2dNF4(conv, compute_dtype))
-    if linears:
-        # The flag peft reads to dispatch its bnb LoRA layers (transformers and diffusers set it when they load).
+
+def layers_to_quantize(model: nn.Module, mode: str, quantize_convs: bool = True,
+                       skip: Callable[[str], bool] | None = None) -> list[str]:
+    """The dotted names of the layers `quantize_model` replaces: plain Linear layers, and Conv2d for nf4."""
+    if mode not in QUANTIZE_MODES:
+        raise QuantizeError(f"unknown quantize mode {mode!r}: choose one of {', '.join(QUANTIZE_MODES)}")
+    skip = skip or (lambda name: False)
+    with_convs = mode == "nf4" and quantize_convs
+    return [name for name, module in model.named_modules() if mode != "none" and not skip(name)
+            and (_is_plain_linear(module) or (with_convs and _is_plain_conv(module)))]
+
+
+def quantized_layer(layer: nn.Module, mode: str, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The frozen, quantized stand-in for one Linear or Conv2d layer, on the device its weight is on. A weight
+    stored in another precision is cast to `compute_dtype` first, so the codes are those of a base loaded in
+    that precision."""
+    for name in ("weight", "bias"):
+        tensor = getattr(layer, name)
+        if tensor is not None and tensor.dtype != compute_dtype:
+            setattr(layer, name, nn.Parameter(tensor.detach().to(compute_dtype), requires_grad=False))
+    if isinstance(layer, nn.Conv2d):
+        return Conv2dNF4(layer, compute_dtype)
+    return _linear_4bit(layer, compute_dtype) if mode == "nf4" else _linear_8bit(layer)
+
+
+def mark_quantized(model: nn.Module, mode: str) -> None:
+    """Flag the model the way transformers and diffusers flag a bitsandbytes model when they load one: the flag
+    is what makes peft put its bnb LoRA layers on the quantized Linear layers."""
+    if mode != "none":
         setattr(model, "is_loaded_in_4bit" if mode == "nf4" else "is_loaded_in_8bit", True)
-    return QuantizeReport(mode, len(linears), len(convs), bytes_before, weight_bytes(model))
 
 
 def quantize_pipeline(pipeline, mode: str = "nf4", quantize_convs: bool = True) -> None:

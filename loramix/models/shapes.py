@@ -15,14 +15,12 @@ from importlib import resources
 from pathlib import Path
 
 from loramix.choices import COMPONENTS
-from loramix.errors import LoramixError
+from loramix.errors import BaseLoadError, LoramixError
 from loramix.lora import canonical_path
 
-BUILTIN = {
-    "sd15": {"unet": "sd15-unet.json", "text_encoder": "sd15-text-encoder.json"},
-    "sdxl": {"unet": "sdxl-unet.json", "text_encoder": "sd15-text-encoder.json",
-             "text_encoder_2": "sdxl-text-encoder-2.json"},
-}
+# Built-in architectures by the name users give them, and the config-only pipeline folder each has in
+# loramix/architectures (the published configs, no weights).
+BUILTIN = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}
 
 
 @dataclass
@@ -52,18 +50,30 @@ def load_base_shapes(spec: str | os.PathLike) -> BaseShapes:
     return BaseShapes(str(spec), weight_shapes, num_params)
 
 
+def architecture_folder(folder_name: str) -> Path:
+    """The config-only pipeline folder of an architecture ("sd1", "sd2", "sdxl") shipped with loramix."""
+    return Path(str(resources.files("loramix") / "architectures" / folder_name))
+
+
 def builtin_config(name: str, component: str) -> dict:
     """The published config of a built-in architecture's component, e.g. ("sd15", "unet")."""
-    return json.loads((resources.files("loramix") / "architectures" / BUILTIN[name][component]).read_text())
+    return json.loads((architecture_folder(BUILTIN[name]) / component / "config.json").read_text())
 
 
 def _component_configs(spec: str) -> dict[str, dict]:
     if spec in BUILTIN:
-        return {component: builtin_config(spec, component) for component in BUILTIN[spec]}
+        return _component_configs_of(architecture_folder(BUILTIN[spec]))
     path = Path(spec)
     if not path.exists():
         raise LoramixError(f"base {spec!r}: no such file or folder, and not a built-in base "
                            f"({', '.join(BUILTIN)})")
+    if path.suffix == ".safetensors":  # a single-file checkpoint: its architecture's configs, from the header
+        from loramix.models.single_file import recognise
+
+        try:
+            return _component_configs_of(architecture_folder(recognise(path).folder))
+        except BaseLoadError as e:
+            raise LoramixError(str(e)) from None
     if path.is_file():
         return {_component_of_config(path, _read_config(path)): _read_config(path)}
     if (path / "model_index.json").is_file():
@@ -76,6 +86,11 @@ def _component_configs(spec: str) -> dict[str, dict]:
         config = _read_config(path / "config.json")
         return {_component_of_config(path, config): config}
     raise LoramixError(f"base {spec}: a folder with neither model_index.json nor config.json")
+
+
+def _component_configs_of(folder: Path) -> dict[str, dict]:
+    return {component: _read_config(folder / component / "config.json") for component in COMPONENTS
+            if (folder / component / "config.json").is_file()}
 
 
 def _read_config(path: Path) -> dict:

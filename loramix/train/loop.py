@@ -27,6 +27,8 @@ import torch
 
 from loramix.atomic import atomic_path
 from loramix.errors import TrainError, TrainInterrupted
+from loramix.memory import peak_memory
+from loramix.models.load import Status
 from loramix.train.recipe import TrainRecipe
 from loramix.train.trainee import LoraTrainee
 
@@ -42,19 +44,21 @@ class TrainResult:
 
 
 def train(recipe: TrainRecipe, resume: str | None = None, progress: bool = False,
-          report: Callable[[str], None] | None = None) -> TrainResult:
+          report: Callable[[str], None] | None = None, status: Status | None = None) -> TrainResult:
     """Train `recipe`; with `resume` ("latest" or a checkpoint folder) continue from a checkpoint. `report`
-    receives notes about the data worth telling the user (images left out, captions filled in)."""
+    receives notes about the data worth telling the user (images left out, captions filled in); `status`, what
+    the run is doing before its first step (loading, quantizing, caching)."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=recipe.mixed_precision, cpu=not torch.cuda.is_available())
     if recipe.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise TrainError("mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU")
     with torch.random.fork_rng(devices=[]):  # LoRA dropout draws from the global generator: keep callers' state
-        return _train(recipe, resume, progress, accelerator, report or (lambda note: None))
+        return _train(recipe, resume, progress, accelerator, report or (lambda note: None), status or Status())
 
 
-def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator, report) -> TrainResult:
+def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator, report,
+           status: Status) -> TrainResult:
     from tqdm import tqdm
 
     from loramix.models.load import load_pipeline, native_resolution
@@ -65,7 +69,8 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
     run = recipe.run_folder
     if accelerator.is_main_process:
         _check_writable(run)
-    pipeline = load_pipeline(recipe.base)
+    pipeline = load_pipeline(recipe.base, recipe.dtype, recipe.quantize, recipe.quantize_convs,
+                             accelerator.device, status if accelerator.is_main_process else None)
     resolution = native_resolution(pipeline) if recipe.resolution is None else recipe.resolution
     data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template,
                         recipe.skip_bad_images)
@@ -75,6 +80,8 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
     for skipped in data.skipped:
         report(f"left out {skipped}")
     model = LoraTrainee(pipeline, recipe, accelerator.device)
+    status(f"encoding {len(data)} training images" + (" and their mirror images" if recipe.flip else "")
+           + ("" if recipe.train_text_encoder else " and captions") + " once")
     examples = model.cache(data, flip=recipe.flip)
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -112,7 +119,7 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
             schedule.step()
             done = step + 1
             row = {"step": done, "loss": loss_value, "lr": schedule.get_last_lr()[0], "processes": world,
-                   "seconds": round(time.monotonic() - started, 3)}
+                   "seconds": round(time.monotonic() - started, 3), **peak_memory()}
             log_rows.append(row)
             if accelerator.is_main_process:
                 if done % recipe.log_every == 0 or done == total_steps:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tomllib
 
-from loramix.choices import FORMATS, QUANTIZE_MODES
+from loramix.choices import DTYPES, FORMATS, QUANTIZE_MODES
 from loramix.errors import RecipeError, did_you_mean
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -101,6 +101,10 @@ class TrainRecipe:
         "How the frozen base is stored: nf4 (4-bit, as QLoRA), int8, or none.")})
     quantize_convs: bool = field(default=True, metadata={"help": (
         "Quantize the base's convolutions too, not only its linear layers.")})
+    dtype: str | None = field(default=None, metadata={"help": (
+        "The frozen base's precision (its compute precision when quantized): fp32, fp16 or bf16; unset: what "
+        "fits the device (fp32 on a CPU for bases up to a quarter of its memory, else bf16; bf16 on GPUs "
+        "that have it).")})
     seed: int = field(default=0, metadata={"help": (
         "Seeds every random draw (initial A, batches, noise, timesteps, dropout), so a run repeats exactly.")})
     # What to write.
@@ -127,9 +131,9 @@ class TrainRecipe:
 
     def __post_init__(self):
         choices = {"lr_schedule": LR_SCHEDULES, "optimizer": OPTIMIZERS, "mixed_precision": MIXED_PRECISION,
-                   "quantize": QUANTIZE_MODES, "format": FORMATS}
+                   "quantize": QUANTIZE_MODES, "format": FORMATS, "dtype": DTYPES}
         for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
+            if getattr(self, key) not in allowed and (key, getattr(self, key)) != ("dtype", None):
                 raise RecipeError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         for key in ("rank", "batch_size", "gradient_accumulation", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:

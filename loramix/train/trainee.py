@@ -53,10 +53,12 @@ class LoraTrainee:
         self.text_encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)) if e]
         for model in (pipeline.unet, pipeline.vae, *self.text_encoders):
             model.requires_grad_(False)
-        pipeline.to(device)
-        if recipe.quantize != "none":
+        from loramix.models.loras import is_quantized
+
+        if not is_quantized(pipeline):  # `load_pipeline` quantizes as it loads; a base loaded whole, here
             from loramix.models.quantize import quantize_pipeline
 
+            pipeline.to(device)
             quantize_pipeline(pipeline, recipe.quantize, recipe.quantize_convs)
         torch.manual_seed(recipe.seed)  # peft draws the LoRA's initial A from the global generator
         self._add_lora(pipeline.unet, recipe.targets, "UNet")

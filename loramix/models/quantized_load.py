@@ -1,0 +1,122 @@
+"""Loading a base's denoiser and text encoders straight into 4-bit NF4 (or int8), so that the full-precision
+model never exists in memory: QLoRA's saving holds at the peak, not only at the end.
+
+    UNet file ──► for each Linear / Conv2d:  read its weight (as stored) ──► quantize on the device ──► place it
+                  every other tensor (norms, biases, embeddings): read, cast to the compute dtype, place it
+    peak ≈ the quantized UNet + one layer in transit
+
+The UNet is built on the meta device from its config and filled layer by layer from its safetensors files,
+which are reopened every few hundred megabytes so that the pages read are given back. Text encoders are
+smaller: each loads in the precision it is stored in and is quantized in place, one layer at a time. The VAE
+runs once per image and stays in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from loramix.models.quantize import layers_to_quantize, mark_quantized, quantize_model, quantized_layer, replace_layer
+
+REOPEN_BYTES = 256 * 2**20  # read this much through one mapping of a file, then map it afresh
+
+
+class _TensorReader:
+    """Tensors by name from one or more safetensors files, read one at a time."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self._files = files
+        self._where: dict[str, Path] = {}
+        for path in files:
+            with safe_open(str(path), framework="pt") as f:
+                self._where.update(dict.fromkeys(f.keys(), path))
+        self._open: tuple[Path, object] | None = None
+        self._read_since_open = 0
+
+    def keys(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, key: str, device: torch.device) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path = self._where[key]
+        if self._open is None or self._open[0] != path or self._read_since_open > REOPEN_BYTES:
+            self.close()
+            self._open = (path, safe_open(str(path), framework="pt"))
+            self._read_since_open = 0
+        tensor = self._open[1].get_tensor(key)
+        self._read_since_open += tensor.numel() * tensor.element_size()
+        return tensor.to(device)
+
+    def close(self) -> None:
+        self._open = None  # the mapping goes with the handle
+
+
+def weight_files(component_folder: Path, variant: str | None) -> list[Path]:
+    """A component folder's safetensors files: the variant's (`*.fp16.safetensors`) or the plain ones."""
+    files = sorted(component_folder.glob("*.safetensors"))
+    if variant:
+        return [f for f in files if f.name.endswith(f".{variant}.safetensors")]
+    return [f for f in files if len(f.name.split(".")) == 2]
+
+
+def load_unet_quantized(folder: Path, variant: str | None, mode: str, quantize_convs: bool,
+                        compute_dtype: torch.dtype, device: torch.device,
+                        progress: Callable[[list[str]], object] = iter):
+    """The UNet of the pipeline folder `folder`, quantized as it loads; `progress` wraps the layer list (a
+    progress bar). Returns None when the files' names are not the model's own (an old layout), for the caller
+    to load and quantize it whole instead."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from diffusers import UNet2DConditionModel
+
+    config = UNet2DConditionModel.load_config(str(folder / "unet"))
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    reader = _TensorReader(weight_files(folder / "unet", variant))
+    if reader.keys() != set(unet.state_dict()):
+        return None
+    for name in progress(layers_to_quantize(unet, mode, quantize_convs)):
+        layer = unet.get_submodule(name)
+        layer.weight = nn.Parameter(reader.get(f"{name}.weight", device), requires_grad=False)
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(reader.get(f"{name}.bias", device), requires_grad=False)
+        replace_layer(unet, name, quantized_layer(layer, mode, compute_dtype))
+    on_meta = [key for key, tensor in unet.state_dict().items() if tensor.device.type == "meta"]
+    for key in on_meta:
+        set_module_tensor_to_device(unet, key, device, value=reader.get(key, device).to(compute_dtype))
+    reader.close()
+    mark_quantized(unet, mode)
+    return unet.requires_grad_(False).eval()
+
+
+def load_text_encoder_quantized(folder: Path, component: str, variant: str | None, mode: str,
+                                compute_dtype: torch.dtype, device: torch.device):
+    """A text encoder loaded in the precision it is stored in, then quantized layer by layer in place."""
+    import transformers
+
+    from loramix.models.precision import stored_dtype
+
+    _, class_name = json.loads((folder / "model_index.json").read_text())[component]
+    files = weight_files(folder / component, variant)
+    stored = stored_dtype(files[0]) if files else compute_dtype
+    encoder = getattr(transformers, class_name).from_pretrained(str(folder / component), dtype=stored,
+                                                                 variant=variant, use_safetensors=True)
+    encoder.to(device)
+    quantize_model(encoder, mode, quantize_convs=False, compute_dtype=compute_dtype)
+    cast_full_precision(encoder, compute_dtype)
+    return encoder.requires_grad_(False).eval()
+
+
+def cast_full_precision(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the floating tensors a quantized model keeps as they are (norms, biases, embeddings) to `dtype`;
+    the quantized codes are integers and stay."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dtype.is_floating_point and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
