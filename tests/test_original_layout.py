@@ -196,3 +196,59 @@ def test_a_unet_the_original_layout_has_no_place_for_is_refused():
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
     with pytest.raises(LoramixError, match="'time_embedding.cond_proj.weight' has no place"):
         original_state_dict(unet, tiny_vae(), tiny_clip())
+
+
+def published(architecture: str):
+    """The released architecture's UNet, VAE and text encoders on the meta device: real shapes, no weights."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from loramix.models.shapes import builtin_config
+
+    unet_config, clip_config = builtin_config("sd15", "unet"), builtin_config("sd15", "text_encoder")
+    if architecture == "v2":  # SD 2.1: OpenCLIP-H without its last layer, which SD 2.x never runs
+        unet_config |= dict(cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20], use_linear_projection=True)
+        clip_config |= dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+                            hidden_act="gelu", projection_dim=512)
+    elif architecture == "xl_base":
+        unet_config = builtin_config("sdxl", "unet")
+    with init_empty_weights():
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
+        models = [UNet2DConditionModel.from_config(unet_config), vae, CLIPTextModel(CLIPTextConfig(**clip_config))]
+        if architecture == "xl_base":
+            models.append(CLIPTextModelWithProjection(CLIPTextConfig(**builtin_config("sdxl", "text_encoder_2"))))
+    return models
+
+
+# Keys and shapes as in v1-5-pruned, v2-1_768-ema-pruned and sd_xl_base_1.0.
+PUBLISHED_KEYS = {
+    "v1": {
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
+        "model.diffusion_model.output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),
+        "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": (128, 256, 1, 1),
+        "first_stage_model.encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+    },
+    "v2": {
+        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+        "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight": (3072, 1024),
+    },
+    "xl_base": {
+        "model.diffusion_model.input_blocks.7.1.transformer_blocks.9.attn2.to_k.weight": (1280, 2048),
+        "model.diffusion_model.output_blocks.2.2.conv.weight": (1280, 1280, 3, 3),
+        "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
+        "conditioner.embedders.1.model.text_projection": (1280, 1280),
+        "conditioner.embedders.1.model.transformer.resblocks.31.mlp.c_proj.bias": (1280,),
+    },
+}
+
+
+@pytest.mark.parametrize("architecture", ["v1", "v2", "xl_base"])
+def test_the_published_architectures_convert_and_are_told_apart(architecture):
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    tensors = original_state_dict(*published(architecture))
+    assert infer_diffusers_model_type(tensors) == architecture
+    for key, shape in PUBLISHED_KEYS[architecture].items():
+        assert tuple(tensors[key].shape) == shape, key
