@@ -187,14 +187,18 @@ def test_components_that_do_not_fit_are_refused_in_one_line():
         original_state_dict(tiny_unet(cross_attention_dim=72), tiny_vae(), tiny_clip(), tiny_clip(hidden_size=40))
 
 
-def test_a_unet_the_original_layout_has_no_place_for_is_refused():
+@pytest.mark.parametrize("change, message", [
+    (dict(time_cond_proj_dim=8), "'time_embedding.cond_proj.weight' has no place"),
+    (dict(mid_block_type="UNetMidBlock2DSimpleCrossAttn"), "UNetMidBlock2DSimpleCrossAttn block has no original"),
+])
+def test_a_unet_the_original_layout_has_no_place_for_is_refused(change, message):
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
-        sample_size=8, layers_per_block=1, block_out_channels=(32, 64), time_cond_proj_dim=8,
+        sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
-    with pytest.raises(LoramixError, match="'time_embedding.cond_proj.weight' has no place"):
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, **change)
+    with pytest.raises(LoramixError, match=message):
         original_state_dict(unet, tiny_vae(), tiny_clip())
 
 
@@ -252,3 +256,12 @@ def test_the_published_architectures_convert_and_are_told_apart(architecture):
     assert infer_diffusers_model_type(tensors) == architecture
     for key, shape in PUBLISHED_KEYS[architecture].items():
         assert tuple(tensors[key].shape) == shape, key
+
+
+def test_a_quantized_model_is_refused():
+    from loramix.models.quantize import quantize_model
+
+    unet = tiny_unet()
+    quantize_model(unet, "nf4")
+    with pytest.raises(LoramixError, match="quantized model has no original layout"):
+        original_state_dict(unet, tiny_vae(), tiny_clip())

@@ -67,6 +67,10 @@ def original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[st
         tensors.update(_openclip_tensors(text_encoder, SD2_TEXT_PREFIX))
     else:
         tensors.update(_clip_tensors(text_encoder, SD1_TEXT_PREFIX))
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise LoramixError(f"{key} is stored as {tensor.dtype}: a quantized model has no original layout; "
+                               "load the base unquantized")
     return tensors
 
 
@@ -79,7 +83,7 @@ def save_single_file(pipeline, path: str | os.PathLike, dtype: torch.dtype | Non
                            "pipeline that the original layout holds")
     tensors = original_state_dict(*components, getattr(pipeline, "text_encoder_2", None))
     if dtype is not None:
-        tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+        tensors = {key: tensor.to(dtype) for key, tensor in tensors.items()}
     tensors = {k: t.detach().contiguous() for k, t in tensors.items()}
     with atomic_path(path) as temp:
         save_file(tensors, str(temp), metadata={SAFETENSORS_FORMAT: "pt"})
@@ -127,11 +131,12 @@ def _unet_blocks(config) -> Blocks:
     layers = config.layers_per_block
     if not isinstance(layers, int):
         raise LoramixError(f"a UNet with layers_per_block {layers} (one per block) has no original layout")
-    unknown = [t for t in (*config.down_block_types, *config.up_block_types)
-               if t not in _UNET_DOWN_BLOCKS and t not in _UNET_UP_BLOCKS]
-    if unknown or config.mid_block_type != "UNetMidBlock2DCrossAttn":
-        raise LoramixError(f"a UNet with {(unknown or [config.mid_block_type])[0]} blocks has no original layout "
-                           "loramix knows")
+    kinds = [(kind, _UNET_DOWN_BLOCKS) for kind in config.down_block_types]
+    kinds += [(kind, _UNET_UP_BLOCKS) for kind in config.up_block_types]
+    kinds.append((config.mid_block_type, {"UNetMidBlock2DCrossAttn": True}))
+    for kind, known in kinds:
+        if kind not in known:
+            raise LoramixError(f"a UNet with a {kind} block has no original layout loramix knows")
     blocks: Blocks = {
         "conv_in": ("input_blocks.0.0", {}), "time_embedding.linear_1": ("time_embed.0", {}),
         "time_embedding.linear_2": ("time_embed.2", {}), "conv_norm_out": ("out.0", {}), "conv_out": ("out.2", {}),
@@ -220,8 +225,7 @@ def _clip_tensors(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
 
 def _openclip_tensors(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
     """OpenCLIP keeps q, k and v in one `in_proj` (rows q, then k, then v) and stores text_projection as
-    the matrix text is multiplied by on the right, the transpose of a Linear weight. diffusers splits
-    in_proj at the text width, so every projection must be as wide as the text."""
+    the matrix text is multiplied by on the right, the transpose of a Linear weight."""
     state = _text_state(text_encoder)
     tensors = {prefix + original: state.pop(key) for key, original in _OPENCLIP_TOP.items()}
     if "text_projection.weight" in state:
