@@ -58,6 +58,7 @@ def original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[st
     """
     xl = text_encoder_2 is not None
     _check_fit(unet, text_encoder, text_encoder_2)
+    _check_floats(unet, vae, text_encoder, text_encoder_2)
     tensors = _renamed(unet.state_dict(), _unet_blocks(unet.config), UNET_PREFIX, "UNet")
     tensors.update(_vae_tensors(vae))
     if xl:
@@ -67,10 +68,6 @@ def original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[st
         tensors.update(_openclip_tensors(text_encoder, SD2_TEXT_PREFIX))
     else:
         tensors.update(_clip_tensors(text_encoder, SD1_TEXT_PREFIX))
-    for key, tensor in tensors.items():
-        if not tensor.is_floating_point():
-            raise LoramixError(f"{key} is stored as {tensor.dtype}: a quantized model has no original layout; "
-                               "load the base unquantized")
     return tensors
 
 
@@ -82,9 +79,8 @@ def save_single_file(pipeline, path: str | os.PathLike, dtype: torch.dtype | Non
         raise LoramixError(f"{type(pipeline).__name__} has no unet, vae and text_encoder: not a Stable Diffusion "
                            "pipeline that the original layout holds")
     tensors = original_state_dict(*components, getattr(pipeline, "text_encoder_2", None))
-    if dtype is not None:
-        tensors = {key: tensor.to(dtype) for key, tensor in tensors.items()}
-    tensors = {k: t.detach().contiguous() for k, t in tensors.items()}
+    tensors = {key: (tensor if dtype is None else tensor.to(dtype)).detach().contiguous()
+               for key, tensor in tensors.items()}
     with atomic_path(path) as temp:
         save_file(tensors, str(temp), metadata={SAFETENSORS_FORMAT: "pt"})
     return Path(path)
@@ -103,6 +99,18 @@ def _check_fit(unet, text_encoder, text_encoder_2) -> None:
     if not xl and extra is not None:
         raise LoramixError(f"a UNet with addition_embed_type {extra!r} and one text encoder has no original "
                            "layout loramix knows")
+
+
+def _check_floats(*models) -> None:
+    """A 4-bit or 8-bit model stores integer codes with their scales beside them: no loader of the original
+    layout reads those as weights."""
+    for model in models:
+        if model is None:
+            continue
+        for key, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                raise LoramixError(f"{type(model).__name__} weight {key!r} is stored as {tensor.dtype}: a quantized "
+                                   "model has no original layout; load the base unquantized")
 
 
 def _renamed(state: dict[str, torch.Tensor], blocks: Blocks, prefix: str, what: str) -> dict[str, torch.Tensor]:
