@@ -123,3 +123,19 @@ def test_the_shipped_clip_tokenizer_is_clip_s():
     assert made["tokenizer"]("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert made["tokenizer"].pad_token_id == 49407 and made["tokenizer_2"].pad_token_id == 0  # "!"
     assert made["tokenizer"].model_max_length == 77
+
+
+def test_inspect_compares_with_a_single_file_base_by_its_header(tmp_path):
+    """`inspect --base model.safetensors` reads the header only: the architecture it names gives the shapes."""
+    from click.testing import CliRunner
+
+    from loramix.cli import main
+
+    sample = "samples/random-a.kohya.safetensors"
+    path = write_checkpoint(tmp_path / "sd15-like.safetensors", {
+        UNET_INPUT: torch.zeros(8, 4, 3, 3), "cond_stage_model.transformer.text_model.final_layer_norm.weight":
+        torch.zeros(8)})
+    by_file = CliRunner().invoke(main, ["inspect", sample, "--base", path])
+    by_name = CliRunner().invoke(main, ["inspect", sample, "--base", "sd15"])
+    assert by_file.exit_code == 0, by_file.output
+    assert by_file.output.replace(path, "sd15") == by_name.output

@@ -6,12 +6,16 @@ saved folder as `config` reads the file offline, and every tensor must come back
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from loramix.errors import LoramixError
 from loramix.formats.original_layout import original_state_dict, save_single_file
 from loramix.testing import tiny_clip, tiny_unet
+
+MUSTACHE = Path(__file__).parents[1] / "samples" / "mustache"
 
 # The widths and depths the tiny pipelines need for diffusers to tell what they are (see `pipeline`).
 SD2_TEXT_WIDTH = 1024
@@ -274,3 +278,41 @@ def test_the_shipped_toy_base_round_trips(pipeline, tmp_path):
 
     path = save_single_file(pipeline, tmp_path / "toy.safetensors")
     assert_read_back_exactly(pipeline, path, bundled_base_path())
+
+
+def test_loramix_loads_the_single_file_offline_as_the_folder_loads(saved):
+    """The path a user's checkpoint takes: recognised from its header, loaded with `config` (the published
+    configs shipped with loramix for real sizes; here the tiny pipeline's own folder), quantized when asked."""
+    from loramix.models.load import load_pipeline
+
+    architecture, _, folder, path = saved
+    from_file, from_folder = load_pipeline(path, config=folder), load_pipeline(folder)
+    assert type(from_file).__name__ == type(from_folder).__name__
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if getattr(from_folder, name, None) is not None:
+            mine, theirs = getattr(from_file, name).state_dict(), getattr(from_folder, name).state_dict()
+            assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    quantized = load_pipeline(path, quantize="nf4", config=folder)
+    assert type(quantized.unet.conv_in).__name__ == "Conv2dNF4"
+
+
+def test_the_toy_base_as_a_single_file_renders_what_its_folder_renders_and_trains(tmp_path):
+    import numpy as np
+
+    from loramix.models.load import bundled_base_path, load_pipeline
+    from loramix.render.core import RenderSettings, render
+    from loramix.train.dataset import load_dataset
+    from loramix.train.recipe import TrainRecipe
+    from loramix.train.trainee import LoraTrainee
+
+    path = save_single_file(load_pipeline("toy"), tmp_path / "toy.safetensors")
+    from_file = load_pipeline(path, config=bundled_base_path())
+    settings = [RenderSettings("a face with a mustache", 0, 4, 4.0, 64, 64)]
+    assert np.array_equal(np.asarray(render(from_file, settings)[0]),
+                          np.asarray(render(load_pipeline("toy"), settings)[0]))
+    quantized = load_pipeline(path, quantize="nf4", config=bundled_base_path())
+    trainee = LoraTrainee(quantized, TrainRecipe(dataset=str(MUSTACHE), rank=2, steps=1), torch.device("cpu"))
+    examples = trainee.cache(load_dataset(MUSTACHE, 64, "mst"), flip=False)
+    trainee.loss(examples, torch.tensor([0, 1]), torch.Generator().manual_seed(0)).backward()
+    assert all(p.grad is not None for p in trainee.trainable_parameters())
+    assert any(p.grad.abs().sum() > 0 for p in trainee.trainable_parameters())

@@ -71,18 +71,19 @@ def resolve_folder(base: str | os.PathLike) -> Path:
 
 def load_base(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dtype | None = None,
               quantize: str = "none", quantize_convs: bool = True, device: torch.device | str | None = None,
-              status: Status | None = None) -> LoadedBase:
-    return LoadedBase.of(load_pipeline(base, dtype, quantize, quantize_convs, device, status), base)
+              status: Status | None = None, config: Path | None = None) -> LoadedBase:
+    return LoadedBase.of(load_pipeline(base, dtype, quantize, quantize_convs, device, status, config), base)
 
 
 def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dtype | None = None,
                   quantize: str = "none", quantize_convs: bool = True, device: torch.device | str | None = None,
-                  status: Status | None = None):
+                  status: Status | None = None, config: Path | None = None):
     """A Stable Diffusion (1.x, 2.x or XL) pipeline for `base`, without safety checker, on `device` (CPU by
     default). `dtype` ("fp32", "fp16", "bf16"; None: what fits the device, see `precision`) is the precision of
     its weights, or with `quantize` ("nf4", "int8") the compute precision of its quantized UNet and text
     encoders, which are then quantized as they load. `status` hears what is happening, a line at a time, and
-    gets a progress bar (a tqdm-like callable) for the layer-by-layer loading."""
+    gets a progress bar (a tqdm-like callable) for the layer-by-layer loading. `config` is for single files:
+    see `single_file.load_single_file`."""
     status = status or Status()
     device = torch.device(device or "cpu")
     spec = str(base)
@@ -93,7 +94,7 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dty
         elif path.suffix in (".safetensors", *PICKLE_SUFFIXES):
             from loramix.models.single_file import load_single_file
 
-            pipeline = load_single_file(path, dtype, quantize, quantize_convs, device, status)
+            pipeline = load_single_file(path, dtype, quantize, quantize_convs, device, status, config)
         elif spec.count("/") == 1 and not path.exists():
             from diffusers import DiffusionPipeline
 

@@ -8,7 +8,7 @@ Diffusion tokenizer shares (SD 2.x's and SDXL's second one pad with "!" instead 
 
 Which architecture a file holds is read from its header (key names and one shape), never from its tensors:
 
-    model.diffusion_model.*  the UNet; its first conv's input channels tell a plain model (4) from an inpainting one
+    model.diffusion_model.*  the UNet: a plain one takes the VAE's latent channels (4), an inpainting one more (9)
     cond_stage_model.transformer.*          CLIP ViT-L          → SD 1.x
     cond_stage_model.model.*                OpenCLIP ViT-H      → SD 2.x (loaded as 2.1: 768 px, v-prediction)
     conditioner.embedders.0.transformer.* + conditioner.embedders.1.model.*   → SDXL base
@@ -26,6 +26,7 @@ from loramix.errors import BaseLoadError
 from loramix.formats.safetensors_file import PICKLE_SUFFIXES
 
 UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"  # (320, in_channels, 3, 3)
+VAE_MOMENTS = "first_stage_model.encoder.conv_out.weight"  # (2 · latent channels, …): a mean and a log-variance
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def recognise(path: Path) -> Architecture:
         with safe_open(str(path), framework="pt") as f:
             keys = set(f.keys())
             in_channels = f.get_slice(UNET_INPUT).get_shape()[1] if UNET_INPUT in keys else None
+            latent_channels = f.get_slice(VAE_MOMENTS).get_shape()[0] // 2 if VAE_MOMENTS in keys else 4
     except (SafetensorError, OSError) as e:
         raise BaseLoadError(f"base {path}: not a readable safetensors file ({e})") from None
     if any(".lora_" in key or key.startswith(("lora_", "lycoris_")) for key in keys):
@@ -75,7 +77,7 @@ def recognise(path: Path) -> Architecture:
                             f"model.diffusion_model UNet; its keys start with {', '.join(prefixes) or 'nothing'})")
     if _prefixed(keys, "conditioner.embedders.0.model.") and not _prefixed(keys, "conditioner.embedders.1."):
         raise BaseLoadError(f"base {path}: an SDXL refiner, which loramix does not load (use the SDXL base)")
-    if in_channels != 4:
+    if in_channels != latent_channels:
         raise BaseLoadError(f"base {path}: a UNet with {in_channels} input channels (an inpainting or other "
                             "special model), which loramix does not load")
     for architecture in ARCHITECTURES:
@@ -97,9 +99,12 @@ def tokenizers(architecture: Architecture) -> dict:
             for name, pad in zip(names, architecture.pad_tokens)}
 
 
-def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, device: torch.device, status):
+def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, device: torch.device, status,
+                     config: Path | None = None):
     """The pipeline a single-file checkpoint holds, offline. Quantized, it loads in the precision it is stored
-    in (diffusers converts the whole file at once) and each model is then quantized one layer at a time."""
+    in (diffusers converts the whole file at once) and each model is then quantized one layer at a time.
+    `config`, a diffusers folder of the same architecture (its weights are not read), gives the model configs
+    and tokenizers instead of the published ones shipped with loramix: for checkpoints of other sizes."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from loramix.models.load import quantize_loaded
@@ -113,9 +118,11 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
            + (f", {quantize}" if quantize != "none" else ""))
     pipeline_class = StableDiffusionXLPipeline if architecture.sdxl else StableDiffusionPipeline
     extra = {} if architecture.sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    if config is None:
+        config, extra = architecture_folder(architecture.folder), {**extra, **tokenizers(architecture)}
     pipeline = pipeline_class.from_single_file(
-        str(path), config=str(architecture_folder(architecture.folder)), local_files_only=True,
-        dtype=stored_dtype(path) if quantize != "none" else dtype, **tokenizers(architecture), **extra)
+        str(path), config=str(config), local_files_only=True,
+        dtype=stored_dtype(path) if quantize != "none" else dtype, **extra)
     quantize_loaded(pipeline, quantize, quantize_convs, dtype, status)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         model = getattr(pipeline, name, None)
