@@ -139,3 +139,14 @@ def test_inspect_compares_with_a_single_file_base_by_its_header(tmp_path):
     by_name = CliRunner().invoke(main, ["inspect", sample, "--base", "sd15"])
     assert by_file.exit_code == 0, by_file.output
     assert by_file.output.replace(path, "sd15") == by_name.output
+
+
+def test_status_lines_go_to_standard_error_only_when_shown(capsys):
+    from loramix.cli.status import TerminalStatus
+
+    TerminalStatus(shown=True)("loading sd15 in fp32")
+    assert list(TerminalStatus(shown=True).bar([1, 2, 3], "quantizing")) == [1, 2, 3]
+    TerminalStatus(shown=False)("not this")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("loading sd15 in fp32 …\n")
+    assert "quantizing" in captured.err and "not this" not in captured.err

@@ -141,7 +141,7 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
         _check_processes_agree(model, accelerator)
     adapter_path = run / f"{recipe.adapter_name}.safetensors"
     if accelerator.is_main_process:
-        _write_outputs(model, recipe, run, adapter_path, log_rows, len(data), total_steps, loss_value)
+        _write_outputs(model, recipe, run, adapter_path, log_rows, len(data), total_steps, loss_value, status)
     accelerator.wait_for_everyone()
     return TrainResult(adapter_path, total_steps, loss_value, time.monotonic() - started, run,
                        accelerator.is_main_process)
@@ -186,7 +186,7 @@ def _check_processes_agree(model, accelerator) -> None:
         raise TrainError(f"the {accelerator.num_processes} processes ended with different LoRAs: {gathered.tolist()}")
 
 
-def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, steps, final_loss) -> None:
+def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, steps, final_loss, status) -> None:
     from loramix.formats import write_adapter
     from loramix.formats.metadata import training_metadata
     from loramix.train.plot import loss_plot
@@ -199,6 +199,7 @@ def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, ste
         loss_plot([r["step"] for r in log_rows], [r["loss"] for r in log_rows], run / "loss.png",
                   title=f"{recipe.adapter_name}: loss per step")
     if recipe.final_samples:
+        status("rendering the sample grid (final_samples = false skips it)")
         model.save_samples(run / "samples" / f"step-{steps:06d}.png")
 
 
