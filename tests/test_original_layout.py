@@ -37,7 +37,7 @@ def text_encoder(hidden_size: int, layers: int = 2, openclip: bool = False, proj
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(hidden_size)
-    config = CLIPTextConfig(vocab_size=100, hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=layers,
+    config = CLIPTextConfig(vocab_size=1024, hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=layers,
                             num_attention_heads=4, max_position_embeddings=16, projection_dim=hidden_size,
                             hidden_act="gelu" if openclip else "quick_gelu", bos_token_id=0, eos_token_id=1,
                             pad_token_id=1)
@@ -72,7 +72,9 @@ def sd2_unet():
 def tokenizer(tmp_path_factory):
     from loramix.toy.tokenizer import build_tokenizer
 
-    return build_tokenizer(["face"], tmp_path_factory.mktemp("tokenizer"))
+    tokenizer = build_tokenizer(["face"], tmp_path_factory.mktemp("tokenizer"))
+    tokenizer.model_max_length = 16  # the tiny text encoders' positions, so that the pipelines render
+    return tokenizer
 
 
 @pytest.fixture(scope="module", params=["v1", "v2", "xl_base"])
@@ -95,7 +97,7 @@ def saved(request, tokenizer, tmp_path_factory):
             tokenizer=tokenizer, tokenizer_2=tokenizer, unet=sdxl_unet(), scheduler=scheduler)
     else:
         unet, clip = ((sd2_unet(), text_encoder(SD2_TEXT_WIDTH, openclip=True)) if architecture == "v2"
-                      else (tiny_unet(), tiny_clip()))
+                      else (tiny_unet(), text_encoder(32)))
         pipeline = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=clip, tokenizer=tokenizer, unet=unet,
                                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                            requires_safety_checker=False)
@@ -283,7 +285,10 @@ def test_the_shipped_toy_base_round_trips(pipeline, tmp_path):
 def test_loramix_loads_the_single_file_offline_as_the_folder_loads(saved):
     """The path a user's checkpoint takes: recognised from its header, loaded with `config` (the published
     configs shipped with loramix for real sizes; here the tiny pipeline's own folder), quantized when asked."""
+    import numpy as np
+
     from loramix.models.load import load_pipeline
+    from loramix.render.core import RenderSettings, render
 
     architecture, _, folder, path = saved
     from_file, from_folder = load_pipeline(path, config=folder), load_pipeline(folder)
@@ -294,6 +299,9 @@ def test_loramix_loads_the_single_file_offline_as_the_folder_loads(saved):
             assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
     quantized = load_pipeline(path, quantize="nf4", config=folder)
     assert type(quantized.unet.conv_in).__name__ == "Conv2dNF4"
+    settings = [RenderSettings("face", 0, 2, 4.0, 32, 32)]
+    assert np.array_equal(np.asarray(render(from_file, settings)[0]), np.asarray(render(from_folder, settings)[0]))
+    render(quantized, settings)
 
 
 def test_the_toy_base_as_a_single_file_renders_what_its_folder_renders_and_trains(tmp_path):
