@@ -23,6 +23,7 @@ from loramix.errors import BaseLoadError
 from loramix.formats.safetensors_file import PICKLE_SUFFIXES
 
 BUNDLED_BASE = "toy"  # the name of the base that ships inside the package
+MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")  # a pipeline's parts that hold weights
 RENDER_DEFAULTS = "loramix.json"  # a base folder's own steps and guidance
 FALLBACK_STEPS, FALLBACK_GUIDANCE = 30, 7.0
 
@@ -135,12 +136,12 @@ def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: 
                  status: Status):
     from diffusers import DiffusionPipeline
 
-    from loramix.models.precision import name_of
+    from loramix.models.precision import cast_floats, name_of, stored_dtype
     from loramix.models.quantized_load import load_text_encoder_quantized, load_unet_quantized, weight_files
 
     _refuse_pickled_weights(folder, spec)
     variant = folder_variant(folder)
-    components = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2") if (folder / c).is_dir()]
+    components = [c for c in MODELS if (folder / c).is_dir()]
     dtype = _dtype(dtype, [f for c in components for f in weight_files(folder / c, variant)], device)
     what = f"{model_name(spec)} in {name_of(dtype)}" + (f", {quantize}" if quantize != "none" else "")
     status(f"loading {what}" + (f" (its {variant} files)" if variant else ""))
@@ -154,14 +155,17 @@ def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: 
             if encoder in components:
                 status(f"quantizing the {encoder.replace('_', ' ')} to {quantize}")
                 loaded[encoder] = load_text_encoder_quantized(folder, encoder, variant, quantize, dtype, device)
-    pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
-                                                 use_safetensors=True, variant=variant,
-                                                 **_no_safety_checker(folder), **loaded)
+    # Loaded as stored and cast a tensor at a time: diffusers' own casting holds both precisions of a model.
+    unet_files = weight_files(folder / "unet", variant)
+    stored = stored_dtype(unet_files[0]) if unet_files else dtype
+    pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype=stored, local_files_only=True, use_safetensors=True,
+                                                 variant=variant, **_no_safety_checker(folder), **loaded)
     if quantize != "none" and "unet" not in loaded:  # an old file layout: the whole UNet, then quantized
         quantize_loaded(pipeline, quantize, quantize_convs, dtype, status, only=("unet",))
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in MODELS:
         model = getattr(pipeline, name, None)
         if model is not None and name not in loaded:
+            cast_floats(model, dtype)
             model.to(device)
     return pipeline
 
@@ -170,8 +174,8 @@ def quantize_loaded(pipeline, quantize: str, quantize_convs: bool, dtype: torch.
                     only: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")) -> None:
     """Quantize a pipeline that loaded whole (a single file, a hub id), one layer at a time, computing in
     `dtype`; what stays in full precision is cast to `dtype`."""
+    from loramix.models.precision import cast_floats
     from loramix.models.quantize import quantize_model
-    from loramix.models.quantized_load import cast_full_precision
 
     if quantize == "none":
         return
@@ -180,7 +184,7 @@ def quantize_loaded(pipeline, quantize: str, quantize_convs: bool, dtype: torch.
         if model is not None:
             status(f"quantizing the {name.replace('_', ' ')} to {quantize}")
             quantize_model(model, quantize, quantize_convs and name == "unet", compute_dtype=dtype)
-            cast_full_precision(model, dtype)
+            cast_floats(model, dtype)
 
 
 def folder_variant(folder: Path) -> str | None:

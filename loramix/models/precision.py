@@ -65,3 +65,11 @@ def stored_counts(path: Path) -> dict[str, int]:
             piece = f.get_slice(key)
             counts[piece.get_dtype()] = counts.get(piece.get_dtype(), 0) + math.prod(piece.get_shape())
     return counts
+
+
+def cast_floats(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a model's floating tensors to `dtype` one at a time, so that the model never exists twice (as
+    `model.to(dtype)` briefly has it: 10 GB at once for SDXL's UNet). Quantized codes are integers and stay."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dtype.is_floating_point and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loramix.models.precision import cast_floats
 from loramix.models.quantize import layers_to_quantize, mark_quantized, quantize_model, quantized_layer, replace_layer
 
 REOPEN_BYTES = 256 * 2**20  # read this much through one mapping of a file, then map it afresh
@@ -110,13 +111,5 @@ def load_text_encoder_quantized(folder: Path, component: str, variant: str | Non
                                                                  variant=variant, use_safetensors=True)
     encoder.to(device)
     quantize_model(encoder, mode, quantize_convs=False, compute_dtype=compute_dtype)
-    cast_full_precision(encoder, compute_dtype)
+    cast_floats(encoder, compute_dtype)
     return encoder.requires_grad_(False).eval()
-
-
-def cast_full_precision(model: nn.Module, dtype: torch.dtype) -> None:
-    """Cast the floating tensors a quantized model keeps as they are (norms, biases, embeddings) to `dtype`;
-    the quantized codes are integers and stay."""
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.dtype.is_floating_point and tensor.dtype != dtype:
-            tensor.data = tensor.data.to(dtype)

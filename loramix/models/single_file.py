@@ -107,8 +107,8 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     and tokenizers instead of the published ones shipped with loramix: for checkpoints of other sizes."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from loramix.models.load import quantize_loaded
-    from loramix.models.precision import choose_dtype, name_of, stored_dtype
+    from loramix.models.load import MODELS, quantize_loaded
+    from loramix.models.precision import cast_floats, choose_dtype, name_of, stored_dtype
     from loramix.models.shapes import architecture_folder
 
     path = Path(path)
@@ -120,14 +120,13 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     extra = {} if architecture.sdxl else {"safety_checker": None, "requires_safety_checker": False}
     if config is None:
         config, extra = architecture_folder(architecture.folder), {**extra, **tokenizers(architecture)}
-    pipeline = pipeline_class.from_single_file(
-        str(path), config=str(config), local_files_only=True,
-        dtype=stored_dtype(path) if quantize != "none" else dtype, **extra)
+    # Loaded as stored, then quantized or cast a tensor at a time: never two precisions of a model at once.
+    pipeline = pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True,
+                                               dtype=stored_dtype(path), **extra)
     quantize_loaded(pipeline, quantize, quantize_convs, dtype, status)
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in MODELS:
         model = getattr(pipeline, name, None)
         if model is not None:
+            cast_floats(model, dtype)
             model.to(device)
-            if quantize == "none" or name == "vae":
-                model.to(dtype)
     return pipeline
