@@ -3,7 +3,10 @@ and the library checks against the same tuples. Imports nothing."""
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # the parts of a pipeline a LoRA can change
 QUANTIZE_MODES = ("nf4", "int8", "none")
-FORMATS = ("diffusers", "kohya")  # LoRA file namings loramix writes
+# File namings loramix writes. kohya's is the default: A1111, ComfyUI, kohya and diffusers all load it, while
+# ComfyUI has no map for diffusers/peft names. full-diff writes ΔW whole (LyCORIS 'full'), for LoHa/LoKr sums.
+FORMATS = ("kohya", "diffusers", "full-diff")
+DEFAULT_FORMAT = "kohya"
 DTYPES = ("fp32", "fp16", "bf16")
 
 # Methods that turn weighted LoRAs into one LoRA (a file, or a fused update).

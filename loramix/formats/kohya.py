@@ -77,6 +77,11 @@ def split_kohya_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
+def is_sdxl_text_encoder_key(key: str) -> bool:
+    """`lora_te1_…` / `lora_te2_…`: names only SDXL files use."""
+    return key.startswith(("lora_te1_", "lora_te2_"))
+
+
 def kohya_module_path(component: str, flat: str) -> str:
     """The diffusers module path of a kohya module name, mapping SGM UNet block names when present."""
     if component == "unet":

@@ -6,6 +6,7 @@ import torch
 
 from loramix.errors import IncompatibleAdaptersError
 from loramix.lora import LoraModule, path_spellings
+from loramix.lycoris import flat
 
 
 def resolve_module(model: torch.nn.Module, module_path: str,
@@ -31,7 +32,8 @@ def fuse_into(model: torch.nn.Module, modules: dict[str, LoraModule], weight: fl
 @torch.no_grad()
 def add_delta(layer: torch.nn.Module, lora: LoraModule, weight: float = 1.0, name: str = "") -> None:
     """W ← W + weight·ΔW, in the layer's own dtype: the one place loramix adds an update into a weight."""
-    if tuple(layer.weight.shape) != lora.weight_shape:
+    shape = tuple(layer.weight.shape)
+    if flat(shape) != lora.flat_shape:  # a LoHa/LoKr conv kernel comes flat: (out, in·kh·kw)
         raise IncompatibleAdaptersError(f"module {name}: the LoRA changes a weight of shape "
-                                        f"{lora.weight_shape}, the model's is {tuple(layer.weight.shape)}")
-    layer.weight += weight * lora.delta().to(layer.weight.dtype)
+                                        f"{lora.weight_shape}, the model's is {shape}")
+    layer.weight += weight * lora.delta().reshape(shape).to(layer.weight.dtype)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
+from loramix.blocks import with_block_weights
 from loramix.choices import COMPONENTS
 from loramix.compose import compose_by_method
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, component_of, path_of
+from loramix.lycoris import flat
 from loramix.specs import WeightedFile, short_hash
 
 
@@ -68,14 +70,25 @@ class PipelineLoras:
         if request == self._applied:
             return 0.0
         start = time.perf_counter()
-        adapters = [(self.read(wf.path), wf.weight) for wf in loras]
+        adapters = [(with_block_weights(self.read(wf.path), wf.lbw, wf.path), wf.weight) for wf in loras]
         if self.fuse:
             self._restore()
             if self._peft_names:  # named adapters loaded for a generation-time method stay out of the way
                 self.pipeline.disable_lora()
-            if adapters:
-                self._fuse(compose_by_method(adapters, method, rank, density, seed, [wf.path for wf in loras])[0])
+            # DoRA renormalises the weight it lands on: it goes on last, onto the sum of the others, in order.
+            additive = [(_without_dora(a), w) for a, w in adapters]
+            additive = [(a, w) for a, w in additive if a.modules]
+            if additive:
+                dense = not all(a.is_lora for a, _ in additive)  # LoHa/LoKr add exactly only as whole ΔW
+                self._fuse(compose_by_method(additive, method, rank, density, seed,
+                                             [wf.path for wf in loras], dense=dense)[0])
+            for adapter, weight in adapters:
+                self._apply_dora(adapter, weight)
         else:
+            if any(not a.is_lora for a, _ in adapters):
+                kinds = sorted({k for a, _ in adapters for k in a.kinds if k != "LoRA"})
+                raise LoramixError(f"{', '.join(kinds)} modules cannot be loaded as peft LoRA adapters onto a "
+                                   "quantized base: use --quantize none")
             if method != "exact":
                 raise LoramixError(f"method {method} merges the LoRAs into the base weights, which a quantized "
                                    "base cannot take; use exact")
@@ -122,6 +135,15 @@ class PipelineLoras:
             add_delta(layers[key], module, name=key)
 
     @torch.no_grad()
+    def _apply_dora(self, adapter: LoraAdapter, weight: float) -> None:
+        for key, module in adapter.modules.items():
+            if module.kind == "DoRA":
+                layer = self._layer(key)
+                if key not in self._originals:
+                    self._originals[key] = layer.weight.detach().clone()
+                layer.weight.copy_(module.scaled(weight).applied(layer.weight))
+
+    @torch.no_grad()
     def _restore(self) -> None:
         for key, original in self._originals.items():
             self._layer(key).weight.copy_(original)
@@ -164,10 +186,17 @@ def check_fits(adapter: LoraAdapter, pipeline, source: str) -> None:
             raise IncompatibleAdaptersError(f"{source}: this base has no module {key}; the LoRA was made for "
                                             "another base") from None
         shape = _weight_shape(layer)
-        if shape != module.weight_shape:
+        if flat(shape) != module.flat_shape:
             raise IncompatibleAdaptersError(f"{source}: module {key} changes a weight of shape "
                                             f"{module.weight_shape}, this base's is {shape}; the LoRA was made "
                                             "for another base")
+
+
+def _without_dora(adapter: LoraAdapter) -> LoraAdapter:
+    modules = {k: m for k, m in adapter.modules.items() if m.kind != "DoRA"}
+    if len(modules) == len(adapter.modules):
+        return adapter
+    return LoraAdapter(modules, adapter.metadata, adapter.source_format, adapter.base_version)
 
 
 def _weight_shape(layer: torch.nn.Module) -> tuple[int, ...]:
