@@ -147,7 +147,7 @@ class LokrModule(_Module):
         w1, w2 = self.factors(dtype)
         if w2.dim() == 4:  # a conv kernel: W1's entries scale whole (kh, kw) blocks
             w1 = w1[:, :, None, None]
-        return torch.kron(w1, w2) * self.scale
+        return torch.kron(w1.contiguous(), w2.contiguous()) * self.scale
 
     @property
     def weight_shape(self) -> tuple[int, ...]:

@@ -23,7 +23,12 @@ class WeightedFile:
     @property
     def spec(self) -> str:
         """As written on the command line: `a.safetensors:0.7` or `a.safetensors:0.7:lbw=INS`."""
-        return f"{self.path}:{self.weight:g}" + (f":{LBW}{self.lbw}" if self.lbw else "")
+        return f"{self.path}:{self.strength}"
+
+    @property
+    def strength(self) -> str:
+        """The weight as A1111's `<lora:NAME:…>` writes it, block weights included: `0.7` or `0.7:lbw=INS`."""
+        return f"{self.weight:g}" + (f":{LBW}{self.lbw}" if self.lbw else "")
 
     @property
     def name(self) -> str:

@@ -76,12 +76,12 @@ class PipelineLoras:
             if self._peft_names:  # named adapters loaded for a generation-time method stay out of the way
                 self.pipeline.disable_lora()
             # DoRA renormalises the weight it lands on: it goes on last, onto the sum of the others, in order.
-            additive = [(_without_dora(a), w) for a, w in adapters]
-            additive = [(a, w) for a, w in additive if a.modules]
+            additive = [((_without_dora(a), w), wf.path) for (a, w), wf in zip(adapters, loras)]
+            additive = [(pair, path) for pair, path in additive if pair[0].modules]
             if additive:
-                dense = not all(a.is_lora for a, _ in additive)  # LoHa/LoKr add exactly only as whole ΔW
-                self._fuse(compose_by_method(additive, method, rank, density, seed,
-                                             [wf.path for wf in loras], dense=dense)[0])
+                dense = not all(a.is_lora for (a, _), _ in additive)  # LoHa/LoKr add exactly only as whole ΔW
+                self._fuse(compose_by_method([pair for pair, _ in additive], method, rank, density, seed,
+                                             [path for _, path in additive], dense=dense)[0])
             for adapter, weight in adapters:
                 self._apply_dora(adapter, weight)
         else:

@@ -219,7 +219,7 @@ def resolve_lora(weighted: WeightedFile, folder: str | os.PathLike) -> WeightedF
         path = Path(folder) / path
     if not path.is_file():
         raise LoramixError(f"LoRA {weighted.path}: no such file" + ("" if path.exists() else f" ({path})"))
-    return WeightedFile(str(path), weighted.weight)
+    return WeightedFile(str(path), weighted.weight, weighted.lbw)
 
 
 def _integer(record: dict, key: str, low: int, high: int) -> int | None:
