@@ -8,6 +8,8 @@ QUANTIZE_MODES = ("nf4", "int8", "none")
 FORMATS = ("kohya", "diffusers", "full-diff")
 DEFAULT_FORMAT = "kohya"
 DTYPES = ("fp32", "fp16", "bf16")
+# kohya resize_lora.py's rules for choosing each module's rank from its singular values.
+DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 
 # Methods that turn weighted LoRAs into one LoRA (a file, or a fused update).
 PRUNING_MERGES = ("ties", "dare", "dare_ties")  # peft's merges of the full ΔWᵢ: not additive by design

@@ -87,11 +87,11 @@ def compose_svd(weighted: Weighted, rank: int, names: list[str] | None = None,
     for key, (down, up) in _stacked_factors(weighted, low_rank).items():
         weight_shape = (up.shape[0], *down.shape[1:])
         new_up, new_down, singular_values = truncated_product_svd(up.flatten(1), down.flatten(1), rank)
-        modules[key] = _module(new_down, new_up, weight_shape)
+        modules[key] = low_rank_module(new_down, new_up, weight_shape)
         report.add(key, singular_values, new_up.shape[1])
     for key, delta in _dense_sums(weighted, [k for k in _all_keys(weighted) if k not in low_rank]).items():
         new_up, new_down, singular_values = truncated_svd(delta.flatten(1), rank)  # LoHa/LoKr: no factors to QR
-        modules[key] = _module(new_down, new_up, tuple(delta.shape))
+        modules[key] = low_rank_module(new_down, new_up, tuple(delta.shape))
         report.add(key, singular_values, new_up.shape[1])
     return LoraAdapter({k: modules[k] for k in _all_keys(weighted)}, base_version=_base(weighted, names)), report
 
@@ -127,7 +127,7 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
             else:
                 merged = merge_utils.dare_ties(deltas, module_weights, density)
             up, down, singular_values = truncated_svd(merged.flatten(1), rank)
-            modules[key] = _module(down, up, tuple(merged.shape))
+            modules[key] = low_rank_module(down, up, tuple(merged.shape))
             report.add(key, singular_values, up.shape[1])
     return LoraAdapter(modules, base_version=_base(weighted, names)), report
 
@@ -212,7 +212,7 @@ def _family(version: str) -> str:
     return "sdxl" if version.startswith("sdxl") else version
 
 
-def _module(down: torch.Tensor, up: torch.Tensor, weight_shape: tuple[int, ...]) -> LoraModule:
+def low_rank_module(down: torch.Tensor, up: torch.Tensor, weight_shape: tuple[int, ...]) -> LoraModule:
     """A rank-k module from 2-D factors, reshaped to conv kernels when the weight is one (α = k: scale 1)."""
     k = down.shape[0]
     if len(weight_shape) == 4:

@@ -15,6 +15,7 @@ from loramix.cli.faces_cmd import faces
 from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
 from loramix.cli.judge_cmd import judge
+from loramix.cli.resize_cmd import resize
 from loramix.cli.train_cmd import train
 from loramix.cli.xy_cmd import xy
 from loramix.errors import LoramixError
@@ -50,3 +51,4 @@ main.add_command(faces)
 main.add_command(judge)
 main.add_command(train)
 main.add_command(xy)
+main.add_command(resize)
