@@ -7,10 +7,12 @@ import logging
 import click
 
 from loramix import __version__
+from loramix.cli.bake_cmd import bake
 from loramix.cli.build_cmd import build_base
 from loramix.cli.compose_cmd import compose
 from loramix.cli.edit_cmd import edit
 from loramix.cli.env_cmd import env
+from loramix.cli.extract_cmd import extract
 from loramix.cli.faces_cmd import faces
 from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
@@ -52,3 +54,5 @@ main.add_command(judge)
 main.add_command(train)
 main.add_command(xy)
 main.add_command(resize)
+main.add_command(extract)
+main.add_command(bake)
