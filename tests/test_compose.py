@@ -223,8 +223,9 @@ def test_cli_compose_writes_the_exact_sum_in_either_naming(tmp_path, unet_attent
                                            "--format", file_format])
         assert result.exit_code == 0, result.output
         note = "" if file_format == "kohya" else (
-            "note: diffusers naming loads in diffusers only; ComfyUI has no map for it and skips every key ('lora key "
-            "not loaded'). --format kohya loads in A1111, ComfyUI, kohya and diffusers.\n")
+            "note: ComfyUI skips the UNet attention projections (to_q, to_k, to_v, to_out) of diffusers naming: it "
+            "maps them only under diffusers' old processor names ('lora key not loaded'). --format kohya loads in "
+            "A1111, ComfyUI, kohya and diffusers.\n")
         assert result.output == f"wrote {out}: 32 modules, rank 6, {file_format} naming, float32\n{note}"
         composed = read_adapter(out)
         assert composed.source_format == file_format

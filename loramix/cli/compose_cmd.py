@@ -28,8 +28,8 @@ from loramix.specs import parse_weight_spec
               help="Seed of the first image (image i uses seed+i) and of dare's random pruning.")
 @click.option("--format", "file_format", type=click.Choice(FORMATS), default=DEFAULT_FORMAT,
               show_default=True, help="Output naming. kohya: A1111, ComfyUI, kohya and diffusers load it. diffusers: "
-                                      "diffusers only (ComfyUI skips its keys). full-diff: ΔW whole, exact for "
-                                      "LoHa/LoKr inputs.")
+                                      "ComfyUI skips its UNet attention projections. full-diff: ΔW whole, exact "
+                                      "for LoHa/LoKr inputs.")
 @click.option("--dtype", type=click.Choice(DTYPES),
               help="Output precision. Default: the inputs' dtype when they agree, else fp32.")
 @click.option("--allow-nonfinite", is_flag=True,
@@ -104,8 +104,9 @@ def _write_file(weighted_files, output, method, rank, density, seed, file_format
     click.echo(f"wrote {output}: {len(result.modules)} modules, {ranks}, "
                f"{file_format} naming, {str(out_dtype).removeprefix('torch.')}")
     if file_format == "diffusers":
-        click.echo("note: diffusers naming loads in diffusers only; ComfyUI has no map for it and skips every "
-                   "key ('lora key not loaded'). --format kohya loads in A1111, ComfyUI, kohya and diffusers.")
+        click.echo("note: ComfyUI skips the UNet attention projections (to_q, to_k, to_v, to_out) of diffusers "
+                   "naming: it maps them only under diffusers' old processor names ('lora key not loaded'). "
+                   "--format kohya loads in A1111, ComfyUI, kohya and diffusers.")
     if report is not None:
         click.echo(f"truncation error (relative Frobenius): {report.overall_error:.3e} overall, "
                    f"{max(report.module_errors.values()):.3e} worst module")
