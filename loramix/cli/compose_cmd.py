@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.choices import DEFAULT_FORMAT, DTYPES, FILE_METHODS, FORMATS, GENERATION_METHODS, QUANTIZE_MODES
+from loramix.choices import DEFAULT_FORMAT, DTYPES, FILE_METHODS, GENERATION_METHODS, OUTPUT_FORMATS, QUANTIZE_MODES
 from loramix.cli.options import image_size_options
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
@@ -26,7 +26,7 @@ from loramix.specs import parse_weight_spec
               help="Fraction of each ΔW kept by ties/dare.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the first image (image i uses seed+i) and of dare's random pruning.")
-@click.option("--format", "file_format", type=click.Choice(FORMATS), default=DEFAULT_FORMAT,
+@click.option("--format", "file_format", type=click.Choice(OUTPUT_FORMATS), default=DEFAULT_FORMAT,
               show_default=True, help="Output naming. kohya: A1111, ComfyUI, kohya and diffusers load it. diffusers: "
                                       "ComfyUI skips its UNet attention projections. full-diff: ΔW whole, exact "
                                       "for LoHa/LoKr inputs.")

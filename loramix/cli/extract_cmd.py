@@ -19,7 +19,7 @@ from loramix.choices import DEFAULT_FORMAT, DTYPES, DYNAMIC_METHODS, FORMATS
 @click.option("--dynamic-param", type=float, help="sv_ratio: e.g. 4; sv_fro / sv_cumulative: e.g. 0.9.")
 @click.option("--clamp-quantile", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True,
               help="Clamp the factors' entries to this quantile of their magnitudes, as kohya does (1: no clamp).")
-@click.option("--format", "file_format", type=click.Choice(FORMATS[:2]), default=DEFAULT_FORMAT, show_default=True,
+@click.option("--format", "file_format", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True,
               help="Output naming (kohya loads in A1111, ComfyUI, kohya and diffusers).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="fp16", show_default=True, help="Output precision.")
 def extract(tuned, base, output, rank, conv_rank, dynamic, dynamic_param, clamp_quantile, file_format, dtype) -> None:

@@ -17,7 +17,7 @@ from loramix.choices import DEFAULT_FORMAT, DTYPES, DYNAMIC_METHODS, FORMATS
 @click.option("--dynamic-param", type=float,
               help="sv_ratio: largest σ over the smallest kept (e.g. 4); sv_fro / sv_cumulative: the share kept "
                    "(e.g. 0.9).")
-@click.option("--format", "file_format", type=click.Choice(FORMATS[:2]), default=DEFAULT_FORMAT, show_default=True,
+@click.option("--format", "file_format", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True,
               help="Output naming (kohya loads in A1111, ComfyUI, kohya and diffusers).")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Output precision. Default: the input's.")
 @click.option("--verbose", is_flag=True, help="Print every module's kept rank and Frobenius share.")

@@ -14,7 +14,7 @@ from safetensors.torch import save, save_file
 
 import loramix
 from loramix.atomic import atomic_path
-from loramix.choices import DEFAULT_FORMAT, FORMATS
+from loramix.choices import DEFAULT_FORMAT, OUTPUT_FORMATS
 from loramix.errors import LoramixError
 from loramix.formats import diffusers as dfs
 from loramix.formats import kohya, lycoris
@@ -49,8 +49,8 @@ def write_adapter(adapter: LoraAdapter, path: str | os.PathLike, format: str = D
     """Write atomically in kohya naming (A1111, ComfyUI, kohya and diffusers load it), diffusers naming (what
     diffusers' `load_lora_weights` loads; ComfyUI has no map for it) or `full-diff` (ΔW whole, LyCORIS 'full'),
     with metadata that both ecosystems' tools show and kohya's `sshs_*` hashes of the tensors."""
-    if format not in FORMATS:
-        raise LoramixError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
+    if format not in OUTPUT_FORMATS:
+        raise LoramixError(f"unknown format {format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
     if not adapter.modules:
         raise LoramixError("the adapter has no modules: nothing to write")
     if format != "full-diff":
