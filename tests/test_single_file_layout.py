@@ -75,3 +75,43 @@ def test_loramix_names_original_keys_as_diffusers_converter_reads_them(tmp_path)
     for key, value in original.items():
         if key.endswith(".weight"):
             assert file.module_of(key) == "unet." + by_tensor[id(value)].removesuffix(".weight"), key
+
+
+def test_bake_and_extract_work_on_single_files_in_the_original_layout(tmp_path):
+    from click.testing import CliRunner
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from loramix.cli import main
+    from loramix.formats import read_adapter, write_adapter
+    from loramix.testing import random_adapter
+
+    unet = tiny_sd_unet()
+    attention = ["Attn" in t for t in unet.config.up_block_types]
+    state = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    base = tmp_path / "base.safetensors"
+    save_file({f"model.diffusion_model.{original_name(k, attention)}": v for k, v in state.items()}, str(base),
+              metadata={"modelspec.title": "tiny"})
+    shapes = {f"unet.{k.removesuffix('.weight')}": tuple(v.shape) for k, v in state.items()
+              if k.endswith(("attn2.to_k.weight", "ff.net.2.weight", "resnets.1.conv2.weight"))}
+    lora = random_adapter(shapes, rank=2, alpha=2.0, seed=4)
+    lora_file, baked, extracted = tmp_path / "l.safetensors", tmp_path / "baked.safetensors", tmp_path / "x.safetensors"
+    write_adapter(lora, lora_file)
+
+    result = CliRunner().invoke(main, ["bake", str(base), f"{lora_file}:0.5", "-o", str(baked)])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(baked), framework="pt") as f:
+        assert f.metadata()["modelspec.title"] == "tiny"
+        for key, value in state.items():
+            module = lora.modules.get(f"unet.{key.removesuffix('.weight')}")
+            expected = value if module is None else value + 0.5 * module.delta()
+            torch.testing.assert_close(f.get_tensor(f"model.diffusion_model.{original_name(key, attention)}"),
+                                       expected, rtol=1e-6, atol=1e-6)
+
+    result = CliRunner().invoke(main, ["extract", str(baked), str(base), "--rank", "2", "--conv-rank", "2",
+                                       "--clamp-quantile", "1", "--dtype", "fp32", "-o", str(extracted)])
+    assert result.exit_code == 0, result.output
+    back = read_adapter(extracted)
+    assert sorted(back.modules) == sorted(lora.modules)
+    for key, module in lora.modules.items():
+        torch.testing.assert_close(back.modules[key].delta(), 0.5 * module.delta(), rtol=1e-4, atol=1e-5)
