@@ -93,3 +93,14 @@ def test_block_weights_of_the_wrong_count_are_refused(tmp_path):
     result = CliRunner().invoke(main, ["compose", f"{path}:1:lbw=NOPE", "-o", str(out)])
     assert_clean_error(result, f"{path}: lbw='NOPE' is neither 17 numbers nor a preset (NONE, ALL, INS")
     assert not out.exists()
+
+
+def test_prompt_file_rows_carry_block_weights_in_either_spelling(tmp_path):
+    from loramix.render.prompts import parse_row
+
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    row = parse_row({"prompt": "a face", "loras": ["a.safetensors:0.5:lbw=INS",
+                                                   {"path": "a.safetensors", "weight": 0.7, "lbw": "1,0,0"}]},
+                    1, tmp_path)
+    assert [(wf.weight, wf.lbw, wf.strength) for wf in row.loras] == [(0.5, "INS", "0.5:lbw=INS"),
+                                                                       (0.7, "1,0,0", "0.7:lbw=1,0,0")]
