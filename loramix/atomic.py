@@ -59,3 +59,33 @@ def _running(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it takes `path`'s place (an old folder there is
+    removed only once the new one is complete), on any failure it is removed."""
+    import shutil
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target}: is a file, not a folder")
+    if not target.parent.is_dir():
+        raise OutputError(f"{target}: folder {target.parent} does not exist")
+    temp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        temp.mkdir()
+    except OSError as e:
+        raise OutputError(f"{target}: cannot write there ({e.strerror})") from None
+    try:
+        yield temp
+        if target.exists():
+            old = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
+            os.replace(target, old)
+            os.replace(temp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise

@@ -3,8 +3,15 @@ and the library checks against the same tuples. Imports nothing."""
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # the parts of a pipeline a LoRA can change
 QUANTIZE_MODES = ("nf4", "int8", "none")
-FORMATS = ("diffusers", "kohya")  # LoRA file namings loramix writes
+# LoRA file namings loramix writes. kohya's is the default: A1111, ComfyUI, kohya and diffusers all load it,
+# while ComfyUI drops the UNet attention projections of diffusers/peft names.
+FORMATS = ("diffusers", "kohya")
+DEFAULT_FORMAT = "kohya"
+# What `compose` (and the writer) may also write: ΔW whole (LyCORIS 'full'), the exact sum of LoHa/LoKr inputs.
+OUTPUT_FORMATS = (*FORMATS, "full-diff")
 DTYPES = ("fp32", "fp16", "bf16")
+# kohya resize_lora.py's rules for choosing each module's rank from its singular values.
+DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 
 # Methods that turn weighted LoRAs into one LoRA (a file, or a fused update).
 PRUNING_MERGES = ("ties", "dare", "dare_ties")  # peft's merges of the full ΔWᵢ: not additive by design

@@ -26,6 +26,9 @@ import torch
 from loramix.choices import FILE_METHODS, PRUNING_MERGES
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, LoraModule
+from loramix.lycoris import FullModule
+
+NOT_ADDITIVE = "DoRA"  # renormalises the weight it lands on: W' = m·(W+ΔW)/‖W+ΔW‖ is no ΔW that adds
 
 
 @dataclass
@@ -56,22 +59,41 @@ Weighted = list[tuple[LoraAdapter, float]]
 def compose_exact(weighted: Weighted, names: list[str] | None = None, allow_nonfinite: bool = False) -> LoraAdapter:
     """The LoRA whose ΔW is exactly Σ wᵢ·ΔWᵢ for every module any input targets (fp32 factors)."""
     names = _check(weighted, names, allow_nonfinite)
+    for (adapter, _), name in zip(weighted, names):
+        other = next((k for k, m in adapter.modules.items() if m.kind != "LoRA"), None)
+        if other is not None:
+            raise IncompatibleAdaptersError(
+                f"{name}: module {other} is {adapter.modules[other].kind}, not two low-rank factors, so ranks "
+                "cannot be concatenated: write --format full-diff (exact), or give --rank R (truncated SVD)")
     return LoraAdapter({key: LoraModule(down, up, float(down.shape[0]))
-                        for key, (down, up) in _stacked_factors(weighted).items()})
+                        for key, (down, up) in _stacked_factors(weighted).items()}, base_version=_base(weighted, names))
+
+
+def compose_dense(weighted: Weighted, names: list[str] | None = None, allow_nonfinite: bool = False) -> LoraAdapter:
+    """Σ wᵢ·ΔWᵢ per module as a whole difference (fp32), for any mix of LoRA, LoHa, LoKr and full modules."""
+    names = _check(weighted, names, allow_nonfinite)
+    return LoraAdapter({key: FullModule(delta) for key, delta in _dense_sums(weighted).items()},
+                       base_version=_base(weighted, names))
 
 
 def compose_svd(weighted: Weighted, rank: int, names: list[str] | None = None,
                 allow_nonfinite: bool = False) -> tuple[LoraAdapter, SvdReport]:
     """The best rank-`rank` approximation of Σ wᵢ·ΔWᵢ per module, with its errors."""
-    _check(weighted, names, allow_nonfinite)
+    names = _check(weighted, names, allow_nonfinite)
     _check_rank(rank)
     modules, report = {}, SvdReport()
-    for key, (down, up) in _stacked_factors(weighted).items():
+    low_rank = [key for key in _all_keys(weighted) if all(a.modules[key].kind == "LoRA" for a, _ in weighted
+                                                         if key in a.modules)]
+    for key, (down, up) in _stacked_factors(weighted, low_rank).items():
         weight_shape = (up.shape[0], *down.shape[1:])
         new_up, new_down, singular_values = truncated_product_svd(up.flatten(1), down.flatten(1), rank)
-        modules[key] = _module(new_down, new_up, weight_shape)
+        modules[key] = low_rank_module(new_down, new_up, weight_shape)
         report.add(key, singular_values, new_up.shape[1])
-    return LoraAdapter(modules), report
+    for key, delta in _dense_sums(weighted, [k for k in _all_keys(weighted) if k not in low_rank]).items():
+        new_up, new_down, singular_values = truncated_svd(delta.flatten(1), rank)  # LoHa/LoKr: no factors to QR
+        modules[key] = low_rank_module(new_down, new_up, tuple(delta.shape))
+        report.add(key, singular_values, new_up.shape[1])
+    return LoraAdapter({k: modules[k] for k in _all_keys(weighted)}, base_version=_base(weighted, names)), report
 
 
 def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0.5, seed: int = 0,
@@ -84,7 +106,7 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
     """
     from peft.utils import merge_utils
 
-    _check(weighted, names)
+    names = _check(weighted, names)
     _check_rank(rank)
     if method not in PRUNING_MERGES:
         raise LoramixError(f"unknown merge method {method!r}: choose one of {', '.join(PRUNING_MERGES)}")
@@ -95,7 +117,8 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
         torch.manual_seed(seed)
         for key in _all_keys(weighted):
             present = [(a.modules[key], w) for a, w in weighted if key in a.modules]
-            deltas = [module.delta() for module, _ in present]
+            shape = _weight_shape([module for module, _ in present])
+            deltas = [module.delta().reshape(shape) for module, _ in present]
             module_weights = torch.tensor([w for _, w in present], dtype=torch.float32)
             if method == "ties":
                 merged = merge_utils.ties(deltas, module_weights, density)
@@ -104,23 +127,26 @@ def compose_merge(weighted: Weighted, method: str, rank: int, density: float = 0
             else:
                 merged = merge_utils.dare_ties(deltas, module_weights, density)
             up, down, singular_values = truncated_svd(merged.flatten(1), rank)
-            modules[key] = _module(down, up, tuple(merged.shape))
+            modules[key] = low_rank_module(down, up, tuple(merged.shape))
             report.add(key, singular_values, up.shape[1])
-    return LoraAdapter(modules), report
+    return LoraAdapter(modules, base_version=_base(weighted, names)), report
 
 
 def compose_by_method(weighted: Weighted, method: str, rank: int | None = None, density: float = 0.5, seed: int = 0,
-                      names: list[str] | None = None,
-                      allow_nonfinite: bool = False) -> tuple[LoraAdapter, SvdReport | None]:
-    """The composition a user names: `exact` (with `rank`, its SVD), `merge-svd` (the SVD, by default at the
-    largest input rank), or peft's TIES / DARE merges (by default at the sum of the input ranks); the SVD
-    report when there was a truncation."""
+                      names: list[str] | None = None, allow_nonfinite: bool = False,
+                      dense: bool = False) -> tuple[LoraAdapter, SvdReport | None]:
+    """The composition a user names: `exact` (with `rank`, its SVD; with `dense`, whole differences, which any
+    additive module type allows), `merge-svd` (the SVD, by default at the largest input rank), or peft's
+    TIES / DARE merges (by default at the sum of the input ranks); the SVD report when there was a truncation."""
     if method == "exact" and rank is None:
+        if dense:
+            return compose_dense(weighted, names, allow_nonfinite), None
         return compose_exact(weighted, names, allow_nonfinite), None
     if method in ("exact", "merge-svd"):
-        return compose_svd(weighted, rank or max(max(a.ranks) for a, _ in weighted), names, allow_nonfinite)
+        return compose_svd(weighted, rank or max(max(a.ranks or [1]) for a, _ in weighted), names, allow_nonfinite)
     if method in PRUNING_MERGES:
-        return compose_merge(weighted, method, rank or sum(max(a.ranks) for a, _ in weighted), density, seed, names)
+        return compose_merge(weighted, method, rank or sum(max(a.ranks or [1]) for a, _ in weighted), density, seed,
+                             names)
     raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(FILE_METHODS)}")
 
 
@@ -142,10 +168,10 @@ def truncated_svd(matrix: torch.Tensor, rank: int):
     return (u[:, :k] * s[:k]).float(), vh[:k].float(), s
 
 
-def _stacked_factors(weighted: Weighted) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _stacked_factors(weighted: Weighted, keys: list[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per module: A = [A₁; A₂; …] and B = [w₁s₁B₁ | w₂s₂B₂ | …], over the inputs that have it."""
     stacked = {}
-    for key in _all_keys(weighted):
+    for key in _all_keys(weighted) if keys is None else keys:
         present = [(a.modules[key], w) for a, w in weighted if key in a.modules]
         down = torch.cat([m.down.float() for m, _ in present], dim=0)  # (R, in[, kh, kw])
         up = torch.cat([m.up.float() * (w * m.scale) for m, w in present], dim=1)  # (out, R[, 1, 1])
@@ -153,7 +179,40 @@ def _stacked_factors(weighted: Weighted) -> dict[str, tuple[torch.Tensor, torch.
     return stacked
 
 
-def _module(down: torch.Tensor, up: torch.Tensor, weight_shape: tuple[int, ...]) -> LoraModule:
+def _dense_sums(weighted: Weighted, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per module: Σ wᵢ·ΔWᵢ in fp32, in the layer's kernel shape when any input knows it."""
+    sums = {}
+    for key in _all_keys(weighted) if keys is None else keys:
+        present = [(a.modules[key], w) for a, w in weighted if key in a.modules]
+        shape = _weight_shape([m for m, _ in present])
+        sums[key] = sum(w * m.delta(torch.float32).reshape(shape) for m, w in present)
+    return sums
+
+
+def _weight_shape(modules) -> tuple[int, ...]:
+    """The most specific shape the modules give: a conv kernel over the flat (out, in·kh·kw) of a LoHa/LoKr."""
+    return max((m.weight_shape for m in modules), key=len)
+
+
+def _base(weighted: Weighted, names: list[str]) -> str:
+    """The one base the inputs were made for (kohya's ss_base_model_version), refusing two: an SD 1.x and an SDXL
+    first-text-encoder LoRA have the same shapes, so shapes alone would let them mix."""
+    known = {}
+    for (adapter, _), name in zip(weighted, names):
+        if adapter.base_version and adapter.base_version != "unknown":
+            known.setdefault(_family(adapter.base_version), (adapter.base_version, name))
+    if len(known) > 1:
+        (a, first), (b, second) = list(known.values())[:2]
+        raise IncompatibleAdaptersError(f"{first} is for {a}, {second} for {b}: they were made for different "
+                                        "base models")
+    return next(iter(known.values()))[0] if known else ""
+
+
+def _family(version: str) -> str:
+    return "sdxl" if version.startswith("sdxl") else version
+
+
+def low_rank_module(down: torch.Tensor, up: torch.Tensor, weight_shape: tuple[int, ...]) -> LoraModule:
     """A rank-k module from 2-D factors, reshaped to conv kernels when the weight is one (α = k: scale 1)."""
     k = down.shape[0]
     if len(weight_shape) == 4:
@@ -183,14 +242,18 @@ def _check(weighted: Weighted, names: list[str] | None, allow_nonfinite: bool = 
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise LoramixError(f"{name}: weight {weight!r} is not a finite number")
         for key, module in adapter.modules.items():
-            if not allow_nonfinite and not (torch.isfinite(module.down).all() and torch.isfinite(module.up).all()):
+            if module.kind == NOT_ADDITIVE:
+                raise IncompatibleAdaptersError(
+                    f"{name}: module {key} is DoRA, which renormalises the weight it changes (W' = m·(W+ΔW)/‖W+ΔW‖), "
+                    "so it does not add to other changes and cannot be summed; render it on its own instead")
+            if not allow_nonfinite and not all(torch.isfinite(t).all() for t in module.tensors):
                 raise LoramixError(f"{name}: module {key} has NaN or infinite values; refusing to compose it "
                                    "(--allow-nonfinite composes it anyway)")
-            if not math.isfinite(module.alpha):
+            if module.alpha is not None and not math.isfinite(module.alpha):
                 raise LoramixError(f"{name}: module {key} has alpha {module.alpha}")
-            seen = shapes.setdefault(key, (module.weight_shape, name))
-            if seen[0] != module.weight_shape:
+            seen = shapes.setdefault(key, (module.flat_shape, name))
+            if seen[0] != module.flat_shape:
                 raise IncompatibleAdaptersError(
                     f"module {key}: {seen[1]} changes a weight of shape {seen[0]}, {name} one of shape "
-                    f"{module.weight_shape}; they were made for different base models")
+                    f"{module.flat_shape}; they were made for different base models")
     return names

@@ -16,7 +16,8 @@ This module imports only torch (and loramix's constants) and does no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,6 +31,7 @@ class LoraModule:
     down: torch.Tensor  # A: (r, in) or (r, in, kh, kw)
     up: torch.Tensor  # B: (out, r) or (out, r, 1, 1)
     alpha: float
+    kind = "LoRA"
 
     @property
     def rank(self) -> int:
@@ -49,8 +51,24 @@ class LoraModule:
         return (self.up.shape[0], *self.down.shape[1:])
 
     @property
+    def flat_shape(self) -> tuple[int, int]:
+        """The weight as the matrix the maths sees: (out, in·kh·kw)."""
+        return (self.up.shape[0], math.prod(self.down.shape[1:]))
+
+    @property
     def num_params(self) -> int:
         return self.down.numel() + self.up.numel()
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.down, self.up]
+
+    def scaled(self, factor: float) -> LoraModule:
+        """ΔW·factor, exactly: the factor goes into α, the stored factors stay as they are."""
+        return replace(self, alpha=self.alpha * factor)
+
+    def to(self, dtype: torch.dtype) -> LoraModule:
+        return replace(self, down=self.down.to(dtype), up=self.up.to(dtype))
 
     def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """ΔW in the base weight's shape."""
@@ -64,9 +82,10 @@ class LoraAdapter:
     """A LoRA file's content: modules keyed `<component>.<module path>`, e.g.
     `unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, in diffusers' module names."""
 
-    modules: dict[str, LoraModule]
+    modules: dict[str, LoraModule]  # or, read from LyCORIS files, the module types of loramix.lycoris
     metadata: dict[str, str] = field(default_factory=dict)
     source_format: str = "memory"  # "kohya", "diffusers", "peft" or "memory" for one built in code
+    base_version: str = ""  # kohya's ss_base_model_version ("sd_v1", "sdxl_base_v1-0", …); "" when not known
 
     @property
     def components(self) -> list[str]:
@@ -75,11 +94,24 @@ class LoraAdapter:
 
     @property
     def ranks(self) -> list[int]:
-        return sorted({m.rank for m in self.modules.values()})
+        return sorted({m.rank for m in self.modules.values() if m.rank is not None})
 
     @property
     def alphas(self) -> list[float]:
-        return sorted({m.alpha for m in self.modules.values()})
+        return sorted({m.alpha for m in self.modules.values() if m.alpha is not None})
+
+    @property
+    def kinds(self) -> dict[str, int]:
+        """How many modules of each type: LoRA, LoHa, LoKr, full, DoRA."""
+        counts: dict[str, int] = {}
+        for module in self.modules.values():
+            counts[module.kind] = counts.get(module.kind, 0) + 1
+        return counts
+
+    @property
+    def is_lora(self) -> bool:
+        """Every module is two low-rank factors (what LoRA namings can hold)."""
+        return all(m.kind == "LoRA" for m in self.modules.values())
 
     @property
     def num_params(self) -> int:

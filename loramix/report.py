@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
-from loramix.formats import module_kind
-from loramix.formats.metadata import shown_metadata
+from loramix.formats import base_model_version, module_kind
+from loramix.formats.metadata import SSHS_MODEL_HASH, shown_metadata
+from loramix.hashes import file_hashes
 from loramix.lora import LoraAdapter, component_of, path_of
+from loramix.lycoris import flat
 from loramix.models.shapes import BaseShapes
 
 BYTES_PER_PARAM = {"fp16": 2, "fp32": 4}
@@ -42,6 +44,9 @@ class AdapterReport:
     bytes_fp32: int
     dtypes: list[str]
     metadata: dict[str, str]
+    kinds: dict[str, int] = field(default_factory=dict)  # module type (LoRA, LoHa, LoKr, full, DoRA) → count
+    base_version: str = ""  # kohya's ss_base_model_version, read or told from the keys and shapes
+    hashes: dict[str, str] = field(default_factory=dict)  # the hashes sharing sites and UIs show
     base_fit: BaseFit | None = field(default=None)
     nonfinite_modules: list[str] = field(default_factory=list)  # modules with NaN or infinite factors
 
@@ -65,16 +70,29 @@ def report_adapter(path: str | Path, adapter: LoraAdapter, base: BaseShapes | No
         ranks=adapter.ranks,
         alphas=adapter.alphas,
         scales=sorted({round(m.scale, 6) for m in adapter.modules.values()}),
+        kinds=adapter.kinds,
+        base_version=base_model_version(adapter),
+        hashes=file_hashes_report(path),
         num_params=num_params,
         bytes_on_disk=Path(path).stat().st_size,
         bytes_fp16=num_params * BYTES_PER_PARAM["fp16"],
         bytes_fp32=num_params * BYTES_PER_PARAM["fp32"],
-        dtypes=sorted({str(t.dtype).removeprefix("torch.") for m in adapter.modules.values() for t in (m.down, m.up)}),
+        dtypes=sorted({str(t.dtype).removeprefix("torch.") for m in adapter.modules.values() for t in m.tensors}),
         metadata=shown_metadata(adapter.metadata),
         base_fit=fit_to_base(adapter, base) if base is not None else None,
         nonfinite_modules=[key for key, m in adapter.modules.items()
-                           if not (torch.isfinite(m.down).all() and torch.isfinite(m.up).all())],
+                           if not all(torch.isfinite(t).all() for t in m.tensors)],
     )
+
+
+def file_hashes_report(path: str | Path) -> dict[str, str]:
+    """A1111's `Lora hashes` value, Civitai's AutoV2 and the full SHA-256s (none for a peft folder)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    hashes = file_hashes(path, SSHS_MODEL_HASH)
+    return {"a1111": hashes.a1111, "autov2": hashes.autov2, "sha256": hashes.sha256,
+            "tensors_sha256": hashes.tensors_sha256}
 
 
 def fit_to_base(adapter: LoraAdapter, base: BaseShapes) -> BaseFit:
@@ -83,6 +101,6 @@ def fit_to_base(adapter: LoraAdapter, base: BaseShapes) -> BaseFit:
         shape = base.weight_shapes.get(key)
         if shape is None:
             missing.append(key)
-        elif tuple(shape) != module.weight_shape:
+        elif flat(tuple(shape)) != module.flat_shape:
             mismatched.append(f"{key}: adapter {module.weight_shape}, base {tuple(shape)}")
     return BaseFit(base.name, base.total_params, adapter.num_params / base.total_params, missing, mismatched)

@@ -4,7 +4,6 @@ Imports nothing heavy, so the CLI can parse them before torch is loaded."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -12,11 +11,24 @@ from pathlib import Path
 
 from loramix.errors import LoramixError
 
+LBW = "lbw="  # A1111's lora-block-weight syntax: <lora:name:0.8:lbw=1,0,…> or lbw=PRESET
+
 
 @dataclass(frozen=True)
 class WeightedFile:
     path: str
     weight: float
+    lbw: str | None = None  # block weights as written: comma-separated values or a preset name
+
+    @property
+    def spec(self) -> str:
+        """As written on the command line: `a.safetensors:0.7` or `a.safetensors:0.7:lbw=INS`."""
+        return f"{self.path}:{self.strength}"
+
+    @property
+    def strength(self) -> str:
+        """The weight as A1111's `<lora:NAME:…>` writes it, block weights included: `0.7` or `0.7:lbw=INS`."""
+        return f"{self.weight:g}" + (f":{LBW}{self.lbw}" if self.lbw else "")
 
     @property
     def name(self) -> str:
@@ -25,7 +37,15 @@ class WeightedFile:
 
 
 def parse_weight_spec(spec: str) -> WeightedFile:
-    """`a.safetensors:0.7` → (a.safetensors, 0.7); without `:` the weight is 1."""
+    """`a.safetensors:0.7` → (a.safetensors, 0.7); without `:` the weight is 1. A last part `:lbw=…` gives
+    block weights (checked against the file's architecture once it is read)."""
+    head, colon, tail = spec.rpartition(":")
+    if colon and tail.startswith(LBW):
+        lbw = tail[len(LBW):]
+        if not lbw or not all(part.strip() for part in lbw.split(",")):
+            raise LoramixError(f"weight spec {spec!r}: {LBW} needs comma-separated block weights or a preset name")
+        weighted = parse_weight_spec(head)
+        return WeightedFile(weighted.path, weighted.weight, lbw)
     if ":" not in spec:
         return WeightedFile(spec, 1.0)
     path, _, text = spec.rpartition(":")
@@ -43,9 +63,8 @@ def parse_weight_spec(spec: str) -> WeightedFile:
 
 
 def short_hash(path: str | os.PathLike) -> str:
-    """The first 12 hex digits of the file's SHA-256: what A1111 records as a LoRA's hash."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    """The hash A1111 writes for a LoRA in `Lora hashes` (see loramix.hashes)."""
+    from loramix.formats.metadata import SSHS_MODEL_HASH
+    from loramix.hashes import file_hashes
+
+    return file_hashes(path, SSHS_MODEL_HASH).a1111

@@ -156,7 +156,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         Path(args[1]).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("loramix.formats.save_file", broken_save)
+    monkeypatch.setattr("loramix.formats.write.save_file", broken_save)
     result = run("compose", GOOD, "-o", str(out))
     assert result.exit_code == 130
     assert out.read_bytes() == b"old content"

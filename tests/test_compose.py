@@ -222,7 +222,11 @@ def test_cli_compose_writes_the_exact_sum_in_either_naming(tmp_path, unet_attent
         result = CliRunner().invoke(main, ["compose", f"{a}:0.7", f"{b}:-0.5", "-o", str(out),
                                            "--format", file_format])
         assert result.exit_code == 0, result.output
-        assert result.output == f"wrote {out}: 32 modules, rank 6, {file_format} naming, float32\n"
+        note = "" if file_format == "kohya" else (
+            "note: ComfyUI skips the UNet attention projections (to_q, to_k, to_v, to_out) of diffusers naming: it "
+            "maps them only under diffusers' old processor names ('lora key not loaded'). --format kohya loads in "
+            "A1111, ComfyUI, kohya and diffusers.\n")
+        assert result.output == f"wrote {out}: 32 modules, rank 6, {file_format} naming, float32\n{note}"
         composed = read_adapter(out)
         assert composed.source_format == file_format
         assert composed.metadata["loramix_composed_from"] == f"{a}:0.7 {b}:-0.5"
@@ -239,7 +243,7 @@ def test_cli_compose_rank_reports_the_truncation_error(tmp_path):
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == f"wrote {out}: 176 modules, rank 2, diffusers naming, float16"
+    assert lines[0] == f"wrote {out}: 176 modules, rank 2, kohya naming, float16"  # the default naming
     assert lines[1].startswith("truncation error (relative Frobenius): ")
     assert read_adapter(out).ranks == [2]
 

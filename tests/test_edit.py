@@ -13,7 +13,8 @@ from PIL import Image
 
 from loramix.cli import main
 from loramix.errors import IncompatibleAdaptersError, LoramixError
-from loramix.formats import META_TRIGGER, write_adapter
+from loramix.formats import write_adapter
+from loramix.formats.metadata import META_TRIGGER
 from loramix.render.core import RenderSettings, render
 from loramix.render.edit import Stage, edit_sequence
 from loramix.specs import WeightedFile

@@ -156,7 +156,7 @@ def test_diffusers_round_trip_is_bit_exact(unet, clip, tmp_path):
     attn1_q = loaded.modules["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"]
     assert (attn1_q.rank, attn1_q.alpha) == (2, 8)
     assert {m.alpha for k, m in loaded.modules.items() if k.startswith("text_encoder.")} == {3}
-    write_adapter(loaded, tmp_path / "again.safetensors")
+    write_adapter(loaded, tmp_path / "again.safetensors", format="diffusers")
     # transformers 5 dropped CLIPTextModel's `text_model` level, so diffusers now saves text-encoder keys
     # without it; loramix writes the spelling every diffusers version loads. Values are untouched.
     respelled = {k.replace("text_encoder.encoder.", "text_encoder.text_model.encoder."): t
@@ -165,7 +165,7 @@ def test_diffusers_round_trip_is_bit_exact(unet, clip, tmp_path):
     again = read_adapter(tmp_path / "again.safetensors")
     assert {k: (m.rank, m.alpha) for k, m in again.modules.items()} == {
         k: (m.rank, m.alpha) for k, m in loaded.modules.items()}
-    write_adapter(again, tmp_path / "third.safetensors")
+    write_adapter(again, tmp_path / "third.safetensors", format="diffusers")
     assert_same_tensors(tensors_of(tmp_path / "again.safetensors"), tensors_of(tmp_path / "third.safetensors"))
 
 
@@ -307,7 +307,7 @@ def test_conv_loras_round_trip_and_match_diffusers(kernel, unet, clip, tmp_path)
 
 
 def test_lora_adapter_metadata_json_is_what_diffusers_expects(adapter, tmp_path):
-    write_adapter(adapter, tmp_path / "d.safetensors")
+    write_adapter(adapter, tmp_path / "d.safetensors", format="diffusers")
     fields = json.loads(metadata_of(tmp_path / "d.safetensors")["lora_adapter_metadata"])
     assert fields["unet.r"] == 4 and fields["unet.lora_alpha"] == 2
     assert fields["text_encoder.lora_alpha"] == 8

@@ -7,14 +7,17 @@ import logging
 import click
 
 from loramix import __version__
+from loramix.cli.bake_cmd import bake
 from loramix.cli.build_cmd import build_base
 from loramix.cli.compose_cmd import compose
 from loramix.cli.edit_cmd import edit
 from loramix.cli.env_cmd import env
+from loramix.cli.extract_cmd import extract
 from loramix.cli.faces_cmd import faces
 from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
 from loramix.cli.judge_cmd import judge
+from loramix.cli.resize_cmd import resize
 from loramix.cli.train_cmd import train
 from loramix.cli.xy_cmd import xy
 from loramix.errors import LoramixError
@@ -50,3 +53,6 @@ main.add_command(faces)
 main.add_command(judge)
 main.add_command(train)
 main.add_command(xy)
+main.add_command(resize)
+main.add_command(extract)
+main.add_command(bake)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.choices import DTYPES, FILE_METHODS, FORMATS, GENERATION_METHODS, QUANTIZE_MODES
+from loramix.choices import DEFAULT_FORMAT, DTYPES, FILE_METHODS, GENERATION_METHODS, OUTPUT_FORMATS, QUANTIZE_MODES
 from loramix.cli.options import image_size_options
 from loramix.errors import LoramixError
 from loramix.specs import parse_weight_spec
@@ -26,8 +26,10 @@ from loramix.specs import parse_weight_spec
               help="Fraction of each ΔW kept by ties/dare.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the first image (image i uses seed+i) and of dare's random pruning.")
-@click.option("--format", "file_format", type=click.Choice(FORMATS), default="diffusers",
-              show_default=True, help="Key naming of the output: diffusers, or kohya for A1111/ComfyUI.")
+@click.option("--format", "file_format", type=click.Choice(OUTPUT_FORMATS), default=DEFAULT_FORMAT,
+              show_default=True, help="Output naming. kohya: A1111, ComfyUI, kohya and diffusers load it. diffusers: "
+                                      "ComfyUI skips its UNet attention projections. full-diff: ΔW whole, exact "
+                                      "for LoHa/LoKr inputs.")
 @click.option("--dtype", type=click.Choice(DTYPES),
               help="Output precision. Default: the inputs' dtype when they agree, else fp32.")
 @click.option("--allow-nonfinite", is_flag=True,
@@ -58,7 +60,7 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
             negative_prompt, steps, guidance, width, height, base, base_dtype, quantize, every, batch_size, sequential,
             strength, images) -> None:
     """Combine LoRA files with weights: `loramix compose a.safetensors:0.7 b.safetensors:0.5 -o ab.safetensors`,
-    and with --prompt render the combination.
+    and with --prompt render the combination. `a.safetensors:0.8:lbw=INS` adds per-block weights.
 
     The default is exact: the result's ΔW is Σ wᵢ·(αᵢ/rᵢ)·Bᵢ·Aᵢ for every module, by concatenating ranks. On a
     full-precision base it is fused into the weights, so rendering costs what the base costs.
@@ -87,22 +89,27 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
     import torch
 
+    from loramix.blocks import read_weighted
     from loramix.compose import compose_by_method
-    from loramix.formats import read_adapter, write_adapter
+    from loramix.formats import write_adapter
     from loramix.formats.metadata import composition_metadata
 
-    adapters = [read_adapter(wf.path) for wf in weighted_files]
-    weighted = [(a, wf.weight) for a, wf in zip(adapters, weighted_files)]
+    weighted = read_weighted(weighted_files)
+    adapters = [a for a, _ in weighted]
     result, report = compose_by_method(weighted, method, rank, density, seed, [wf.path for wf in weighted_files],
-                                       allow_nonfinite)
+                                       allow_nonfinite, dense=file_format == "full-diff")
     out_dtype = _output_dtype(dtype, adapters, torch)
-    for module in result.modules.values():
-        module.down, module.up = module.down.to(out_dtype), module.up.to(out_dtype)
-    recipe = " ".join(f"{wf.path}:{wf.weight:g}" for wf in weighted_files)
+    result.modules = {key: module.to(out_dtype) for key, module in result.modules.items()}
+    recipe = " ".join(wf.spec for wf in weighted_files)
     write_adapter(result, output, format=file_format,
                   metadata=composition_metadata(recipe, method))
-    click.echo(f"wrote {output}: {len(result.modules)} modules, rank {', '.join(map(str, result.ranks))}, "
+    ranks = f"rank {', '.join(map(str, result.ranks))}" if result.ranks else "whole differences"
+    click.echo(f"wrote {output}: {len(result.modules)} modules, {ranks}, "
                f"{file_format} naming, {str(out_dtype).removeprefix('torch.')}")
+    if file_format == "diffusers":
+        click.echo("note: ComfyUI skips the UNet attention projections (to_q, to_k, to_v, to_out) of diffusers "
+                   "naming: it maps them only under diffusers' old processor names ('lora key not loaded'). "
+                   "--format kohya loads in A1111, ComfyUI, kohya and diffusers.")
     if report is not None:
         click.echo(f"truncation error (relative Frobenius): {report.overall_error:.3e} overall, "
                    f"{max(report.module_errors.values()):.3e} worst module")
@@ -141,5 +148,5 @@ def _render(weighted_files, composition, prompt, count, negative_prompt, seed, s
 def _output_dtype(choice, adapters, torch):
     if choice is not None:
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
-    dtypes = {t.dtype for a in adapters for m in a.modules.values() for t in (m.down, m.up)}
+    dtypes = {t.dtype for a in adapters for m in a.modules.values() for t in m.tensors}
     return dtypes.pop() if len(dtypes) == 1 else torch.float32

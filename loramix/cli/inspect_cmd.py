@@ -40,6 +40,8 @@ def format_report(r) -> str:
         lines.append(f"  {label:<11} {value}")
 
     row("format", r.format)
+    row("made for", r.base_version)
+    row("types", ", ".join(f"{kind} ×{count}" for kind, count in r.kinds.items()))
     row("components", ", ".join(r.components))
     for component, kinds in r.targets.items():
         kinds_text = ", ".join(f"{kind} ×{count}" for kind, count in kinds.items())
@@ -47,6 +49,8 @@ def format_report(r) -> str:
     row("rank", ", ".join(map(str, r.ranks)))
     row("alpha", ", ".join(f"{a:g}" for a in r.alphas) + f"   (scale α/r: {', '.join(f'{s:g}' for s in r.scales)})")
     row("parameters", f"{r.num_params:,}")
+    if r.hashes:
+        row("hashes", f"A1111 {r.hashes['a1111']}, AutoV2 {r.hashes['autov2']}, SHA-256 {r.hashes['sha256']}")
     row("size", f"{_bytes(r.bytes_on_disk)} on disk ({', '.join(r.dtypes)}); "
                 f"{_bytes(r.bytes_fp16)} in fp16, {_bytes(r.bytes_fp32)} in fp32")
     fit = r.base_fit

@@ -60,7 +60,7 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
     names = [WeightedFile(path, 1.0).name for path in (sweep.x, sweep.y)]
     hashes = {name: loras.hash_of(path) for name, path in zip(names, (sweep.x, sweep.y))}
     hashes.update({wf.name: loras.hash_of(wf.path) for wf in fixed})
-    parameters = a1111_parameters(settings, loaded.sampler, loaded.name, {wf.name: wf.weight for wf in fixed}, hashes)
+    parameters = a1111_parameters(settings, loaded.sampler, loaded.name, {wf.name: wf.strength for wf in fixed}, hashes)
     save_png(result.grid.image, output, parameters)  # the settings every cell shares
     switches = sorted(s for s in result.switch_seconds if s)
     image = sorted(result.image_seconds)[len(result.image_seconds) // 2]

@@ -13,40 +13,34 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-import loramix
-from loramix.atomic import atomic_path
-from loramix.choices import COMPONENTS, FORMATS
-from loramix.errors import AdapterFileError, LoramixError
+from loramix.choices import COMPONENTS
+from loramix.errors import AdapterFileError
 from loramix.formats import diffusers as dfs
-from loramix.formats import kohya
-from loramix.formats.metadata import (
-    DIFFUSERS_LORA_CONFIG,
-    KOHYA_LORA_MODULE,
-    META_ALPHA,
-    META_BASE,
-    META_RANK,
-    META_TARGETS,
-    META_TRIGGER,
-    META_VERSION,
-    SAFETENSORS_FORMAT,
-    SS_BASE_MODEL_VERSION,
-    SS_NETWORK_ALPHA,
-    SS_NETWORK_DIM,
-    SS_NETWORK_MODULE,
-)
+from loramix.formats import kohya, lycoris
+from loramix.formats.metadata import DIFFUSERS_LORA_CONFIG, SS_BASE_MODEL_VERSION
 from loramix.formats.safetensors_file import load_safetensors
-from loramix.lora import CLIP_LEVEL, LoraAdapter, LoraModule, canonical_path, component_of, flat_path, path_of
+from loramix.formats.write import (  # noqa: F401  (the package's public names)
+    SDXL_VERSION,
+    base_model_version,
+    describe,
+    is_sdxl,
+    module_kind,
+    target_groups,
+    version_from_shapes,
+    write_adapter,
+)
+from loramix.lora import CLIP_LEVEL, LoraAdapter, LoraModule, canonical_path
 
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 
-# Key fragments of adapter types that are not LoRA, with the name users know them by.
+# Key fragments of adapter types loramix does not read, with the name users know them by.
 _OTHER_TYPES = (
-    ("hada_", "LoHa (LyCORIS)"), ("lokr_", "LoKr (LyCORIS)"), ("lora_mid", "LoCon with a Tucker factor (LyCORIS)"),
-    ("oft_", "OFT"), ("dora_scale", "DoRA"), ("lora_magnitude_vector", "DoRA"), ("ia3_", "IA3"),
+    ("lora_mid", "LoCon with a Tucker factor (LyCORIS)"), ("oft_", "OFT"),
+    ("lora_magnitude_vector", "peft DoRA"), ("ia3_", "IA3"),
 )
+
 # A module path as the models name their modules: dotted Python names and indices, nothing a path could use.
 _MODULE_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _FULL_MODEL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.",
@@ -66,7 +60,11 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
     tensors, metadata = load_safetensors(path)
     _refuse_other_types(path, tensors)
     modules, source_format = _parse(path, tensors, metadata, peft_config)
-    return LoraAdapter(modules, dict(metadata), source_format)
+    adapter = LoraAdapter(modules, dict(metadata), source_format)
+    sdxl_names = any(kohya.is_sdxl_text_encoder_key(key) for key in tensors)
+    adapter.base_version = SDXL_VERSION if sdxl_names else metadata.get(SS_BASE_MODEL_VERSION) or \
+        version_from_shapes(adapter)
+    return adapter
 
 
 def _refuse_other_types(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -75,8 +73,9 @@ def _refuse_other_types(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     for fragment, name in _OTHER_TYPES:
         if any(fragment in key for key in tensors):
             raise AdapterFileError(path, f"is a {name} adapter, not a LoRA; loramix reads LoRA only")
-    if any(key.endswith((".diff", ".diff_b")) for key in tensors):
-        raise AdapterFileError(path, "holds full weight differences (LyCORIS 'full'), not a LoRA")
+    if any(key.endswith("." + lycoris.DIFF_BIAS) for key in tensors):
+        raise AdapterFileError(path, "holds bias differences (LyCORIS 'full' diff_b); loramix reads weight "
+                                     "differences only")
     if not any("lora" in key for key in tensors):
         looks_full = any(key.startswith(_FULL_MODEL_PREFIXES) for key in tensors)
         what = "a full model checkpoint" if looks_full else "not a LoRA"
@@ -89,9 +88,9 @@ def _parse(path, tensors, metadata, peft_config) -> tuple[dict[str, LoraModule],
     families, unknown = set(), []
     for key, tensor in tensors.items():
         kohya_parts = kohya.split_kohya_key(key)
-        if kohya_parts is not None and kohya_parts[2] in (kohya.DOWN, kohya.UP, kohya.ALPHA):
+        if kohya_parts is not None and kohya_parts[2] in (kohya.DOWN, kohya.UP, kohya.ALPHA, *lycoris.SUFFIXES):
             component, flat, suffix = kohya_parts
-            which = {kohya.DOWN: "down", kohya.UP: "up", kohya.ALPHA: "alpha"}[suffix]
+            which = {kohya.DOWN: "down", kohya.UP: "up", kohya.ALPHA: "alpha"}.get(suffix, suffix)
             module_path = kohya.kohya_module_path(component, flat)
             if not _MODULE_PATH.fullmatch(module_path):
                 raise AdapterFileError(path, f"key {_shown(key)} does not name a module (letters, digits and '_' "
@@ -125,21 +124,32 @@ def _parse(path, tensors, metadata, peft_config) -> tuple[dict[str, LoraModule],
     modules = {}
     for (component, module_path), parts in sorted(factors.items()):
         name = f"{component}.{canonical_path(component, module_path)}"
-        if "down" not in parts or "up" not in parts:
-            missing = "down (A)" if "down" not in parts else "up (B)"
-            raise AdapterFileError(path, f"module {name} has no {missing} factor")
-        down, up = parts["down"], parts["up"]
-        _check_shapes(path, name, down, up)
-        if "alpha" in parts:
-            alpha = _scalar(path, name, parts["alpha"])
-        else:
-            alpha = alpha_configs.get(component, dfs.AlphaConfig()).alpha_for(module_path, down.shape[0])
-            if not math.isfinite(alpha):
-                raise AdapterFileError(path, f"module {name}: alpha is {alpha}")
         if name in modules:
             raise AdapterFileError(path, f"module {name} appears twice, with and without '{CLIP_LEVEL}'")
-        modules[name] = LoraModule(down=down, up=up, alpha=alpha)
+        if lycoris.is_lycoris(parts):
+            alpha = _scalar(path, name, parts["alpha"]) if "alpha" in parts else None
+            pair = None
+            if "down" in parts or "up" in parts:
+                pair = _lora_module(path, name, parts, alpha_configs, component, module_path)
+            modules[name] = lycoris.build(path, name, parts, alpha, pair)
+            continue
+        modules[name] = _lora_module(path, name, parts, alpha_configs, component, module_path)
     return modules, families.pop()
+
+
+def _lora_module(path, name, parts, alpha_configs, component, module_path) -> LoraModule:
+    if "down" not in parts or "up" not in parts:
+        missing = "down (A)" if "down" not in parts else "up (B)"
+        raise AdapterFileError(path, f"module {name} has no {missing} factor")
+    down, up = parts["down"], parts["up"]
+    _check_shapes(path, name, down, up)
+    if "alpha" in parts:
+        alpha = _scalar(path, name, parts["alpha"])
+    else:
+        alpha = alpha_configs.get(component, dfs.AlphaConfig()).alpha_for(module_path, down.shape[0])
+        if not math.isfinite(alpha):
+            raise AdapterFileError(path, f"module {name}: alpha is {alpha}")
+    return LoraModule(down=down, up=up, alpha=alpha)
 
 
 def _check_alpha_config(path: Path, where: str, config: dfs.AlphaConfig) -> None:
@@ -209,114 +219,3 @@ def _shown(value, limit: int = 200) -> str:
     except ValueError:  # an integer of more digits than Python prints
         text = type(value).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def write_adapter(adapter: LoraAdapter, path: str | os.PathLike, format: str = "diffusers",
-                  metadata: dict[str, str] | None = None) -> Path:
-    """Write atomically in diffusers naming (what diffusers' `load_lora_weights` loads) or kohya naming (what
-    A1111 and ComfyUI load), with metadata that both ecosystems' tools show."""
-    if format not in FORMATS:
-        raise LoramixError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
-    if not adapter.modules:
-        raise LoramixError("the adapter has no modules: nothing to write")
-    tensors = _kohya_tensors(adapter) if format == "kohya" else _diffusers_tensors(adapter)
-    given = {**adapter.metadata, **(metadata or {})}
-    header = {**given, **describe(adapter, given), SAFETENSORS_FORMAT: "pt"}
-    if format == "diffusers":
-        header[DIFFUSERS_LORA_CONFIG] = json.dumps(_peft_metadata(adapter), indent=2, sort_keys=True)
-    else:
-        header.pop(DIFFUSERS_LORA_CONFIG, None)
-    header = {str(k): str(v) for k, v in header.items()}
-    with atomic_path(path) as temp:
-        save_file(tensors, str(temp), metadata=header)
-    return Path(path)
-
-
-def _diffusers_tensors(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for key, module in adapter.modules.items():
-        component, module_path = component_of(key), path_of(key)
-        tensors[dfs.factor_key(component, module_path, "down")] = _plain(module.down)
-        tensors[dfs.factor_key(component, module_path, "up")] = _plain(module.up)
-    return tensors
-
-
-def _kohya_tensors(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
-    two_text_encoders = "text_encoder_2" in adapter.components
-    tensors = {}
-    for key, module in adapter.modules.items():
-        prefix = kohya.kohya_prefix(component_of(key), two_text_encoders)
-        name = f"{prefix}_{kohya.flatten_path(path_of(key))}"
-        tensors[f"{name}.{kohya.DOWN}"] = _plain(module.down)
-        tensors[f"{name}.{kohya.UP}"] = _plain(module.up)
-        tensors[f"{name}.{kohya.ALPHA}"] = torch.tensor(module.alpha, dtype=module.down.dtype)
-    return tensors
-
-
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor safetensors accepts: contiguous, owning its memory (views into a shared buffer are refused)."""
-    return tensor.detach().contiguous().clone()
-
-
-def _peft_metadata(adapter: LoraAdapter) -> dict:
-    """peft `LoraConfig` fields per component. peft matches these names as suffixes of module paths, so
-    text-encoder paths go without `text_model.` and match CLIP with or without that level."""
-    fields = {}
-    for component in adapter.components:
-        modules = adapter.of_component(component)
-        config = dfs.peft_config_fields([(flat_path(p), m.rank, m.alpha)
-                                         for p, m in modules.items()])
-        fields.update({f"{component}.{k}": v for k, v in config.items()})
-    return fields
-
-
-def describe(adapter: LoraAdapter, given: dict[str, str] | None = None) -> dict[str, str]:
-    """The header fields loramix writes about an adapter, kohya's `ss_*` among them so other tools show it.
-    The base model and trigger words come from `given` metadata when it has them."""
-    given = adapter.metadata if given is None else given
-    ranks = [m.rank for m in adapter.modules.values()]
-    alphas = [m.alpha for m in adapter.modules.values()]
-    rank = max(set(ranks), key=ranks.count)
-    alpha = max(set(alphas), key=alphas.count)
-    return {
-        META_VERSION: loramix.__version__,
-        META_RANK: ",".join(str(r) for r in adapter.ranks),
-        META_ALPHA: ",".join(f"{a:g}" for a in adapter.alphas),
-        META_TARGETS: ",".join(target_groups(adapter)),
-        META_BASE: given.get(META_BASE, base_model_version(adapter)),
-        META_TRIGGER: given.get(META_TRIGGER, ""),
-        SS_NETWORK_MODULE: KOHYA_LORA_MODULE,
-        SS_NETWORK_DIM: str(rank),
-        SS_NETWORK_ALPHA: f"{alpha:g}",
-        SS_BASE_MODEL_VERSION: base_model_version(adapter),
-    }
-
-
-def target_groups(adapter: LoraAdapter) -> list[str]:
-    """Target modules grouped by kind, e.g. `unet:to_q`, `text_encoder:q_proj`, sorted within components."""
-    groups = {(component_of(key), module_kind(path_of(key))) for key in adapter.modules}
-    return [f"{c}:{kind}" for c in adapter.components for kind in sorted(k for g, k in groups if g == c)]
-
-
-def module_kind(module_path: str) -> str:
-    """The module's own name, `to_out.0` and `ff.net.0.proj` kept whole."""
-    parts = module_path.split(".")
-    if len(parts) >= 2 and parts[-1].isdigit():
-        return ".".join(parts[-2:])
-    if len(parts) >= 4 and parts[-4:-1] == ["ff", "net", "0"]:
-        return "ff.net.0.proj"
-    return parts[-1]
-
-
-def base_model_version(adapter: LoraAdapter) -> str:
-    """kohya's `ss_base_model_version`, told from the text width the UNet's cross-attention reads."""
-    if "text_encoder_2" in adapter.components:
-        return "sdxl_base_v1-0"
-    for key, module in adapter.modules.items():
-        if key.startswith("unet.") and ".attn2.to_k" in key:
-            width = module.weight_shape[1]
-            return {768: "sd_v1", 1024: "sd_v2", 2048: "sdxl_base_v1-0"}.get(width, "unknown")
-    for key, module in adapter.modules.items():
-        if key.startswith("text_encoder.") and key.endswith("q_proj"):
-            return {768: "sd_v1", 1024: "sd_v2"}.get(module.weight_shape[1], "unknown")
-    return "unknown"

@@ -77,6 +77,11 @@ def split_kohya_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
+def is_sdxl_text_encoder_key(key: str) -> bool:
+    """`lora_te1_…` / `lora_te2_…`: names only SDXL files use."""
+    return key.startswith(("lora_te1_", "lora_te2_"))
+
+
 def kohya_module_path(component: str, flat: str) -> str:
     """The diffusers module path of a kohya module name, mapping SGM UNet block names when present."""
     if component == "unet":
@@ -88,8 +93,9 @@ def kohya_module_path(component: str, flat: str) -> str:
 
 # SGM's resnet layers inside a ResBlock, by their diffusers names.
 _SGM_RESNET_LAYERS = {"in_layers_2": "conv1", "out_layers_3": "conv2", "emb_layers_1": "time_emb_proj",
-                      "skip_connection": "conv_shortcut"}
-_SGM_TOP_LEVEL = {"input_blocks_0_0": "conv_in", "out_2": "conv_out", "time_embed_0": "time_embedding.linear_1",
+                      "skip_connection": "conv_shortcut", "in_layers_0": "norm1", "out_layers_0": "norm2"}
+_SGM_TOP_LEVEL = {"input_blocks_0_0": "conv_in", "out_2": "conv_out", "out_0": "conv_norm_out",
+                  "time_embed_0": "time_embedding.linear_1",
                   "time_embed_2": "time_embedding.linear_2", "label_emb_0_0": "add_embedding.linear_1",
                   "label_emb_0_2": "add_embedding.linear_2"}
 _SGM_BLOCK = re.compile(r"^(input_blocks|middle_block|output_blocks)_(?:(\d+)_)?(\d+)_(.+)$")

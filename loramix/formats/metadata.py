@@ -19,7 +19,11 @@ META_COMPOSED_FROM, META_COMPOSE_METHOD = "loramix_composed_from", "loramix_comp
 SS_NETWORK_MODULE, SS_NETWORK_DIM, SS_NETWORK_ALPHA = "ss_network_module", "ss_network_dim", "ss_network_alpha"
 SS_BASE_MODEL_VERSION, SS_OUTPUT_NAME, SS_STEPS = "ss_base_model_version", "ss_output_name", "ss_steps"
 SS_NUM_TRAIN_IMAGES, SS_LEARNING_RATE = "ss_num_train_images", "ss_learning_rate"
-KOHYA_LORA_MODULE = "networks.lora"
+SS_NETWORK_ARGS = "ss_network_args"
+KOHYA_LORA_MODULE, LYCORIS_MODULE = "networks.lora", "lycoris.kohya"
+# kohya's precomputed hashes (`precalculate_safetensors_hashes`), which A1111 takes instead of hashing the file.
+SSHS_MODEL_HASH, SSHS_LEGACY_HASH = "sshs_model_hash", "sshs_legacy_hash"
+KOHYA_PREFIX = "ss_"
 
 # diffusers' key for the peft LoraConfig fields, and the key safetensors' PyTorch writers set.
 DIFFUSERS_LORA_CONFIG = "lora_adapter_metadata"
@@ -40,6 +44,11 @@ def training_metadata(recipe: dict, name: str, base: str, trigger: str, steps: i
 def composition_metadata(sources: str, method: str) -> dict[str, str]:
     """What a composed LoRA records: its inputs with their weights (`a.safetensors:0.7 …`) and the method."""
     return {META_COMPOSED_FROM: sources, META_COMPOSE_METHOD: method}
+
+
+def is_kohya_key(key: str) -> bool:
+    """A key of kohya's training metadata, the only ones its hashes are computed with."""
+    return key.startswith(KOHYA_PREFIX)
 
 
 def shown_metadata(metadata: dict[str, str]) -> dict[str, str]:

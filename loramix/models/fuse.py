@@ -9,6 +9,7 @@ import torch
 
 from loramix.errors import IncompatibleAdaptersError
 from loramix.lora import LoraModule, path_spellings
+from loramix.lycoris import flat
 
 
 def resolve_module(model: torch.nn.Module, module_path: str,
@@ -34,10 +35,16 @@ def fuse_into(model: torch.nn.Module, modules: dict[str, LoraModule], weight: fl
 @torch.no_grad()
 def add_delta(layer: torch.nn.Module, lora: LoraModule, weight: float = 1.0, name: str = "") -> None:
     """W ← W + weight·ΔW, in the layer's own dtype: the one place loramix adds an update into a weight."""
-    if tuple(layer.weight.shape) != lora.weight_shape:
+    layer.weight += weight * _delta_for(layer, lora, name)
+
+
+def _delta_for(layer: torch.nn.Module, lora: LoraModule, name: str) -> torch.Tensor:
+    """ΔW in the layer's shape and dtype; a LoHa/LoKr conv kernel comes flat, (out, in·kh·kw)."""
+    shape = tuple(layer.weight.shape)
+    if flat(shape) != lora.flat_shape:
         raise IncompatibleAdaptersError(f"module {name}: the LoRA changes a weight of shape "
-                                        f"{lora.weight_shape}, the model's is {tuple(layer.weight.shape)}")
-    layer.weight += weight * lora.delta().to(layer.weight.dtype)
+                                        f"{lora.weight_shape}, the model's is {shape}")
+    return lora.delta().reshape(shape).to(layer.weight.dtype)
 
 
 @dataclass
@@ -65,11 +72,8 @@ MAX_STEP = 127  # the most units in the last place an int8 step holds
 @torch.no_grad()
 def fuse_reversibly(layer: torch.nn.Module, lora: LoraModule, name: str = "") -> FusedUpdate:
     """W ← W + ΔW as `add_delta` does it, returning what `unfuse` needs to restore W bit for bit."""
-    if tuple(layer.weight.shape) != lora.weight_shape:
-        raise IncompatibleAdaptersError(f"module {name}: the LoRA changes a weight of shape "
-                                        f"{lora.weight_shape}, the model's is {tuple(layer.weight.shape)}")
     weight = layer.weight
-    delta = lora.delta().to(weight.dtype)
+    delta = _delta_for(layer, lora, name)
     fused = weight + delta
     steps = (_bits(weight).long() - _bits(fused - delta).long()).flatten()  # 0 where W came back exactly
     listed_bytes = 8 + weight.element_size()  # a position and a value
@@ -87,7 +91,7 @@ def fuse_reversibly(layer: torch.nn.Module, lora: LoraModule, name: str = "") ->
 def unfuse(layer: torch.nn.Module, update: FusedUpdate) -> None:
     """W ← W − ΔW, then each weight stepped back to W's bits: W as it was before `fuse_reversibly`."""
     weight = layer.weight
-    weight -= update.lora.delta().to(weight.dtype)
+    weight -= _delta_for(layer, update.lora, "")
     if update.steps is not None:
         _bits(weight).view(-1).add_(update.steps.to(_bits(weight).dtype))
     weight.view(-1)[update.positions] = update.values
@@ -95,7 +99,7 @@ def unfuse(layer: torch.nn.Module, update: FusedUpdate) -> None:
 
 def kept_bytes(update: FusedUpdate) -> int:
     """Memory an update keeps for undoing it: its factors, steps and listed weights."""
-    tensors = [update.lora.down, update.lora.up, update.steps, update.positions, update.values]
+    tensors = [*update.lora.tensors, update.steps, update.positions, update.values]
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 

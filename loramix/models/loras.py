@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
+from loramix.blocks import with_block_weights
 from loramix.choices import COMPONENTS
 from loramix.compose import compose_by_method
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.lora import LoraAdapter, component_of, path_of
+from loramix.lycoris import flat
 from loramix.models.fuse import FusedUpdate
 from loramix.specs import WeightedFile, short_hash
 
@@ -41,6 +43,7 @@ class PipelineLoras:
         self._adapters: dict[str, LoraAdapter] = {}
         self._hashes: dict[str, str] = {}
         self._fused: dict[str, FusedUpdate] = {}  # module key → what taking its fused update out needs
+        self._before_dora: dict[str, torch.Tensor] = {}  # module key → its weight before DoRA renormalised it
         self._layers: dict[str, torch.nn.Module] = {}  # module key → its layer, found once
         self._peft_names: dict[str, str] = {}  # file → adapter name loaded into the pipeline
         self.active: tuple[WeightedFile, ...] = ()
@@ -71,14 +74,25 @@ class PipelineLoras:
         if request == self._applied:
             return 0.0
         start = time.perf_counter()
-        adapters = [(self.read(wf.path), wf.weight) for wf in loras]
+        adapters = [(with_block_weights(self.read(wf.path), wf.lbw, wf.path), wf.weight) for wf in loras]
         if self.fuse:
             self._restore()
             if self._peft_names:  # named adapters loaded for a generation-time method stay out of the way
                 self.pipeline.disable_lora()
-            if adapters:
-                self._fuse(compose_by_method(adapters, method, rank, density, seed, [wf.path for wf in loras])[0])
+            # DoRA renormalises the weight it lands on: it goes on last, onto the sum of the others, in order.
+            additive = [((_without_dora(a), w), wf.path) for (a, w), wf in zip(adapters, loras)]
+            additive = [(pair, path) for pair, path in additive if pair[0].modules]
+            if additive:
+                dense = not all(a.is_lora for (a, _), _ in additive)  # LoHa/LoKr add exactly only as whole ΔW
+                self._fuse(compose_by_method([pair for pair, _ in additive], method, rank, density, seed,
+                                             [path for _, path in additive], dense=dense)[0])
+            for adapter, weight in adapters:
+                self._apply_dora(adapter, weight)
         else:
+            if any(not a.is_lora for a, _ in adapters):
+                kinds = sorted({k for a, _ in adapters for k in a.kinds if k != "LoRA"})
+                raise LoramixError(f"{', '.join(kinds)} modules cannot be loaded as peft LoRA adapters onto a "
+                                   "quantized base: use --quantize none")
             if method != "exact":
                 raise LoramixError(f"method {method} merges the LoRAs into the base weights, which a quantized "
                                    "base cannot take; use exact")
@@ -128,9 +142,21 @@ class PipelineLoras:
         return sum(kept_bytes(update) for update in self._fused.values())
 
     @torch.no_grad()
+    def _apply_dora(self, adapter: LoraAdapter, weight: float) -> None:
+        for key, module in adapter.modules.items():
+            if module.kind == "DoRA":
+                layer = self._layer(key)
+                if key not in self._before_dora:  # not additive, so not undone by subtracting: a copy
+                    self._before_dora[key] = layer.weight.detach().clone()
+                layer.weight.copy_(module.scaled(weight).applied(layer.weight))
+
+    @torch.no_grad()
     def _restore(self) -> None:
         from loramix.models.fuse import unfuse
 
+        for key, before in self._before_dora.items():  # DoRA went on last, onto the sum: it comes off first
+            self._layer(key).weight.copy_(before)
+        self._before_dora.clear()
         for key, update in self._fused.items():
             unfuse(self._layer(key), update)
         self._fused.clear()
@@ -173,10 +199,17 @@ def check_fits(adapter: LoraAdapter, pipeline, source: str) -> None:
             raise IncompatibleAdaptersError(f"{source}: this base has no module {key}; the LoRA was made for "
                                             "another base") from None
         shape = _weight_shape(layer)
-        if shape != module.weight_shape:
+        if flat(shape) != module.flat_shape:
             raise IncompatibleAdaptersError(f"{source}: module {key} changes a weight of shape "
                                             f"{module.weight_shape}, this base's is {shape}; the LoRA was made "
                                             "for another base")
+
+
+def _without_dora(adapter: LoraAdapter) -> LoraAdapter:
+    modules = {k: m for k, m in adapter.modules.items() if m.kind != "DoRA"}
+    if len(modules) == len(adapter.modules):
+        return adapter
+    return LoraAdapter(modules, adapter.metadata, adapter.source_format, adapter.base_version)
 
 
 def _weight_shape(layer: torch.nn.Module) -> tuple[int, ...]:

@@ -79,7 +79,7 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
     denoises with a generator seeded `seed`. Pass `adapters` when the pipeline already has a `PipelineLoras`; the base's
     weights are restored at the end either way. Every input is checked before anything is rendered.
     """
-    from loramix.formats import META_TRIGGER
+    from loramix.formats.metadata import META_TRIGGER
     from loramix.models.load import native_resolution
 
     if not loras:

@@ -146,7 +146,7 @@ def job_parameters(job: ImageJob, base: LoadedBase, loras: PipelineLoras,
                    composition: Composition = EXACT) -> str:
     """A1111's `parameters` text of the job's image; a method other than the exact sum is named in it, so that
     a rerun with another method renders the image again instead of keeping it."""
-    weights = {wf.name: wf.weight for wf in job.loras}
+    weights = {wf.name: wf.strength for wf in job.loras}
     hashes = {wf.name: loras.hash_of(wf.path) for wf in job.loras}
     text = a1111_parameters(settings_of(job), base.sampler, base.name, weights, hashes)
     method = composition.method

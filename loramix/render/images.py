@@ -13,10 +13,11 @@ from loramix.atomic import atomic_path
 from loramix.render.core import RenderSettings
 
 
-def a1111_parameters(settings: RenderSettings, sampler: str, model: str, loras: dict[str, float] | None = None,
+def a1111_parameters(settings: RenderSettings, sampler: str, model: str, loras: dict[str, float | str] | None = None,
                      lora_hashes: dict[str, str] | None = None) -> str:
     """The `parameters` PNG text A1111 writes, so images open with their settings in the tools users have."""
-    prompt = settings.prompt + "".join(f" <lora:{name}:{weight:g}>" for name, weight in (loras or {}).items())
+    prompt = settings.prompt + "".join(f" <lora:{name}:{weight if isinstance(weight, str) else f'{weight:g}'}>"
+                                       for name, weight in (loras or {}).items())
     fields = [f"Steps: {settings.steps}", f"Sampler: {sampler}", f"CFG scale: {settings.guidance:g}",
               f"Seed: {settings.seed}", f"Size: {settings.width}x{settings.height}", f"Model: {model}"]
     if lora_hashes:

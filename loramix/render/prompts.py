@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loramix.errors import LoramixError, PromptFileError, did_you_mean
-from loramix.specs import WeightedFile, parse_weight_spec
+from loramix.specs import LBW, WeightedFile, parse_weight_spec
 
 ROW_FIELDS = ("prompt", "negative_prompt", "seed", "loras", "steps", "guidance", "width", "height", "n")
 PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")
@@ -201,9 +201,11 @@ def _loras(value, folder: Path) -> tuple[WeightedFile, ...]:
     loras = []
     for spec in specs:
         if isinstance(spec, dict):
-            if set(spec) - {"path", "weight"} or not isinstance(spec.get("path"), str):
-                raise LoramixError(f"a LoRA given as an object has a 'path' and a 'weight', not {sorted(spec)}")
-            weighted = parse_weight_spec(f"{spec['path']}:{spec.get('weight', 1.0)}")
+            if set(spec) - {"path", "weight", "lbw"} or not isinstance(spec.get("path"), str):
+                raise LoramixError(f"a LoRA given as an object has a 'path', a 'weight' and 'lbw' block weights, "
+                                   f"not {sorted(spec)}")
+            blocks = f":{LBW}{spec['lbw']}" if "lbw" in spec else ""
+            weighted = parse_weight_spec(f"{spec['path']}:{spec.get('weight', 1.0)}{blocks}")
         elif isinstance(spec, str):
             weighted = parse_weight_spec(spec)
         else:
@@ -219,7 +221,7 @@ def resolve_lora(weighted: WeightedFile, folder: str | os.PathLike) -> WeightedF
         path = Path(folder) / path
     if not path.is_file():
         raise LoramixError(f"LoRA {weighted.path}: no such file" + ("" if path.exists() else f" ({path})"))
-    return WeightedFile(str(path), weighted.weight)
+    return WeightedFile(str(path), weighted.weight, weighted.lbw)
 
 
 def _integer(record: dict, key: str, low: int, high: int) -> int | None:
