@@ -1,11 +1,10 @@
-"""The process's peak memory so far, for training logs and benchmarks."""
+"""The process's peak memory so far, for training logs and benchmarks, and keeping that peak honest."""
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
-
-import torch
 
 
 def peak_rss_bytes() -> int:
@@ -16,7 +15,29 @@ def peak_rss_bytes() -> int:
 
 def peak_memory() -> dict[str, float]:
     """Peak RSS, and on a GPU the peak memory torch allocated there, in GiB."""
+    import torch
+
     peaks = {"peak_rss_gib": round(peak_rss_bytes() / 2**30, 3)}
     if torch.cuda.is_available():
         peaks["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return peaks
+
+
+MMAP_THRESHOLD = 2**20  # allocations this big or bigger get a mapping of their own, unmapped when freed
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def return_freed_memory_to_the_system() -> None:
+    """Have glibc's malloc serve every allocation of 1 MiB or more by its own mapping, given back when freed.
+
+    By default glibc raises that threshold to the largest block freed so far (up to 32 MiB), after which the
+    per-layer buffers of loading and quantizing a base are carved from the heap and stay there as holes: SDXL
+    quantized as it loads ended at 4.7 GiB resident instead of 1.8. A process-wide setting, so the command line
+    makes it once at start; a no-op where the C library is not glibc."""
+    if sys.platform != "linux":
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)

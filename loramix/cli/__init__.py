@@ -21,6 +21,7 @@ from loramix.cli.resize_cmd import resize
 from loramix.cli.train_cmd import train
 from loramix.cli.xy_cmd import xy
 from loramix.errors import LoramixError
+from loramix.memory import return_freed_memory_to_the_system
 
 
 class LoramixGroup(click.Group):
@@ -28,6 +29,7 @@ class LoramixGroup(click.Group):
         # bitsandbytes warns about a missing optional CPU kernel as it is imported, which any command may do
         # first: quiet it before any command runs (the logging module only; no heavy import here).
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        return_freed_memory_to_the_system()
         try:
             return super().invoke(ctx)
         except LoramixError as e:

@@ -147,14 +147,16 @@ def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: 
     status(f"loading {what}" + (f" (its {variant} files)" if variant else ""))
     loaded = {}
     if quantize != "none":
-        unet = load_unet_quantized(folder, variant, quantize, quantize_convs, dtype, device,
-                                   lambda layers: status.bar(layers, f"quantizing the UNet to {quantize}"))
-        if unet is not None:
-            loaded["unet"] = unet
+        # Text encoders first: each passes through memory whole, as stored, before it is quantized, and that
+        # is cheaper before the UNet is there too.
         for encoder in ("text_encoder", "text_encoder_2"):
             if encoder in components:
                 status(f"quantizing the {encoder.replace('_', ' ')} to {quantize}")
                 loaded[encoder] = load_text_encoder_quantized(folder, encoder, variant, quantize, dtype, device)
+        unet = load_unet_quantized(folder, variant, quantize, quantize_convs, dtype, device,
+                                   lambda layers: status.bar(layers, f"quantizing the UNet to {quantize}"))
+        if unet is not None:
+            loaded["unet"] = unet
     # Loaded as stored and cast a tensor at a time: diffusers' own casting holds both precisions of a model.
     unet_files = weight_files(folder / "unet", variant)
     stored = stored_dtype(unet_files[0]) if unet_files else dtype
