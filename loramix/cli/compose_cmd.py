@@ -82,27 +82,15 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
 
 
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
-    import torch
+    from loramix.composed_file import write_composition
 
-    from loramix.compose import compose_by_method
-    from loramix.formats import read_adapter, write_adapter
-    from loramix.formats.metadata import composition_metadata
-
-    adapters = [read_adapter(wf.path) for wf in weighted_files]
-    weighted = [(a, wf.weight) for a, wf in zip(adapters, weighted_files)]
-    result, report = compose_by_method(weighted, method, rank, density, seed, [wf.path for wf in weighted_files],
-                                       allow_nonfinite)
-    out_dtype = _output_dtype(dtype, adapters, torch)
-    for module in result.modules.values():
-        module.down, module.up = module.down.to(out_dtype), module.up.to(out_dtype)
-    recipe = " ".join(f"{wf.path}:{wf.weight:g}" for wf in weighted_files)
-    write_adapter(result, output, format=file_format,
-                  metadata=composition_metadata(recipe, method))
-    click.echo(f"wrote {output}: {len(result.modules)} modules, rank {', '.join(map(str, result.ranks))}, "
-               f"{file_format} naming, {str(out_dtype).removeprefix('torch.')}")
-    if report is not None:
-        click.echo(f"truncation error (relative Frobenius): {report.overall_error:.3e} overall, "
-                   f"{max(report.module_errors.values()):.3e} worst module")
+    written = write_composition(weighted_files, output, method, rank, density, seed, file_format, dtype,
+                                allow_nonfinite)
+    click.echo(f"wrote {output}: {written.modules} modules, rank {', '.join(map(str, written.ranks))}, "
+               f"{file_format} naming, {str(written.dtype).removeprefix('torch.')}")
+    if written.report is not None:
+        click.echo(f"truncation error (relative Frobenius): {written.report.overall_error:.3e} overall, "
+                   f"{max(written.report.module_errors.values()):.3e} worst module")
 
 
 def _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, width, height,
@@ -135,10 +123,3 @@ def _render(weighted_files, composition, prompt, count, negative_prompt, seed, s
                    f"img2img at strength {composition.strength:g}; stages and strip.png per folder)")
     else:
         click.echo(f"rendered {count} images to {images} ({composition.describe(loras.fuse, quantize)})")
-
-
-def _output_dtype(choice, adapters, torch):
-    if choice is not None:
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
-    dtypes = {t.dtype for a in adapters for m in a.modules.values() for t in (m.down, m.up)}
-    return dtypes.pop() if len(dtypes) == 1 else torch.float32
