@@ -15,6 +15,7 @@ from loramix.cli.faces_cmd import faces
 from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
 from loramix.cli.judge_cmd import judge
+from loramix.cli.serve_cmd import serve
 from loramix.cli.train_cmd import train
 from loramix.cli.xy_cmd import xy
 from loramix.errors import LoramixError
@@ -48,5 +49,6 @@ main.add_command(build_base)
 main.add_command(generate)
 main.add_command(faces)
 main.add_command(judge)
+main.add_command(serve)
 main.add_command(train)
 main.add_command(xy)
