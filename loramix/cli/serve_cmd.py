@@ -41,7 +41,7 @@ def serve(base, folders, host, port) -> None:
     quiet_libraries()
     library = LoraLibrary(list(folders) or ["."])
     loaded = load_base(base)
-    judge, attributes = _toy_judge() if base == "toy" else (None, ())
+    judge, attributes = toy_judge() if base == "toy" else (None, ())
     listener = _listen(host, port)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
     worker = RenderWorker()
@@ -84,7 +84,7 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _toy_judge():
+def toy_judge():
     """The toy base's judge, reading each preview: the serve library itself never imports the toy."""
     from loramix.toy.judge import ATTRIBUTES, load_judge
 
