@@ -54,6 +54,9 @@ demo: $(STAMP)
 	$(BIN)/loramix compose $(DEMO)/mustache/mustache.safetensors:0.7 $(DEMO)/lipstick/lipstick.safetensors:0.7 \
 		--prompt "a face with a mustache and lipstick" -n 16 --images $(DEMO)/composed-images
 	$(BIN)/loramix judge $(DEMO)/composed-images
+	mkdir -p $(DEMO)/loras
+	cp $(DEMO)/mustache/mustache.safetensors $(DEMO)/lipstick/lipstick.safetensors $(DEMO)/loras/
+	$(BIN)/python scripts/serve_demo.py $(DEMO)/loras
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15

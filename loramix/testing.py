@@ -133,3 +133,12 @@ def headless_chromium(download_dir=None, width: int = 1280, height: int = 1400):
     if download_dir is not None:
         driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
     return driver
+
+
+def safetensors_parts(data: bytes) -> tuple[dict, bytes]:
+    """A safetensors file's header and tensor bytes. Files written in two processes compare by these, not
+    byte for byte: safetensors orders the header's keys differently from one process to the next."""
+    import json
+
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]), data[8 + size :]

@@ -40,9 +40,13 @@ def serve(base, folders, host, port) -> None:
 
     quiet_libraries()
     library = LoraLibrary(list(folders) or ["."])
-    loaded = load_base(base)
-    judge, attributes = toy_judge() if base == "toy" else (None, ())
     listener = _listen(host, port)
+    try:
+        loaded = load_base(base)
+        judge, attributes = toy_judge() if base == "toy" else (None, ())
+    except BaseException:
+        listener.close()
+        raise
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
     worker = RenderWorker()
     try:
@@ -55,7 +59,11 @@ def serve(base, folders, host, port) -> None:
         click.echo(f"loramix serve: http://{shown}:{bound}/  ({len(library.names())} LoRA files; Ctrl-C stops it)")
         sys.stdout.flush()
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
-        server.run(sockets=[listener])
+        try:
+            server.run(sockets=[listener])
+        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again for the caller
+            pass
+        click.echo("loramix serve: stopped")
     finally:
         worker.stop()
         listener.close()
