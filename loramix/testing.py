@@ -142,3 +142,28 @@ def safetensors_parts(data: bytes) -> tuple[dict, bytes]:
 
     size = int.from_bytes(data[:8], "little")
     return json.loads(data[8 : 8 + size]), data[8 + size :]
+
+
+def serve_in_thread(app, host: str = "127.0.0.1"):
+    """Serve an ASGI app with uvicorn on a free port in a background thread of this process: (url, stop)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    listener = socket.socket()
+    listener.bind((host, 0))
+    listener.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
+
+    return f"http://{host}:{listener.getsockname()[1]}/", stop

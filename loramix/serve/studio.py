@@ -39,6 +39,7 @@ class Preview:
     parameters: list[str]
     seeds: list[int]
     render_seconds: float  # the render loop alone: fusing the set and the pipeline calls
+    server_seconds: float  # the whole preview in the worker: the render, parameters, PNGs, the judge
     switch_seconds: float
     judge: list[dict[str, float]] | None
     commands: dict[str, str]
@@ -98,6 +99,7 @@ class Studio:
         return files
 
     def preview(self, request: MixRequest) -> Preview:
+        began = time.perf_counter()
         request.check_loras()
         files = self.files(request)
         steps = request.steps or self.base.steps
@@ -115,10 +117,11 @@ class Studio:
         seconds = time.perf_counter() - start
         parameters = [job_parameters(job, self.base, self.loras, composition) for job in jobs]
         self.loras.switch_seconds.clear()  # a long session must not grow a list per render
+        urls = [data_url(image, text) for image, text in zip(images, parameters)]
+        judged = self.judge(images) if self.judge else None
         return Preview(
-            sequence=request.sequence, images=[data_url(image, text) for image, text in zip(images, parameters)],
-            parameters=parameters, seeds=[job.seed for job in jobs], render_seconds=seconds, switch_seconds=switch,
-            judge=self.judge(images) if self.judge else None,
+            sequence=request.sequence, images=urls, parameters=parameters, seeds=[job.seed for job in jobs],
+            render_seconds=seconds, server_seconds=time.perf_counter() - began, switch_seconds=switch, judge=judged,
             commands=command_lines(request, files, steps, guidance, self.base_spec),
             settings={"loras": [{"name": n, "weight": w} for n, w in request.loras], "method": request.method,
                       "strength": request.strength, "prompt": request.prompt,
