@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from conftest import assert_clean_error
 from PIL import Image
 
+from loramix.choices import RENDER_METHODS
 from loramix.errors import LoramixError, RequestError
 from loramix.formats.metadata import META_TRIGGER
 from loramix.serve.library import LoraLibrary
@@ -259,6 +260,22 @@ def test_a_preview_is_what_its_command_line_renders(server, monkeypatch):
             with Image.open(root / f"out-{kind}" / f"{k:05d}-{seed}.png") as written:
                 assert written.info["parameters"] == shown["parameters"][k]
                 assert written.convert("RGB").tobytes() == png(shown["images"][k]).convert("RGB").tobytes()
+
+
+@pytest.mark.slow
+def test_every_method_previews_and_names_itself_as_the_commands_do(server):
+    url, _, _, _ = server
+    two = {"loras/a.safetensors": 0.5, "loras/b.safetensors": 0.5}
+    texts = {}
+    for method in RENDER_METHODS:
+        status, body = preview(url, two, method=method, strength=0.5)
+        assert status == 200, (method, body)
+        texts[method] = body["parameters"][0]
+    assert "Composition" not in texts["exact"] and "Composition: ties density 0.5" in texts["ties"]
+    assert "Composition: switch every 1" in texts["switch"] and "Denoising strength: 0.5" in texts["sequential"]
+    assert len(set(texts.values())) == len(RENDER_METHODS)
+    status, body = preview(url, {}, method="composite")
+    assert status == 422 and "switch at least one on" in body["error"]
 
 
 @pytest.mark.slow

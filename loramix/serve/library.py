@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -59,6 +60,7 @@ class LoraLibrary:
             label = _label(folder, {f[0] for f in self.folders})
             self.folders.append((label, real, _given(folder)))
         self._entries: dict[str, tuple[Signature, LoraEntry]] = {}
+        self._listing = threading.Lock()  # two tabs may ask for the listing at once
 
     def names(self) -> list[str]:
         """Every LoRA file under the folders, as the client names it; links that lead outside are left out."""
@@ -121,10 +123,11 @@ class LoraLibrary:
         return known[1]
 
     def listing(self, describe) -> list[LoraEntry]:
-        names = self.names()
-        for gone in set(self._entries) - set(names):
-            del self._entries[gone]
-        return [self.entry(name, describe) for name in names]
+        with self._listing:
+            names = self.names()
+            for gone in set(self._entries) - set(names):
+                del self._entries[gone]
+            return [self.entry(name, describe) for name in names]
 
     @staticmethod
     def _refuse(name: object, problem: str, status: int) -> RequestError:
