@@ -160,6 +160,15 @@ def test_the_command_line_names_a_bad_folder_or_a_taken_port_in_one_line(tmp_pat
     assert_clean_error(result, f"--port {port}: cannot listen there")
 
 
+def test_without_the_extra_it_says_which_to_install(monkeypatch):
+    import sys
+
+    from loramix.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if `pip install loramix` alone
+    assert_clean_error(CliRunner().invoke(main, ["serve"]), "uvicorn is missing", "pip install 'loramix[serve]'")
+
+
 # --- the real server --------------------------------------------------------------------------------------------
 
 TIMEOUT = 120
