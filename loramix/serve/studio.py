@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from loramix.errors import LoramixError
+from loramix.errors import LoramixError, RequestError
 from loramix.models.load import LoadedBase
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import render_jobs
@@ -85,16 +85,18 @@ class Studio:
         for name, weight in request.loras:
             real = self.library.resolve(name)
             path = self.library.command_path(name)
-            signature = Signature.of(real)
-            if self._seen.get(path) not in (None, signature):
-                self.loras.forget(path)
-            self.loras.read(path)
-            self.loras.hash_of(path)
-            if Signature.of(real) != signature:  # replaced while it was read: read the new one
-                self.loras.forget(path)
-                signature = Signature.of(real)
-                self.loras.read(path)
-            self._seen[path] = signature
+            try:
+                for _ in range(3):  # a file replaced while it is read and hashed is read again
+                    signature = Signature.of(real)
+                    if self._seen.get(path) not in (None, signature):
+                        self.loras.forget(path)
+                    self._seen[path] = signature
+                    self.loras.read(path)
+                    self.loras.hash_of(path)
+                    if Signature.of(real) == signature:
+                        break
+            except OSError as e:  # removed since it was resolved
+                raise RequestError(f"LoRA {name}: {e.strerror or e}", 404) from None
             files.append(WeightedFile(path, weight))
         return files
 
