@@ -147,3 +147,42 @@ def test_trigger_words_the_xy_grid_and_the_history_strip(page):
     time.sleep(0.5)  # nothing still on its way may replace the restored preview
     assert "<lora:" not in text(driver, "parameters")
 
+
+
+def test_two_tabs_each_see_their_own_mix(page):
+    from selenium.webdriver.common.by import By
+
+    driver, _, _ = page
+    first = driver.current_window_handle
+    url = driver.current_url
+    driver.switch_to.new_window("tab")
+    try:
+        driver.get(url)
+        wait_for(driver, lambda: shown(driver) >= 1)
+        set_weight(driver, "loras/a.safetensors", 0.3, switch_on=True)
+        driver.switch_to.window(first)
+        set_weight(driver, "loras/b.safetensors", 1.25, switch_on=not card(driver, "loras/b.safetensors")
+                   .find_element(By.CSS_SELECTOR, ".toggle").is_selected())
+        wait_for(driver, lambda: "<lora:b:1.25>" in text(driver, "parameters"))
+        assert "<lora:a:0.3>" not in text(driver, "parameters")
+        second = [handle for handle in driver.window_handles if handle != first][0]
+        driver.switch_to.window(second)
+        wait_for(driver, lambda: "a face <lora:a:0.3>\n" in text(driver, "parameters"))
+    finally:
+        for handle in driver.window_handles:
+            if handle != first:
+                driver.switch_to.window(handle)
+                driver.close()
+        driver.switch_to.window(first)
+
+
+def set_weight(driver, name: str, weight: float, switch_on: bool) -> None:
+    """Type a weight into a LoRA's box, and switch the LoRA on."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = card(driver, name).find_element(By.CSS_SELECTOR, ".weight-number")
+    box.clear()
+    box.send_keys(f"{weight:g}", Keys.TAB)
+    if switch_on:
+        card(driver, name).find_element(By.CSS_SELECTOR, ".toggle").click()
