@@ -160,6 +160,14 @@ def test_the_command_line_names_a_bad_folder_or_a_taken_port_in_one_line(tmp_pat
     assert_clean_error(result, f"--port {port}: cannot listen there")
 
 
+def test_listening_beyond_loopback_is_warned_about():
+    from loramix.cli.serve_cmd import exposure_warning
+
+    assert all(exposure_warning(host, 7860) is None for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"))
+    for host in ("0.0.0.0", "192.168.1.5", "::", "myhost.example"):
+        assert exposure_warning(host, 7860).startswith(f"Warning: listening on {host}: anyone")
+
+
 def test_without_the_extra_it_says_which_to_install(monkeypatch):
     import sys
 

@@ -53,9 +53,9 @@ def serve(base, folders, host, port) -> None:
         app = create_app(Studio(loaded, base, library, judge), worker, attributes)
         bound = listener.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
-        if not _is_loopback(host):
-            click.echo(f"Warning: listening on {host}: anyone who reaches this machine on port {bound} can render "
-                       "on it and read the LoRAs served", err=True)
+        warning = exposure_warning(host, bound)
+        if warning:
+            click.echo(warning, err=True)
         click.echo(f"loramix serve: http://{shown}:{bound}/  ({len(library.names())} LoRA files; Ctrl-C stops it)")
         sys.stdout.flush()
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
@@ -85,11 +85,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _is_loopback(host: str) -> bool:
+def exposure_warning(host: str, port: int) -> str | None:
+    """What to tell a user who listens beyond this machine, or None on loopback."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host == "localhost"
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (f"Warning: listening on {host}: anyone who reaches this machine on port {port} can render on it and "
+            "read the LoRAs served")
 
 
 def toy_judge():
