@@ -13,9 +13,10 @@ LATEST := build/latest
 TORCH ?= lock
 # The torch release `make lock` pins; the rest of the lock is the newest that pyproject.toml allows, but for
 # LOCK_HOLDS: transformers 5.24's adapter methods refuse peft 0.21, the newest published (2026-12-01), so the
-# lock keeps 5.23, the newest release that accepts it. loramix itself passes its suite on both.
+# lock keeps 5.23, the newest release that accepts it. loramix itself passes its suite on both. selenium 4.52
+# (test extra) needs a certifi>=2026.10.23 that is not published (2026-12-01): the lock keeps 4.51.
 TORCH_VERSION ?= 2.13.0
-LOCK_HOLDS ?= transformers<5.24
+LOCK_HOLDS ?= transformers<5.24 selenium<4.52
 
 .PHONY: demo test test-fast lint bench clean lock check-latest venv
 
@@ -53,6 +54,9 @@ demo: $(STAMP)
 	$(BIN)/loramix compose $(DEMO)/mustache/mustache.safetensors:0.7 $(DEMO)/lipstick/lipstick.safetensors:0.7 \
 		--prompt "a face with a mustache and lipstick" -n 16 --images $(DEMO)/composed-images
 	$(BIN)/loramix judge $(DEMO)/composed-images
+	mkdir -p $(DEMO)/loras
+	cp $(DEMO)/mustache/mustache.safetensors $(DEMO)/lipstick/lipstick.safetensors $(DEMO)/loras/
+	$(BIN)/python scripts/serve_demo.py $(DEMO)/loras
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
@@ -74,6 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_methods.py --sets 2 --weights mustache=0.7,lipstick=0.7
 	$(BIN)/python bench/bench_methods.py --sets 3 --weights mustache=0.5,lipstick=0.5,glasses=0.5
 	$(BIN)/python bench/bench_generate.py
+	$(BIN)/python bench/bench_serve.py
 
 # The lock: a throw-away venv resolves the newest releases pyproject.toml allows (torch pinned), and pip freeze
 # records them. Run the suite on the new lock before committing it.

@@ -76,5 +76,13 @@ class JudgeError(LoramixError):
     """Images the judge cannot read, or judge weights it cannot load."""
 
 
+class RequestError(LoramixError):
+    """A request to `loramix serve` that it refuses, with the HTTP status that says why (400, 403, 404)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
 class DependencyError(LoramixError):
     """A dependency failed in a way that points at its version, not at the user's input."""

@@ -54,3 +54,116 @@ def random_adapter(shapes: dict[str, tuple[int, ...]], rank: int, alpha: float, 
         up = torch.randn(out_features, rank, *([1, 1] if len(shape) == 4 else []), generator=generator) * 0.1
         modules[key] = LoraModule(down=down.to(dtype), up=up.to(dtype), alpha=alpha)
     return LoraAdapter(modules)
+
+
+def toy_attention_shapes() -> dict[str, tuple[int, ...]]:
+    """The shipped toy UNet's attention weight shapes, read from its config (no weights loaded)."""
+    from loramix.models.load import bundled_base_path
+    from loramix.models.shapes import load_base_shapes
+
+    ends = tuple("." + kind for kind in UNET_ATTENTION)
+    return {key: shape for key, shape in load_base_shapes(bundled_base_path()).weight_shapes.items()
+            if key.startswith("unet.") and key.endswith(ends)}
+
+
+def write_toy_lora(path, seed: int, rank: int = 4, scale: float = 1.0, metadata: dict[str, str] | None = None):
+    """A random UNet-attention LoRA that fits the toy base, its B scaled by `scale` (bigger: a visible change)."""
+    from loramix.formats import write_adapter
+
+    adapter = random_adapter(toy_attention_shapes(), rank, float(rank), seed)
+    for module in adapter.modules.values():
+        module.up = module.up * scale
+    return write_adapter(adapter, path, metadata=metadata)
+
+
+# --- `loramix serve` in a real process, and a real browser to look at it -------------------------------------
+
+CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver: nothing is downloaded
+CHROMIUM = "/usr/bin/chromium"
+
+
+def start_server(folders: list[str], cwd, log, base: str = "toy", env: dict | None = None):
+    """`loramix serve` on 127.0.0.1 and a free port, started in its own process with its stderr going to the
+    file `log`: (process, url). The caller stops it (`stop_server`)."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "loramix", "serve", "--base", base, "--port", "0"]
+    for folder in folders:
+        command += ["--loras", str(folder)]
+    with open(log, "w") as errors:
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                   env={**os.environ, **(env or {})})
+    line = process.stdout.readline()  # the address, printed once the socket is bound; "" if it died
+    if not line.startswith("loramix serve: http://"):
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"loramix serve did not start: {line!r} {open(log).read()[-2000:]}")
+    return process, line.split()[2]
+
+
+def stop_server(process) -> int:
+    """Stop a server `start_server` started (Ctrl-C, as a user does); its exit code."""
+    import signal
+    import subprocess
+
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def headless_chromium(download_dir=None, width: int = 1280, height: int = 1400):
+    """Debian's chromium, headless, driven through its own chromedriver (Selenium Manager never runs)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     f"--window-size={width},{height}"):
+        options.add_argument(argument)
+    if download_dir is not None:
+        options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
+                                                  "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    if download_dir is not None:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+    return driver
+
+
+def safetensors_parts(data: bytes) -> tuple[dict, bytes]:
+    """A safetensors file's header and tensor bytes. Files written in two processes compare by these, not
+    byte for byte: safetensors orders the header's keys differently from one process to the next."""
+    import json
+
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]), data[8 + size :]
+
+
+def serve_in_thread(app, host: str = "127.0.0.1"):
+    """Serve an ASGI app with uvicorn on a free port in a background thread of this process: (url, stop)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    listener = socket.socket()
+    listener.bind((host, 0))
+    listener.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
+
+    return f"http://{host}:{listener.getsockname()[1]}/", stop

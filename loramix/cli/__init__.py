@@ -18,6 +18,7 @@ from loramix.cli.generate_cmd import generate
 from loramix.cli.inspect_cmd import inspect
 from loramix.cli.judge_cmd import judge
 from loramix.cli.resize_cmd import resize
+from loramix.cli.serve_cmd import serve
 from loramix.cli.train_cmd import train
 from loramix.cli.xy_cmd import xy
 from loramix.errors import LoramixError
@@ -53,6 +54,7 @@ main.add_command(build_base)
 main.add_command(generate)
 main.add_command(faces)
 main.add_command(judge)
+main.add_command(serve)
 main.add_command(train)
 main.add_command(xy)
 main.add_command(resize)

@@ -87,32 +87,20 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
 
 
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
-    import torch
+    from loramix.composed_file import write_composition
 
-    from loramix.blocks import read_weighted
-    from loramix.compose import compose_by_method
-    from loramix.formats import write_adapter
-    from loramix.formats.metadata import composition_metadata
-
-    weighted = read_weighted(weighted_files)
-    adapters = [a for a, _ in weighted]
-    result, report = compose_by_method(weighted, method, rank, density, seed, [wf.path for wf in weighted_files],
-                                       allow_nonfinite, dense=file_format == "full-diff")
-    out_dtype = _output_dtype(dtype, adapters, torch)
-    result.modules = {key: module.to(out_dtype) for key, module in result.modules.items()}
-    recipe = " ".join(wf.spec for wf in weighted_files)
-    write_adapter(result, output, format=file_format,
-                  metadata=composition_metadata(recipe, method))
-    ranks = f"rank {', '.join(map(str, result.ranks))}" if result.ranks else "whole differences"
-    click.echo(f"wrote {output}: {len(result.modules)} modules, {ranks}, "
-               f"{file_format} naming, {str(out_dtype).removeprefix('torch.')}")
+    written = write_composition(weighted_files, output, method, rank, density, seed, file_format, dtype,
+                                allow_nonfinite)
+    ranks = f"rank {', '.join(map(str, written.ranks))}" if written.ranks else "whole differences"
+    click.echo(f"wrote {output}: {written.modules} modules, {ranks}, "
+               f"{file_format} naming, {str(written.dtype).removeprefix('torch.')}")
     if file_format == "diffusers":
         click.echo("note: ComfyUI skips the UNet attention projections (to_q, to_k, to_v, to_out) of diffusers "
                    "naming: it maps them only under diffusers' old processor names ('lora key not loaded'). "
                    "--format kohya loads in A1111, ComfyUI, kohya and diffusers.")
-    if report is not None:
-        click.echo(f"truncation error (relative Frobenius): {report.overall_error:.3e} overall, "
-                   f"{max(report.module_errors.values()):.3e} worst module")
+    if written.report is not None:
+        click.echo(f"truncation error (relative Frobenius): {written.report.overall_error:.3e} overall, "
+                   f"{max(written.report.module_errors.values()):.3e} worst module")
 
 
 def _render(weighted_files, composition, prompt, count, negative_prompt, seed, steps, guidance, width, height,
@@ -143,10 +131,3 @@ def _render(weighted_files, composition, prompt, count, negative_prompt, seed, s
                    f"img2img at strength {composition.strength:g}; stages and strip.png per folder)")
     else:
         click.echo(f"rendered {count} images to {images} ({composition.describe(loras.fuse, quantize)})")
-
-
-def _output_dtype(choice, adapters, torch):
-    if choice is not None:
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
-    dtypes = {t.dtype for a in adapters for m in a.modules.values() for t in m.tensors}
-    return dtypes.pop() if len(dtypes) == 1 else torch.float32

@@ -47,8 +47,8 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
     from loramix.models.load import load_base
     from loramix.models.loras import PipelineLoras
     from loramix.render.core import RenderSettings
-    from loramix.render.images import a1111_parameters, save_png
-    from loramix.render.xy import render_xy
+    from loramix.render.images import save_png
+    from loramix.render.xy import grid_parameters, render_xy
 
     quiet_libraries()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -58,10 +58,7 @@ def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt
     loras = PipelineLoras(loaded.pipeline)
     result = render_xy(loaded.pipeline, loras, sweep, settings, scale=scale, progress=True)
     names = [WeightedFile(path, 1.0).name for path in (sweep.x, sweep.y)]
-    hashes = {name: loras.hash_of(path) for name, path in zip(names, (sweep.x, sweep.y))}
-    hashes.update({wf.name: loras.hash_of(wf.path) for wf in fixed})
-    parameters = a1111_parameters(settings, loaded.sampler, loaded.name, {wf.name: wf.strength for wf in fixed}, hashes)
-    save_png(result.grid.image, output, parameters)  # the settings every cell shares
+    save_png(result.grid.image, output, grid_parameters(sweep, settings, loaded.sampler, loaded.name, loras))
     switches = sorted(s for s in result.switch_seconds if s)
     image = sorted(result.image_seconds)[len(result.image_seconds) // 2]
     click.echo(f"wrote {output}: {len(sweep.y_weights)}×{len(sweep.x_weights)} cells ({names[1]} down, "

@@ -46,8 +46,9 @@ class PipelineLoras:
         self._before_dora: dict[str, torch.Tensor] = {}  # module key → its weight before DoRA renormalised it
         self._layers: dict[str, torch.nn.Module] = {}  # module key → its layer, found once
         self._peft_names: dict[str, str] = {}  # file → adapter name loaded into the pipeline
+        self._peft_loaded = 0  # names are never reused, even after a forgotten file's adapter is deleted
         self.active: tuple[WeightedFile, ...] = ()
-        self._applied: tuple = ((), "exact", None, 0.5, 0)
+        self._applied: tuple | None = ((), "exact", None, 0.5, 0)
         self.switch_seconds: list[float] = []
 
     def read(self, path: str) -> LoraAdapter:
@@ -65,6 +66,18 @@ class PipelineLoras:
         if key not in self._hashes:
             self._hashes[key] = short_hash(path)
         return self._hashes[key]
+
+    def forget(self, path: str) -> None:
+        """Drop what was read of `path` (its file changed on disk): the next use reads it again, and a set that
+        holds it is put on afresh."""
+        key = str(Path(path).resolve())
+        self._adapters.pop(key, None)
+        self._hashes.pop(key, None)
+        name = self._peft_names.pop(key, None)
+        if name is not None:
+            self.pipeline.delete_adapters(name)
+        if any(str(Path(wf.path).resolve()) == key for wf in self.active):
+            self._applied = None  # the same request must fuse the new factors, not return early
 
     def apply(self, loras: list[WeightedFile] | tuple[WeightedFile, ...], method: str = "exact",
               rank: int | None = None, density: float = 0.5, seed: int = 0) -> float:
@@ -112,7 +125,8 @@ class PipelineLoras:
             adapter = self.read(path)
             key = str(Path(path).resolve())
             if key not in self._peft_names:
-                name = f"lora{len(self._peft_names)}"
+                name = f"lora{self._peft_loaded}"
+                self._peft_loaded += 1
                 with warnings.catch_warnings():  # diffusers warns about every component the LoRA leaves alone
                     warnings.simplefilter("ignore")
                     self.pipeline.load_lora_weights(diffusers_state_dict(adapter), adapter_name=name)

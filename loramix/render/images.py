@@ -3,6 +3,7 @@ writes, and grids."""
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,23 @@ def a1111_parameters(settings: RenderSettings, sampler: str, model: str, loras: 
 
 def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
     """Write atomically, with A1111's `parameters` text chunk when given."""
+    with atomic_path(path) as temp:
+        image.save(temp, format="PNG", pnginfo=_png_info(parameters))
+    return Path(path)
+
+
+def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
+    """The PNG file `save_png` writes, in memory (for a page to show and download)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(parameters))
+    return buffer.getvalue()
+
+
+def _png_info(parameters: str | None) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
         info.add_text("parameters", parameters)
-    with atomic_path(path) as temp:
-        image.save(temp, format="PNG", pnginfo=info)
-    return Path(path)
+    return info
 
 
 def image_grid(images: list[Image.Image], columns: int, scale: int = 1, gap: int = 2,

@@ -11,7 +11,7 @@ from PIL import Image
 from loramix.errors import LoramixError
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render_jobs
-from loramix.render.images import LabelledGrid, labelled_grid
+from loramix.render.images import LabelledGrid, a1111_parameters, labelled_grid
 from loramix.render.prompts import ImageJob
 from loramix.specs import WeightedFile
 
@@ -93,6 +93,15 @@ def render_xy(pipeline, loras: PipelineLoras, sweep: XYSweep, settings: RenderSe
         [f"{y_name} {w:g}" for w in sweep.y_weights], scale=scale,
         title=f"{settings.prompt} · seed {settings.seed} · columns: {x_name} · rows: {y_name}")
     return result
+
+
+def grid_parameters(sweep: XYSweep, settings: RenderSettings, sampler: str, model: str,
+                    loras: PipelineLoras) -> str:
+    """The A1111 `parameters` text of a grid: the settings every cell shares, the fixed LoRAs' weights, and the
+    hashes of every file in it."""
+    hashes = {WeightedFile(path, 1.0).name: loras.hash_of(path) for path in (sweep.x, sweep.y)}
+    hashes.update({wf.name: loras.hash_of(wf.path) for wf in sweep.fixed})
+    return a1111_parameters(settings, sampler, model, {wf.name: wf.strength for wf in sweep.fixed}, hashes)
 
 
 def fit_label(label: str, short: str, width: int) -> str:

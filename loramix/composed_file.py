@@ -1,0 +1,54 @@
+"""A weighted composition of LoRA files written as one file: what `loramix compose -o` writes and what
+`loramix serve` saves, through this one function so the two cannot differ."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from loramix.choices import DEFAULT_FORMAT
+from loramix.compose import SvdReport, compose_by_method
+from loramix.specs import WeightedFile
+
+DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class WrittenComposition:
+    path: str
+    modules: int
+    ranks: list[int]  # empty for whole differences (full-diff)
+    dtype: torch.dtype
+    report: SvdReport | None  # the truncation errors, when there was a truncation
+
+
+def write_composition(files: list[WeightedFile], output: str | os.PathLike, method: str = "exact",
+                      rank: int | None = None, density: float = 0.5, seed: int = 0,
+                      file_format: str = DEFAULT_FORMAT, dtype: str | None = None,
+                      allow_nonfinite: bool = False) -> WrittenComposition:
+    """Read `files` (with their block weights), compose them by `method` and write the result atomically,
+    recording its inputs (paths as given, with their weights) and method in the header. `full-diff` writes each
+    module's whole ΔW, which LyCORIS modules need to be summed exactly."""
+    from loramix.blocks import read_weighted
+    from loramix.formats import write_adapter
+    from loramix.formats.metadata import composition_metadata
+
+    weighted = read_weighted(files)
+    adapters = [a for a, _ in weighted]
+    result, report = compose_by_method(weighted, method, rank, density, seed, [wf.path for wf in files],
+                                       allow_nonfinite, dense=file_format == "full-diff")
+    out_dtype = output_dtype(dtype, adapters)
+    result.modules = {key: module.to(out_dtype) for key, module in result.modules.items()}
+    recipe = " ".join(wf.spec for wf in files)
+    write_adapter(result, output, format=file_format, metadata=composition_metadata(recipe, method))
+    return WrittenComposition(str(output), len(result.modules), result.ranks, out_dtype, report)
+
+
+def output_dtype(choice: str | None, adapters) -> torch.dtype:
+    """The dtype asked for, else the inputs' when they agree, else fp32."""
+    if choice is not None:
+        return DTYPE_NAMES[choice]
+    dtypes = {t.dtype for a in adapters for m in a.modules.values() for t in m.tensors}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
