@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from loramix.choices import FILE_METHODS, FORMATS, RENDER_METHODS
+from loramix.choices import DEFAULT_FORMAT, FILE_METHODS, FORMATS, RENDER_METHODS
 from loramix.errors import LoramixError, RequestError
 from loramix.serve.mix import MAX_IMAGES, MixRequest
 from loramix.serve.studio import Studio
@@ -52,7 +52,7 @@ def create_app(studio: Studio, worker: RenderWorker, attributes: tuple[str, ...]
         return JSONResponse({
             "base": base.name, "steps": base.steps, "guidance": base.guidance, "size": base.size,
             "sampler": base.sampler, "methods": list(RENDER_METHODS), "file_methods": list(FILE_METHODS),
-            "formats": list(FORMATS), "max_images": MAX_IMAGES,
+            "formats": [DEFAULT_FORMAT, *(f for f in FORMATS if f != DEFAULT_FORMAT)], "max_images": MAX_IMAGES,
             "judge": list(attributes) if studio.judge else None})
 
     async def loras(request: Request) -> Response:
@@ -75,7 +75,7 @@ def create_app(studio: Studio, worker: RenderWorker, attributes: tuple[str, ...]
 
     async def save(request: Request) -> Response:
         body = await _body(request)
-        file_format = body.pop("format", "diffusers")
+        file_format = body.pop("format", DEFAULT_FORMAT)
         mix = MixRequest.from_json(body)
         data, name = await _run(request, worker, (mix.client, "save"), lambda: studio.save(mix, file_format))
         return Response(data, media_type="application/octet-stream",

@@ -155,7 +155,7 @@ class Studio:
 
     def save(self, request: MixRequest, file_format: object) -> tuple[bytes, str]:
         """The composed LoRA file of the request's LoRAs and method, written as `loramix compose -o` writes it."""
-        from loramix.choices import FILE_METHODS
+        from loramix.choices import DEFAULT_FORMAT, FILE_METHODS
         from loramix.composed_file import write_composition
 
         file_format = save_format(file_format)
@@ -165,7 +165,7 @@ class Studio:
         if not request.loras:
             raise LoramixError("switch at least one LoRA on to save a composition")
         files = self.files(request)
-        name = "mix.kohya.safetensors" if file_format == "kohya" else "mix.safetensors"
+        name = "mix.safetensors" if file_format == DEFAULT_FORMAT else f"mix.{file_format}.safetensors"
         with tempfile.TemporaryDirectory(prefix="loramix-serve-") as folder:
             path = Path(folder) / name
             write_composition(files, path, request.method, seed=request.seed, file_format=file_format)
