@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from loramix.cli import main
+from loramix.formats import read_adapter
 from loramix.train.loop import train
 from loramix.train.recipe import make_recipe
 
@@ -59,9 +60,10 @@ def test_the_adapter_has_its_metadata_and_only_the_unet_attention(nf4_run):
     assert metadata["loramix_dataset_size"] == "36" and float(metadata["loramix_final_loss"]) == pytest.approx(
         result.final_loss, rel=1e-5)
     assert metadata["ss_network_dim"] == "4"
-    assert keys and all(k.startswith("unet.") for k in keys)
-    kinds = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys}
-    assert kinds == {"to_q", "to_k", "to_v", "0"}
+    assert keys and all(k.startswith("lora_unet_") for k in keys)  # kohya naming, which every loader reads
+    modules = read_adapter(result.adapter).modules
+    assert {key.split(".", 1)[0] for key in modules} == {"unet"}
+    assert {key.removesuffix(".0").rsplit(".", 1)[-1] for key in modules} == {"to_q", "to_k", "to_v", "to_out"}
 
 
 def test_the_adapter_loads_in_plain_diffusers_and_at_weight_zero_renders_the_base(nf4_run):
@@ -123,9 +125,9 @@ def test_cli_flags_override_the_recipe_and_errors_are_one_line(tmp_path):
     result = runner.invoke(main, ["train", str(recipe_file), "--steps", "1", "--rank", "2", "--quantize", "none",
                                   "--output", str(tmp_path / "out"), "--targets", "to_q,to_v"])
     assert result.exit_code == 0, result.output
-    keys = list(load_file(str(tmp_path / "out" / "r.safetensors")))
-    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys} == {"to_q", "to_v"}
-    assert load_file(str(tmp_path / "out" / "r.safetensors"))[keys[0]].shape[0 if "lora_A" in keys[0] else 1] == 2
+    modules = read_adapter(tmp_path / "out" / "r.safetensors").modules
+    assert {key.rsplit(".", 1)[-1] for key in modules} == {"to_q", "to_v"}
+    assert {module.rank for module in modules.values()} == {2}
     bad = runner.invoke(main, ["train", str(recipe_file), "--targets", "to_nothing", "--output", str(tmp_path / "x")])
     assert bad.exit_code == 1
     assert bad.output.splitlines()[-1].startswith("Error: targets to_nothing: not found in the base's UNet")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tomllib
 
-from loramix.choices import DTYPES, FORMATS, QUANTIZE_MODES
+from loramix.choices import DEFAULT_FORMAT, DTYPES, FORMATS, QUANTIZE_MODES
 from loramix.errors import RecipeError, did_you_mean
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -112,9 +112,9 @@ class TrainRecipe:
     name: str | None = field(default=None, metadata={"help": (
         "The adapter's name: <output>/<name>.safetensors; unset: the recipe file's name, else the output "
         "folder's, else lora.")})
-    format: str = field(default="diffusers", metadata={"help": (
-        "The adapter file's naming: diffusers (what diffusers' load_lora_weights loads) or kohya (what A1111 "
-        "and ComfyUI load).")})
+    format: str = field(default=DEFAULT_FORMAT, metadata={"help": (
+        "The adapter file's naming: kohya (what A1111, ComfyUI, kohya and diffusers all load) or diffusers "
+        "(peft's names, which ComfyUI skips for the UNet's attention).")})
     sample_every: int = field(default=0, metadata={"help": (
         "Render sample_prompts every N steps during the run (0: none during it).")})
     final_samples: bool = field(default=True, metadata={"help": (
