@@ -79,6 +79,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_methods.py --sets 3 --weights mustache=0.5,lipstick=0.5,glasses=0.5
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_serve.py
+	$(BIN)/python bench/bench_real_bases.py
 
 # The lock: a throw-away venv resolves the newest releases pyproject.toml allows (torch pinned), and pip freeze
 # records them. Run the suite on the new lock before committing it.
