@@ -150,3 +150,19 @@ def test_status_lines_go_to_standard_error_only_when_shown(capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("loading sd15 in fp32 …\n")
     assert "quantizing" in captured.err and "not this" not in captured.err
+
+
+def test_each_model_loads_in_the_precision_it_is_stored_in_before_the_cast(tmp_path):
+    """A folder whose VAE is stored in fp32 beside an fp16 UNet keeps every bit of the VAE in fp32: the models
+    are not all read in the UNet's precision first."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "base"
+    shutil.copytree(bundled_base_path(), folder)
+    vae_file = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    generator = torch.Generator().manual_seed(0)
+    finer = {key: tensor.float() + 1e-5 * torch.randn(tensor.shape, generator=generator)
+             for key, tensor in load_file(str(vae_file)).items()}  # values fp16 cannot hold
+    save_file(finer, str(vae_file))
+    vae = load_pipeline(folder, dtype="fp32").vae.state_dict()
+    assert all(torch.equal(vae[key], tensor) for key, tensor in finer.items())

@@ -100,7 +100,9 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dty
             from diffusers import DiffusionPipeline
 
             status(f"loading {spec} from the hub")  # a hub id
-            dtype = _dtype(dtype, [], device)
+            from loramix.models.precision import choose_dtype
+
+            dtype = choose_dtype(dtype, [], device)
             pipeline = DiffusionPipeline.from_pretrained(spec, dtype=dtype)
             quantize_loaded(pipeline, quantize, quantize_convs, dtype, status)
             pipeline.to(device)
@@ -116,7 +118,7 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dty
 
 
 class Status:
-    """Where loading tells what it does: `line(text)` for a status line, `bar(items, what)` wraps a list in a
+    """Where loading tells what it does: `status(text)` for a status line, `bar(items, what)` wraps a list in a
     progress bar. This one says nothing; the command line passes one that shows both."""
 
     def __call__(self, text: str) -> None:
@@ -126,23 +128,17 @@ class Status:
         return items
 
 
-def _dtype(choice: str | torch.dtype | None, weight_files: list[Path], device: torch.device) -> torch.dtype:
-    from loramix.models.precision import choose_dtype
-
-    return choice if isinstance(choice, torch.dtype) else choose_dtype(choice, weight_files, device)
-
-
 def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: bool, device: torch.device,
                  status: Status):
     from diffusers import DiffusionPipeline
 
-    from loramix.models.precision import cast_floats, name_of, stored_dtype
-    from loramix.models.quantized_load import load_text_encoder_quantized, load_unet_quantized, weight_files
+    from loramix.models.precision import choose_dtype, name_of
+    from loramix.models.quantized_load import load_text_encoder_quantized, load_unet_quantized
 
     _refuse_pickled_weights(folder, spec)
     variant = folder_variant(folder)
     components = [c for c in MODELS if (folder / c).is_dir()]
-    dtype = _dtype(dtype, [f for c in components for f in weight_files(folder / c, variant)], device)
+    dtype = choose_dtype(dtype, [f for c in components for f in weight_files(folder / c, variant)], device)
     what = f"{model_name(spec)} in {name_of(dtype)}" + (f", {quantize}" if quantize != "none" else "")
     status(f"loading {what}" + (f" (its {variant} files)" if variant else ""))
     loaded = {}
@@ -157,16 +153,24 @@ def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: 
                                    lambda layers: status.bar(layers, f"quantizing the UNet to {quantize}"))
         if unet is not None:
             loaded["unet"] = unet
-    # Loaded as stored and cast a tensor at a time: diffusers' own casting holds both precisions of a model.
-    unet_files = weight_files(folder / "unet", variant)
-    stored = stored_dtype(unet_files[0]) if unet_files else dtype
-    pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype=stored, local_files_only=True, use_safetensors=True,
-                                                 variant=variant, **_no_safety_checker(folder), **loaded)
+    # Each model loaded as stored and cast a tensor at a time: diffusers' own casting holds both precisions.
+    stored = {c: component_dtype(folder / c, variant) or dtype for c in components}
+    pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype={**stored, "default": dtype},
+                                                 local_files_only=True, use_safetensors=True, variant=variant,
+                                                 **_no_safety_checker(folder), **loaded)
     if quantize != "none" and "unet" not in loaded:  # an old file layout: the whole UNet, then quantized
         quantize_loaded(pipeline, quantize, quantize_convs, dtype, status, only=("unet",))
+    return place_models(pipeline, dtype, device, placed=tuple(loaded))
+
+
+def place_models(pipeline, dtype: torch.dtype, device: torch.device, placed: tuple[str, ...] = ()):
+    """Every model of the pipeline but those `placed` already, cast to `dtype` a tensor at a time and moved to
+    `device`."""
+    from loramix.models.precision import cast_floats
+
     for name in MODELS:
         model = getattr(pipeline, name, None)
-        if model is not None and name not in loaded:
+        if model is not None and name not in placed:
             cast_floats(model, dtype)
             model.to(device)
     return pipeline
@@ -176,8 +180,7 @@ def quantize_loaded(pipeline, quantize: str, quantize_convs: bool, dtype: torch.
                     only: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")) -> None:
     """Quantize a pipeline that loaded whole (a single file, a hub id), one layer at a time, computing in
     `dtype`; what stays in full precision is cast to `dtype`."""
-    from loramix.models.precision import cast_floats
-    from loramix.models.quantize import quantize_model
+    from loramix.models.quantized_load import quantize_in_place
 
     if quantize == "none":
         return
@@ -185,18 +188,33 @@ def quantize_loaded(pipeline, quantize: str, quantize_convs: bool, dtype: torch.
         model = getattr(pipeline, name, None)
         if model is not None:
             status(f"quantizing the {name.replace('_', ' ')} to {quantize}")
-            quantize_model(model, quantize, quantize_convs and name == "unet", compute_dtype=dtype)
-            cast_floats(model, dtype)
+            quantize_in_place(model, quantize, quantize_convs and name == "unet", dtype)
 
 
 def folder_variant(folder: Path) -> str | None:
     """The variant a pipeline folder's weights are stored under (`diffusion_pytorch_model.fp16.safetensors`:
     "fp16") when its UNet has no plain weight file, else None."""
     unet = folder / "unet"
-    names = [f.name for f in unet.glob("*.safetensors")] if unet.is_dir() else []
-    if not names or any(len(name.split(".")) == 2 for name in names):
+    files = sorted(unet.glob("*.safetensors"))
+    if not files or weight_files(unet, None):
         return None
-    return names[0].split(".")[-2]
+    return files[0].name.split(".")[-2]
+
+
+def weight_files(component_folder: Path, variant: str | None) -> list[Path]:
+    """A component folder's safetensors files: the variant's (`*.fp16.safetensors`) or the plain ones."""
+    files = sorted(component_folder.glob("*.safetensors"))
+    if variant:
+        return [f for f in files if f.name.endswith(f".{variant}.safetensors")]
+    return [f for f in files if len(f.name.split(".")) == 2]
+
+
+def component_dtype(component_folder: Path, variant: str | None) -> torch.dtype | None:
+    """The precision a component's weights are stored in, from its first file's header; None without files."""
+    from loramix.models.precision import stored_dtype
+
+    files = weight_files(component_folder, variant)
+    return stored_dtype(files[0]) if files else None
 
 
 def _refuse_pickled_weights(folder: Path, spec: str) -> None:

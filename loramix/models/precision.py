@@ -26,8 +26,11 @@ def name_of(dtype: torch.dtype) -> str:
     return {value: name for name, value in BY_NAME.items()}[dtype]
 
 
-def choose_dtype(choice: str | None, weight_files: list[Path], device: torch.device) -> torch.dtype:
-    """`choice` ("fp32", "fp16", "bf16") when given, else the default for `device` and the base's size."""
+def choose_dtype(choice: str | torch.dtype | None, weight_files: list[Path], device: torch.device) -> torch.dtype:
+    """`choice` ("fp32", "fp16", "bf16", or a torch dtype) when given, else the default for `device` and the
+    base's size."""
+    if isinstance(choice, torch.dtype):
+        return choice
     if choice is not None:
         if choice not in BY_NAME:
             raise BaseLoadError(f"dtype {choice!r}: choose one of {', '.join(BY_NAME)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loramix.models.load import component_dtype, weight_files
 from loramix.models.precision import cast_floats
 from loramix.models.quantize import layers_to_quantize, mark_quantized, quantize_model, quantized_layer, replace_layer
 
@@ -32,7 +33,6 @@ class _TensorReader:
     def __init__(self, files: list[Path]):
         from safetensors import safe_open
 
-        self._files = files
         self._where: dict[str, Path] = {}
         for path in files:
             with safe_open(str(path), framework="pt") as f:
@@ -57,14 +57,6 @@ class _TensorReader:
 
     def close(self) -> None:
         self._open = None  # the mapping goes with the handle
-
-
-def weight_files(component_folder: Path, variant: str | None) -> list[Path]:
-    """A component folder's safetensors files: the variant's (`*.fp16.safetensors`) or the plain ones."""
-    files = sorted(component_folder.glob("*.safetensors"))
-    if variant:
-        return [f for f in files if f.name.endswith(f".{variant}.safetensors")]
-    return [f for f in files if len(f.name.split(".")) == 2]
 
 
 def load_unet_quantized(folder: Path, variant: str | None, mode: str, quantize_convs: bool,
@@ -102,14 +94,17 @@ def load_text_encoder_quantized(folder: Path, component: str, variant: str | Non
     """A text encoder loaded in the precision it is stored in, then quantized layer by layer in place."""
     import transformers
 
-    from loramix.models.precision import stored_dtype
-
     _, class_name = json.loads((folder / "model_index.json").read_text())[component]
-    files = weight_files(folder / component, variant)
-    stored = stored_dtype(files[0]) if files else compute_dtype
+    stored = component_dtype(folder / component, variant) or compute_dtype
     encoder = getattr(transformers, class_name).from_pretrained(str(folder / component), dtype=stored,
                                                                  variant=variant, use_safetensors=True)
     encoder.to(device)
-    quantize_model(encoder, mode, quantize_convs=False, compute_dtype=compute_dtype)
-    cast_floats(encoder, compute_dtype)
+    quantize_in_place(encoder, mode, False, compute_dtype)
     return encoder.requires_grad_(False).eval()
+
+
+def quantize_in_place(model: nn.Module, mode: str, quantize_convs: bool, compute_dtype: torch.dtype) -> None:
+    """Quantize a loaded model one layer at a time, then cast what stays in full precision (norms, biases,
+    embeddings) to the compute dtype."""
+    quantize_model(model, mode, quantize_convs, compute_dtype=compute_dtype)
+    cast_floats(model, compute_dtype)

@@ -107,13 +107,13 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     and tokenizers instead of the published ones shipped with loramix: for checkpoints of other sizes."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from loramix.models.load import MODELS, quantize_loaded
-    from loramix.models.precision import cast_floats, choose_dtype, name_of, stored_dtype
+    from loramix.models.load import place_models, quantize_loaded
+    from loramix.models.precision import choose_dtype, name_of, stored_dtype
     from loramix.models.shapes import architecture_folder
 
     path = Path(path)
     architecture = recognise(path)
-    dtype = dtype if isinstance(dtype, torch.dtype) else choose_dtype(dtype, [path], device)
+    dtype = choose_dtype(dtype, [path], device)
     status(f"loading {path.name} ({architecture.name} single file) in {name_of(dtype)}"
            + (f", {quantize}" if quantize != "none" else ""))
     pipeline_class = StableDiffusionXLPipeline if architecture.sdxl else StableDiffusionPipeline
@@ -124,9 +124,4 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     pipeline = pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True,
                                                dtype=stored_dtype(path), **extra)
     quantize_loaded(pipeline, quantize, quantize_convs, dtype, status)
-    for name in MODELS:
-        model = getattr(pipeline, name, None)
-        if model is not None:
-            cast_floats(model, dtype)
-            model.to(device)
-    return pipeline
+    return place_models(pipeline, dtype, device)
