@@ -10,9 +10,8 @@ import torch
 
 from loramix.choices import DEFAULT_FORMAT
 from loramix.compose import SvdReport, compose_by_method
+from loramix.models.precision import BY_NAME
 from loramix.specs import WeightedFile
-
-DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,6 @@ def write_composition(files: list[WeightedFile], output: str | os.PathLike, meth
 def output_dtype(choice: str | None, adapters) -> torch.dtype:
     """The dtype asked for, else the inputs' when they agree, else fp32."""
     if choice is not None:
-        return DTYPE_NAMES[choice]
+        return BY_NAME[choice]
     dtypes = {t.dtype for a in adapters for m in a.modules.values() for t in m.tensors}
     return dtypes.pop() if len(dtypes) == 1 else torch.float32

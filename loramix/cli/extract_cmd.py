@@ -26,13 +26,12 @@ def extract(tuned, base, output, rank, conv_rank, dynamic, dynamic_param, clamp_
     """Extract a LoRA from a fine-tune: `loramix extract tuned.safetensors base.safetensors --rank 32 -o l.safetensors`.
     TUNED and BASE are single .safetensors checkpoints or diffusers folders of one architecture; one module at a
     time is read from them, so memory stays small."""
-    import torch
-
     from loramix.extract import extract_lora
     from loramix.formats import write_adapter
+    from loramix.models.precision import BY_NAME
 
     adapter, report = extract_lora(tuned, base, rank, conv_rank, dynamic, dynamic_param, clamp_quantile)
-    out_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    out_dtype = BY_NAME[dtype]
     adapter.modules = {key: module.to(out_dtype) for key, module in adapter.modules.items()}
     write_adapter(adapter, output, format=file_format)
     worst = min(report.modules, key=lambda m: m.fro_retained)

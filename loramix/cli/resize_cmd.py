@@ -25,16 +25,13 @@ def resize(source, output, rank, dynamic, dynamic_param, file_format, dtype, ver
     """Lower a LoRA's rank: `loramix resize a.safetensors --rank 8 -o a8.safetensors`, or per module with
     `--dynamic sv_fro --dynamic-param 0.9`. α is rescaled so that the effect is unchanged but for the dropped
     singular values; each module's rank and retained Frobenius share are reported."""
-    import torch
-
+    from loramix.composed_file import output_dtype
     from loramix.formats import read_adapter, write_adapter
     from loramix.resize import resize_adapter
 
     adapter = read_adapter(source)
     resized, report = resize_adapter(adapter, rank, dynamic, dynamic_param)
-    dtypes = {t.dtype for m in adapter.modules.values() for t in m.tensors}
-    out_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        dtype, dtypes.pop() if len(dtypes) == 1 else torch.float32)
+    out_dtype = output_dtype(dtype, [adapter])
     resized.modules = {key: module.to(out_dtype) for key, module in resized.modules.items()}
     write_adapter(resized, output, format=file_format)
     if verbose:
