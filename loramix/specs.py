@@ -19,6 +19,8 @@ class WeightedFile:
     path: str
     weight: float
     lbw: str | None = None  # block weights as written: comma-separated values or a preset name
+    schedule: object | None = None  # the weight over the denoising steps (`:0.8@0.3-1.0`); None: `weight` throughout
+    mask: str | None = None  # regional composition: the image file of this LoRA's region (`#mask.png`)
 
     @property
     def spec(self) -> str:
