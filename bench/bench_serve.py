@@ -2,12 +2,15 @@
 
     python bench/bench_serve.py [--loras build/loras] [--moves 50] [--images 4] [--screenshot docs/serve.png]
 
-Serves the toy base (with its judge, as `loramix serve` does) from a thread of this process and opens the
-page in Debian's headless chromium. Two LoRAs are switched on; then `moves` times the second one's slider is
+Serves the toy base (with its judge) as `loramix serve` does: the web server on a thread, the render worker on
+the main thread, which loaded the pipeline (see loramix.serve.worker for why); the page opens in Debian's
+headless chromium, driven from a third thread. Two LoRAs are switched on; then `moves` times the second one's slider is
 set to a new weight and released, and the time from that event to the new images decoded and on screen is
-read from the page (`window.loramixTimings`). After each move the same render is timed alone, in this process, on
-the same pipeline, through the same render loop (`render_jobs`: fusing the set and the pipeline calls), so the
-page's own overhead (parameters text, PNGs, the judge, JSON, HTTP, decoding) is the difference.
+read from the page (`window.loramixTimings`), and the bench waits for it inside the page: polling through the
+driver would load the CPU while the server renders. After each move the same render is timed alone, in this
+process, on the same pipeline and thread, through the same render loop (`render_jobs`: fusing the set and the
+pipeline calls), so the page's own overhead (parameters text, PNGs, the judge, JSON, HTTP, decoding) is the
+difference.
 Goal: median ≤ 0.5 s for 4 images, overhead ≤ 20% of the render.
 
 Mixes the first two LoRA files of --loras (by name; e.g. lipstick and mustache trained by `make demo` and copied
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,7 +68,7 @@ def main() -> None:
     from loramix.serve.studio import Studio
     from loramix.serve.worker import RenderWorker
     from loramix.specs import WeightedFile
-    from loramix.testing import headless_chromium, serve_in_thread
+    from loramix.testing import serve_in_thread
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as scratch:
@@ -90,39 +94,23 @@ def main() -> None:
                 pass
             return time.perf_counter() - began
 
-        driver = headless_chromium(height=1900)
-        try:
-            driver.get(url)
-            shown = lambda: driver.execute_script("return window.loramixShown")  # noqa: E731
-            wait = lambda condition: _wait(driver, condition)  # noqa: E731
-            wait(lambda: shown() >= 1)
-            driver.execute_script(f"""
-                document.getElementById('prompt').value = {PROMPT!r};
-                document.getElementById('count').value = {args.images};""")
-            for name in listed:
-                before = shown()
-                driver.execute_script(f"""
-                    const card = document.querySelector('.lora[data-name="{name}"]');
-                    card.querySelector('.weight-number').value = 0.7;
-                    card.querySelector('.weight-number').dispatchEvent(new Event('change'));
-                    card.querySelector('.toggle').click();""")
-                wait(lambda before=before: shown() > before)
-            for _ in range(3):  # warm-up moves, not counted
-                _move(driver, listed[1], 0.5, wait, shown)
-            start = len(driver.execute_script("return window.loramixTimings"))
-            weights = [round(-1 + 3 * (i + 0.5) / args.moves, 2) for i in range(args.moves)]
-            alone = []
-            for weight in weights:
-                _move(driver, listed[1], weight, wait, shown)
-                alone.append(worker.call(lambda weight=weight: render_alone(weight)))
-            timings = driver.execute_script("return window.loramixTimings")[start:]
-            if args.screenshot:
-                _screenshot(driver, listed, wait, shown, args.screenshot)
-        finally:
-            driver.quit()
-            stop()
+        measured: dict = {}
 
+        def drive() -> None:
+            try:
+                measured["timings"], measured["alone"] = _drive(url, listed, args, worker, render_alone)
+            except BaseException as e:  # shown by the main thread
+                measured["error"] = e
+
+        driving = threading.Thread(target=drive, name="browser")
+        driving.start()
+        worker.run(while_alive=driving.is_alive)
+        driving.join()
+        stop()
         worker.stop()
+        if "error" in measured:
+            raise measured["error"]
+        timings, alone = measured["timings"], measured["alone"]
 
     total = [t["total_s"] for t in timings]
     server = [t["server_s"] for t in timings]
@@ -143,15 +131,55 @@ def main() -> None:
           f"{same / statistics.median(render):.1%} of the render loop")
 
 
+def _drive(url: str, listed: list[str], args, worker, render_alone) -> tuple[list[dict], list[float]]:
+    """Switch both LoRAs on, warm up, then time `args.moves` slider moves, each followed by its render alone."""
+    from loramix.testing import headless_chromium
+
+    driver = headless_chromium(height=1900)
+    try:
+        driver.get(url)
+        shown = lambda: driver.execute_script("return window.loramixShown")  # noqa: E731
+        wait = lambda condition: _wait(driver, condition)  # noqa: E731
+        wait(lambda: shown() >= 1)
+        driver.execute_script(f"""
+            document.getElementById('prompt').value = {PROMPT!r};
+            document.getElementById('count').value = {args.images};""")
+        for name in listed:
+            before = shown()
+            driver.execute_script(f"""
+                const card = document.querySelector('.lora[data-name="{name}"]');
+                card.querySelector('.weight-number').value = 0.7;
+                card.querySelector('.weight-number').dispatchEvent(new Event('change'));
+                card.querySelector('.toggle').click();""")
+            wait(lambda before=before: shown() > before)
+        for _ in range(3):  # warm-up moves, not counted
+            _move(driver, listed[1], 0.5, wait, shown)
+        start = len(driver.execute_script("return window.loramixTimings"))
+        weights = [round(-1 + 3 * (i + 0.5) / args.moves, 2) for i in range(args.moves)]
+        alone = []
+        for weight in weights:
+            _move(driver, listed[1], weight, wait, shown)
+            alone.append(worker.call(lambda weight=weight: render_alone(weight)))
+        timings = driver.execute_script("return window.loramixTimings")[start:]
+        if args.screenshot:
+            _screenshot(driver, listed, wait, shown, args.screenshot)
+        return timings, alone
+    finally:
+        driver.quit()
+
+
 def _move(driver, name: str, weight: float, wait, shown) -> None:
-    """Set the slider and release it, as a drag ends: the page renders on the input event."""
-    target = driver.execute_script("return window.loramixShown") + 1
-    driver.execute_script(f"""
+    """Set the slider and release it, as a drag ends (the page renders on the input event), and wait inside the
+    page for the new preview: polling from here, through the driver, would load the CPU the render runs on."""
+    driver.set_script_timeout(120)
+    driver.execute_async_script(f"""
+        const done = arguments[arguments.length - 1], target = window.loramixShown + 1;
         const slider = document.querySelector('.lora[data-name="{name}"] .weight');
         slider.value = {weight};
         slider.dispatchEvent(new Event('input'));
-        slider.dispatchEvent(new Event('change'));""")
-    wait(lambda: shown() >= target)
+        slider.dispatchEvent(new Event('change'));
+        const check = () => window.loramixShown >= target ? done() : setTimeout(check, 5);
+        check();""")
 
 
 def _screenshot(driver, listed: list[str], wait, shown, path: Path) -> None:

@@ -83,7 +83,7 @@ def test_the_current_folder_serves_bare_names(served, monkeypatch):
 
 
 def test_a_newer_request_of_a_tab_supersedes_its_waiting_one():
-    worker = RenderWorker()
+    worker = RenderWorker().start()
     gate, ran = threading.Event(), []
     try:
         running = worker.submit(("tab1", "preview"), lambda: gate.wait(10) and ran.append("first"))
@@ -103,7 +103,7 @@ def test_a_newer_request_of_a_tab_supersedes_its_waiting_one():
 
 
 def test_a_dropped_task_never_runs_and_a_failing_one_does_not_stop_the_worker():
-    worker = RenderWorker()
+    worker = RenderWorker().start()
     gate, ran = threading.Event(), []
     try:
         worker.submit(("t", "a"), lambda: gate.wait(10))

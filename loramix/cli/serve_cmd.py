@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import socket
 import sys
+import threading
 
 import click
 
@@ -58,11 +59,18 @@ def serve(base, folders, host, port) -> None:
             click.echo(warning, err=True)
         click.echo(f"loramix serve: http://{shown}:{bound}/  ({len(library.names())} LoRA files; Ctrl-C stops it)")
         sys.stdout.flush()
+        # The web server answers on a thread of its own; this thread, which loaded the pipeline, renders.
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+        web = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="loramix-web", daemon=True)
+        web.start()
         try:
-            server.run(sockets=[listener])
-        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again for the caller
+            worker.run(while_alive=web.is_alive)
+        except KeyboardInterrupt:
             pass
+        finally:
+            worker.stop()  # the waiting requests are told the server is stopping
+            server.should_exit = True
+            web.join(10)
         click.echo("loramix serve: stopped")
     finally:
         worker.stop()

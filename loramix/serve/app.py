@@ -21,7 +21,6 @@ from dataclasses import asdict
 from importlib import resources
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -56,7 +55,9 @@ def create_app(studio: Studio, worker: RenderWorker, attributes: tuple[str, ...]
             "judge": list(attributes) if studio.judge else None})
 
     async def loras(request: Request) -> Response:
-        entries = await run_in_threadpool(studio.library.listing, studio.describe)
+        # reading the files runs torch, so it goes through the worker too (see loramix.serve.worker)
+        entries = await _run(request, worker, ("", f"list-{id(request)}"),
+                             lambda: studio.library.listing(studio.describe))
         return JSONResponse({"loras": [entry.to_dict() for entry in entries]})
 
     async def preview(request: Request) -> Response:

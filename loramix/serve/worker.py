@@ -1,5 +1,11 @@
 """The one thread that renders: it owns the pipeline, and runs one task at a time in the order they came.
 
+`loramix serve` runs the worker on the main thread, the thread that loaded the pipeline, and the web server in
+another. Torch's OpenMP threads belong to the thread that first ran parallel work: a second thread running
+torch gets a second team of threads competing with the first for the cores, and the toy base's many small ops
+then render 2-2.5x slower on two cores (`bench/bench_serve.py` shows it). So every call into torch, reading a
+LoRA file included, goes through the worker.
+
 Each client (a browser tab) has one waiting slot per kind of task: a newer preview from the same tab takes
 the place of its preview still waiting, whose caller is told it was superseded, so a slider dragged through
 300 values queues at most one render per tab behind the one running. Tasks of different tabs wait side by
@@ -35,13 +41,39 @@ class WorkerStats:
 
 
 class RenderWorker:
-    def __init__(self, name: str = "loramix-render"):
+    def __init__(self):
         self._waiting: OrderedDict[tuple[str, str], tuple[Callable[[], object], Future]] = OrderedDict()
         self._condition = threading.Condition()
         self._stopping = False
+        self._thread: threading.Thread | None = None
         self.stats = WorkerStats()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self, name: str = "loramix-render") -> RenderWorker:
+        """Run the tasks on a thread of the worker's own (tests; a server renders on its main thread: `run`)."""
+        self._thread = threading.Thread(target=self.run, name=name, daemon=True)
         self._thread.start()
+        return self
+
+    def run(self, while_alive: Callable[[], bool] = lambda: True) -> None:
+        """Run the tasks on this thread until `stop`, or until `while_alive()` turns false (checked twice a
+        second). A KeyboardInterrupt in a task fails that task's caller and ends the loop."""
+        while True:
+            with self._condition:
+                while not self._waiting and not self._stopping and while_alive():
+                    self._condition.wait(0.5)
+                if self._stopping or not while_alive():
+                    return
+                _, (task, future) = self._waiting.popitem(last=False)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(task())
+                self.stats.done += 1
+            except BaseException as e:  # the caller gets the error; the worker goes on serving
+                future.set_exception(e)
+                self.stats.failed += 1
+                if not isinstance(e, Exception):
+                    raise
 
     def submit(self, slot: tuple[str, str], task: Callable[[], object]) -> Future:
         """Queue `task` in `slot` (client, kind), superseding the slot's waiting task."""
@@ -73,11 +105,11 @@ class RenderWorker:
             return len(self._waiting)
 
     def call(self, task: Callable[[], object]) -> object:
-        """Run `task` on the worker's thread and wait for it (for set-up that must own the pipeline too)."""
+        """Run `task` on the worker's thread and wait for it."""
         return self.submit(("", f"call-{id(task)}"), task).result()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Let the running task finish, fail the waiting ones, and end the thread."""
+        """Let the running task finish, fail the waiting ones, and end the loop (and its thread, if `start`ed)."""
         with self._condition:
             self._stopping = True
             for _, future in self._waiting.values():
@@ -85,21 +117,5 @@ class RenderWorker:
                     future.set_exception(WorkerStopped("the server is stopping"))
             self._waiting.clear()
             self._condition.notify()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._waiting and not self._stopping:
-                    self._condition.wait()
-                if self._stopping:
-                    return
-                _, (task, future) = self._waiting.popitem(last=False)
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(task())
-                self.stats.done += 1
-            except BaseException as e:  # the caller gets the error; the worker goes on serving
-                future.set_exception(e)
-                self.stats.failed += 1
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
