@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from conftest import assert_clean_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from loramix.cli import main
@@ -72,6 +75,32 @@ def test_bad_schedules_are_one_line_errors_naming_the_spec_and_the_problem(spec,
         parse_weight_spec(spec)
     message = str(error.value)
     assert message.startswith(f"weight spec {spec!r}: ") and problem in message and "\n" not in message
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="0123456789.,@-e+naif ", min_size=1, max_size=16).filter(lambda t: "@" in t))
+def test_any_schedule_text_parses_and_round_trips_or_is_one_line_error(text):
+    spec = f"a.safetensors:{text}"
+    try:
+        weighted = parse_weight_spec(spec)
+    except LoramixError as error:
+        assert str(error).startswith(f"weight spec {spec!r}: ") and "\n" not in str(error)
+        return
+    assert weighted.spec == spec and parse_weight_spec(weighted.spec) == weighted
+    fractions = [f for f, _ in weighted.schedule.keyframes]
+    assert fractions == sorted(set(fractions)) and all(0 <= f <= 1 for f in fractions)
+    assert all(math.isfinite(weighted.schedule.weight_at(step_fraction(i, 7))) for i in range(7))
+
+
+@settings(max_examples=200, deadline=None)
+@given(fractions=st.lists(st.floats(0, 1), min_size=2, max_size=6, unique=True),
+       weights=st.lists(st.floats(-4, 4), min_size=6, max_size=6))
+def test_written_keyframes_parse_to_what_was_written_and_pass_through_their_weights(fractions, weights):
+    keyframes = list(zip(sorted(fractions), weights))
+    spec = "a.safetensors:" + ",".join(f"{w!r}@{f!r}" for f, w in keyframes)
+    schedule = parse_weight_spec(spec).schedule
+    assert schedule.keyframes == tuple(keyframes) and parse_weight_spec(spec).spec == spec
+    assert [schedule.weight_at(f) for f, _ in keyframes] == [w for _, w in keyframes]
 
 
 def test_a_bad_schedule_on_the_command_line_is_one_line_before_any_work(tmp_path):
