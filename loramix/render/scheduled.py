@@ -16,11 +16,15 @@ The text encoder is run once, before the first step, so its part of a LoRA acts 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from loramix.choices import FILE_METHODS, SEQUENTIAL
 from loramix.errors import LoramixError
 from loramix.schedule import step_fraction
 from loramix.specs import WeightedFile
+
+if TYPE_CHECKING:  # the command line imports this module before torch, which loramix.models.loras needs
+    from loramix.models.loras import PipelineLoras
 
 SCHEDULED_METHODS = (*FILE_METHODS, SEQUENTIAL)  # the methods that re-merge a set per distinct weight vector
 
@@ -52,7 +56,7 @@ class StepWeights:
     """Puts `files` on the pipeline at each step's weights: `start()` before the pipeline call, then the object
     itself as the call's `callback_on_step_end`. `applied` records the set on for each step."""
 
-    loras: object  # the PipelineLoras of the pipeline
+    loras: PipelineLoras
     files: tuple[WeightedFile, ...]
     method: str = "exact"
     rank: int | None = None
