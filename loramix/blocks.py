@@ -98,7 +98,11 @@ def with_block_weights(adapter: LoraAdapter, lbw: str | None, source: str = "") 
 
 
 def read_weighted(files: list[WeightedFile]) -> list[tuple[LoraAdapter, float]]:
-    """Each file read, with its block weights applied, beside its weight."""
+    """Each file read, with its block weights applied, beside its weight: for writing a file or a checkpoint,
+    which take one weight per LoRA."""
     from loramix.formats import read_adapter
+    from loramix.schedule import refuse_schedules
+
+    refuse_schedules(files, "a written file")
 
     return [(with_block_weights(read_adapter(wf.path), wf.lbw, wf.path), wf.weight) for wf in files]

@@ -4,12 +4,12 @@ Imports nothing heavy, so the CLI can parse them before torch is loaded."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from loramix.errors import LoramixError
+from loramix.schedule import Schedule, finite_number, parse_schedule
 
 LBW = "lbw="  # A1111's lora-block-weight syntax: <lora:name:0.8:lbw=1,0,…> or lbw=PRESET
 
@@ -19,18 +19,23 @@ class WeightedFile:
     path: str
     weight: float
     lbw: str | None = None  # block weights as written: comma-separated values or a preset name
-    schedule: object | None = None  # the weight over the denoising steps (`:0.8@0.3-1.0`); None: `weight` throughout
+    # The weight over the denoising steps (`:0.8@0.3-1.0`, see loramix.schedule); `weight` is then its peak.
+    # None: `weight` at every step.
+    schedule: Schedule | None = None
     mask: str | None = None  # regional composition: the image file of this LoRA's region (`#mask.png`)
 
     @property
     def spec(self) -> str:
-        """As written on the command line: `a.safetensors:0.7` or `a.safetensors:0.7:lbw=INS`."""
+        """As written on the command line: `a.safetensors:0.7`, `a.safetensors:0.7:lbw=INS` or
+        `a.safetensors:0@0,1@0.4,1@1`."""
         return f"{self.path}:{self.strength}"
 
     @property
     def strength(self) -> str:
-        """The weight as A1111's `<lora:NAME:…>` writes it, block weights included: `0.7` or `0.7:lbw=INS`."""
-        return f"{self.weight:g}" + (f":{LBW}{self.lbw}" if self.lbw else "")
+        """The weight as A1111's `<lora:NAME:…>` writes it, block weights and a schedule (as typed) included:
+        `0.7`, `0.7:lbw=INS` or `0.8@0.3-1.0`."""
+        weight = self.schedule.text if self.schedule else f"{self.weight:g}"
+        return weight + (f":{LBW}{self.lbw}" if self.lbw else "")
 
     @property
     def name(self) -> str:
@@ -39,15 +44,16 @@ class WeightedFile:
 
 
 def parse_weight_spec(spec: str) -> WeightedFile:
-    """`a.safetensors:0.7` → (a.safetensors, 0.7); without `:` the weight is 1. A last part `:lbw=…` gives
-    block weights (checked against the file's architecture once it is read)."""
+    """`a.safetensors:0.7` → (a.safetensors, 0.7); without `:` the weight is 1. The weight may be a step
+    schedule (`0.8@0.3-1.0`, `0@0,1@0.4,1@1`: see loramix.schedule). A last part `:lbw=…` gives block weights
+    (checked against the file's architecture once it is read); they combine with a schedule."""
     head, colon, tail = spec.rpartition(":")
     if colon and tail.startswith(LBW):
         lbw = tail[len(LBW):]
         if not lbw or not all(part.strip() for part in lbw.split(",")):
             raise LoramixError(f"weight spec {spec!r}: {LBW} needs comma-separated block weights or a preset name")
         weighted = parse_weight_spec(head)
-        return WeightedFile(weighted.path, weighted.weight, lbw)
+        return WeightedFile(weighted.path, weighted.weight, lbw, weighted.schedule)
     if ":" not in spec:
         return WeightedFile(spec, 1.0)
     path, _, text = spec.rpartition(":")
@@ -55,13 +61,10 @@ def parse_weight_spec(spec: str) -> WeightedFile:
         raise LoramixError(f"weight spec {spec!r}: no file before ':'")
     if not text:
         raise LoramixError(f"weight spec {spec!r}: nothing after ':' (write e.g. {path}:0.7)")
-    try:
-        weight = float(text)
-    except ValueError:
-        raise LoramixError(f"weight spec {spec!r}: {text!r} is not a number") from None
-    if not math.isfinite(weight):
-        raise LoramixError(f"weight spec {spec!r}: the weight must be a finite number")
-    return WeightedFile(path, weight)
+    if "@" in text:
+        schedule = parse_schedule(text, spec)
+        return WeightedFile(path, schedule.peak, schedule=schedule)
+    return WeightedFile(path, finite_number(text, "weight", spec))
 
 
 def short_hash(path: str | os.PathLike) -> str:

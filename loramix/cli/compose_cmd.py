@@ -9,6 +9,7 @@ import click
 from loramix.choices import DEFAULT_FORMAT, DTYPES, FILE_METHODS, GENERATION_METHODS, OUTPUT_FORMATS, QUANTIZE_MODES
 from loramix.cli.options import image_size_options
 from loramix.errors import LoramixError
+from loramix.render.scheduled import check_method
 from loramix.specs import parse_weight_spec
 
 
@@ -60,7 +61,9 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
             negative_prompt, steps, guidance, width, height, base, base_dtype, quantize, every, batch_size, sequential,
             strength, images) -> None:
     """Combine LoRA files with weights: `loramix compose a.safetensors:0.7 b.safetensors:0.5 -o ab.safetensors`,
-    and with --prompt render the combination. `a.safetensors:0.8:lbw=INS` adds per-block weights.
+    and with --prompt render the combination. `a.safetensors:0.8:lbw=INS` adds per-block weights; with --prompt a
+    weight may follow a step schedule: `a.safetensors:0.8@0.3-1` (0.8 from 30% of the steps to the end) or
+    keyframes `a.safetensors:0@0,1@0.4,1@1` (interpolated).
 
     The default is exact: the result's ΔW is Σ wᵢ·(αᵢ/rᵢ)·Bᵢ·Aᵢ for every module, by concatenating ranks. On a
     full-precision base it is fused into the weights, so rendering costs what the base costs.
@@ -71,6 +74,8 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
                            "drop -o, or use exact, merge-svd, ties or dare")
     if method in GENERATION_METHODS and prompt is None:
         raise LoramixError(f"--method {method} combines LoRAs while rendering: give --prompt")
+    if prompt is not None:
+        check_method(weighted_files, "sequential" if sequential else method)
     if sequential and prompt is None:
         raise LoramixError("--sequential renders: give --prompt")
     if output is None and prompt is None:

@@ -35,7 +35,8 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
          dtype, output) -> None:
     """Edit IMAGE with each LoRA in turn: `loramix edit face.png a.safetensors:0.7 b.safetensors:0.5 -o out`.
 
-    Stage i is img2img of stage i-1 with LoRA i alone at its weight, so the order matters. IMAGE is the
+    Stage i is img2img of stage i-1 with LoRA i alone at its weight, so the order matters; a weight may follow a
+    step schedule over the stage's steps (`a.safetensors:0@0,1@0.5,1@1`, `a.safetensors:0.8@0.3-1`). IMAGE is the
     first argument when it is an image file (.png, .jpg, ...); it is resized to the base's native size.
     Without it, stage 0 is the base's text-to-image of the prompt.
     """

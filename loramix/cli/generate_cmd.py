@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.cli.options import dtype_option, image_size_options
+from loramix.cli.options import SCHEDULE_HELP, dtype_option, image_size_options
 
 
 @click.command()
@@ -24,7 +24,7 @@ from loramix.cli.options import dtype_option, image_size_options
 @click.option("--negative-prompt", default="", help="What to steer away from.")
 @image_size_options
 @click.option("--lora", "lora_specs", multiple=True, metavar="FILE[:WEIGHT]",
-              help="A LoRA on every prompt whose row names no loras (repeatable).")
+              help="A LoRA on every prompt whose row names no loras (repeatable). " + SCHEDULE_HELP)
 @click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
 @dtype_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 SIZE_HELP = "Default: the base's resolution (64 for the toy base, 512 for SD 1.5, 1024 for SDXL)."
+SCHEDULE_HELP = ("WEIGHT may follow a step schedule: 0.8@0.3-1 (0.8 from 30% of the steps to the end, off before) "
+                 "or keyframes 0@0,1@0.4,1@1 (interpolated).")
 
 
 def _multiple_of_8(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:

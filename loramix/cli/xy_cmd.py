@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from loramix.cli.options import dtype_option, image_size_options
+from loramix.cli.options import SCHEDULE_HELP, dtype_option, image_size_options
 
 
 @click.command()
@@ -17,7 +17,7 @@ from loramix.cli.options import dtype_option, image_size_options
 @click.option("--x-weights", default="0:1:0.25", show_default=True, help="Weights: 0,0.5,1 or start:stop:step.")
 @click.option("--y-weights", default="0:1:0.25", show_default=True, help="Weights: 0,0.5,1 or start:stop:step.")
 @click.option("--lora", "lora_specs", multiple=True, metavar="FILE[:WEIGHT]",
-              help="A LoRA on in every cell at its weight (repeatable).")
+              help="A LoRA on in every cell at its weight (repeatable). " + SCHEDULE_HELP)
 @click.option("--prompt", required=True, help="What to render.")
 @click.option("--negative-prompt", default="", help="What to steer away from.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="The seed of every cell.")

@@ -44,15 +44,16 @@ def batch_settings(settings: list[RenderSettings]) -> RenderSettings:
     return first
 
 
-def render(pipeline, settings: list[RenderSettings]) -> list[Image.Image]:
-    """Render one batch; images with the same seed and settings are identical whatever batch they are in."""
+def render(pipeline, settings: list[RenderSettings], on_step=None) -> list[Image.Image]:
+    """Render one batch; images with the same seed and settings are identical whatever batch they are in.
+    `on_step` is diffusers' `callback_on_step_end`, called after each denoising step."""
     first = batch_settings(settings)
     generators = [torch.Generator().manual_seed(s.seed) for s in settings]
     with torch.inference_mode():  # no autograd bookkeeping at all: ~1-2% on the toy base's many small ops
         return pipeline(
             prompt=[s.prompt for s in settings], negative_prompt=[s.negative_prompt for s in settings],
             num_inference_steps=first.steps, guidance_scale=first.guidance, width=first.width,
-            height=first.height, generator=generators, output_type="pil",
+            height=first.height, generator=generators, output_type="pil", callback_on_step_end=on_step,
         ).images
 
 
@@ -122,7 +123,12 @@ def batches(jobs: list, batch_size: int) -> list[list]:
 def render_jobs(pipeline, loras, jobs: list, composition: Composition = EXACT,
                 batch_size: int = 8) -> Iterator[RenderedBatch]:
     """Render `jobs` in the order given, a batch of one LoRA set at a time, with `loras` (a PipelineLoras on
-    `pipeline`) putting each set on as `composition` says. The pipeline is left with no LoRA at the end."""
+    `pipeline`) putting each set on as `composition` says. The pipeline is left with no LoRA at the end.
+    LoRAs with step schedules are put on step by step (loramix.render.scheduled) by the merging methods."""
+    from loramix.render.scheduled import StepWeights, check_method, is_scheduled
+
+    for job in jobs:
+        check_method(job.loras, composition.method)
     try:
         for batch in batches(jobs, 1 if composition.method == SEQUENTIAL else batch_size):
             files = batch[0].loras
@@ -130,10 +136,12 @@ def render_jobs(pipeline, loras, jobs: list, composition: Composition = EXACT,
             start = time.perf_counter()
             stages = []
             if composition.method in FILE_METHODS:
-                switch = loras.apply(files, method=composition.method, rank=composition.rank,
-                                     density=composition.density, seed=composition.seed)
+                steps = StepWeights(loras, files, composition.method, composition.rank, composition.density,
+                                    composition.seed)
+                switch = steps.start()
                 start = time.perf_counter()
-                images = render(pipeline, [settings_of(job) for job in batch])
+                images = render(pipeline, [settings_of(job) for job in batch],
+                                on_step=steps if is_scheduled(files) else None)
             elif composition.method in GENERATION_METHODS:
                 from loramix.render.multi import render_multi
 

@@ -29,6 +29,7 @@ from loramix.errors import LoramixError, OutputError
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
 from loramix.render.images import a1111_parameters, image_grid, save_png
+from loramix.render.scheduled import StepWeights
 from loramix.specs import WeightedFile
 
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength
@@ -47,7 +48,7 @@ class Stage:
 
     @property
     def label(self) -> str:
-        return f"{self.lora.name}:{self.lora.weight:g}" if self.lora else self.kind
+        return f"{self.lora.name}:{self.lora.strength}" if self.lora else self.kind
 
     def file_name(self, index: int) -> str:
         name = self.lora.name if self.lora else self.kind
@@ -58,7 +59,7 @@ class Stage:
         did not render."""
         if self.kind == "input":
             return None
-        loras = {self.lora.name: self.lora.weight} if self.lora else None
+        loras = {self.lora.name: self.lora.strength} if self.lora else None
         hashes = {self.lora.name: self.lora_hash} if self.lora and self.lora_hash else None
         text = a1111_parameters(self.settings, sampler, model, loras, hashes)
         return text if self.strength is None else text + f", Denoising strength: {self.strength:g}"
@@ -109,9 +110,11 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
         else:
             stages = [Stage(_fit(image.convert("RGB"), size), base_settings, "input")]
         for wf, stage_prompt in zip(loras, prompts):
-            adapters.apply([wf])
+            step_weights = StepWeights(adapters, (wf,))  # a schedule runs over the steps the stage denoises
+            step_weights.start()
             settings = RenderSettings(stage_prompt, seed, steps, guidance, *size, negative_prompt)
-            edited = _img2img(img2img, stages[-1].image, settings, strength, mask)
+            edited = _img2img(img2img, stages[-1].image, settings, strength, mask,
+                              step_weights if wf.schedule else None)
             if mask is not None:
                 edited = Image.composite(edited, stages[-1].image, mask)
             stages.append(Stage(edited, settings, "img2img", wf, adapters.hash_of(wf.path), strength))
@@ -183,14 +186,22 @@ def _img2img_pipeline(pipeline):
 
 @torch.no_grad()
 def _img2img(img2img, image: Image.Image, settings: RenderSettings, strength: float,
-             mask: Image.Image | None) -> Image.Image:
-    """`image` denoised from `strength` with the pipeline's LoRAs; outside `mask` only its latents are kept."""
-    callback = None if mask is None else _keep_outside(img2img, image, mask, settings.seed)
+             mask: Image.Image | None, on_step=None) -> Image.Image:
+    """`image` denoised from `strength` with the pipeline's LoRAs; outside `mask` only its latents are kept.
+    `on_step` (a step callback, e.g. a LoRA's step schedule) runs after each step, before the mask's."""
+    keep_outside = None if mask is None else _keep_outside(img2img, image, mask, settings.seed)
+    callbacks = [c for c in (on_step, keep_outside) if c is not None]
+
+    def callback(pipe, i, t, tensors):
+        for each in callbacks:
+            tensors = each(pipe, i, t, tensors)
+        return tensors
+
     return img2img(
         prompt=settings.prompt, negative_prompt=settings.negative_prompt, image=image, strength=strength,
         num_inference_steps=settings.steps, guidance_scale=settings.guidance,
         generator=torch.Generator().manual_seed(settings.seed), output_type="pil",
-        callback_on_step_end=callback,
+        callback_on_step_end=callback if callbacks else None,
     ).images[0]
 
 

@@ -153,7 +153,7 @@ def job_parameters(job: ImageJob, base: LoadedBase, loras: PipelineLoras,
     if method == "exact":
         return text
     if method == SEQUENTIAL:
-        stages = " > ".join(["text-to-image"] + [f"{wf.name}:{wf.weight:g}" for wf in job.loras])
+        stages = " > ".join(["text-to-image"] + [f"{wf.name}:{wf.strength}" for wf in job.loras])
         return text + f', Denoising strength: {composition.strength:g}, Stages: "{stages}"'
     knobs = {"rank": composition.rank if method in FILE_METHODS else None,
              "density": composition.density if method in PRUNING_MERGES else None,
@@ -180,7 +180,7 @@ def manifest_row(job: ImageJob, base: LoadedBase, loras: PipelineLoras, seconds:
         "seed": job.seed, "steps": job.steps, "guidance": job.guidance, "width": job.width, "height": job.height,
         "sampler": base.sampler, "model": base.name,
         "loras": [{"path": wf.path, "name": wf.name, "weight": wf.weight, "hash": loras.hash_of(wf.path)}
-                  for wf in job.loras],
+                  | ({"schedule": wf.schedule.text} if wf.schedule else {}) for wf in job.loras],
         "seconds": None if seconds is None else round(seconds, 4),
     }
 

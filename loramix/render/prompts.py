@@ -5,8 +5,9 @@ A prompt file is one of
 - `.jsonl`: one JSON object per line, with the fields of `ROW_FIELDS`;
 - `.csv`: a header naming some of `ROW_FIELDS`, then one row per prompt (empty cells take the defaults).
 
-`loras` is a string of weight specs separated by spaces (`a.safetensors:0.7 b.safetensors:0.5`) or, in JSONL,
-a list of specs or of `{"path": ..., "weight": ...}`. Relative LoRA paths are read from the prompt file's folder.
+`loras` is a string of weight specs separated by spaces (`a.safetensors:0.7 b.safetensors:0@0,1@0.4,1@1`) or,
+in JSONL, a list of specs or of `{"path": ..., "weight": ...}` (a weight may be a step schedule, as text:
+`"weight": "0.8@0.3-1"`). Relative LoRA paths are read from the prompt file's folder.
 
 Seeds: the k-th image of a row has the row's `seed` (else `--seed`) plus k, so an image is the same whatever
 batch or process renders it, and rows without a seed share their noise, which makes prompts comparable.
@@ -21,7 +22,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loramix.errors import LoramixError, PromptFileError, did_you_mean
@@ -221,7 +222,7 @@ def resolve_lora(weighted: WeightedFile, folder: str | os.PathLike) -> WeightedF
         path = Path(folder) / path
     if not path.is_file():
         raise LoramixError(f"LoRA {weighted.path}: no such file" + ("" if path.exists() else f" ({path})"))
-    return WeightedFile(str(path), weighted.weight, weighted.lbw)
+    return replace(weighted, path=str(path))
 
 
 def _integer(record: dict, key: str, low: int, high: int) -> int | None:
