@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loramix.errors import LoramixError
 
 LBW = "lbw="  # A1111's lora-block-weight syntax: <lora:name:0.8:lbw=1,0,…> or lbw=PRESET
+MASK = "#"  # regional composition: `a.safetensors:0.8#mask.png`, the LoRA's region as an image
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,15 @@ class WeightedFile:
 
     @property
     def spec(self) -> str:
-        """As written on the command line: `a.safetensors:0.7` or `a.safetensors:0.7:lbw=INS`."""
+        """As written on the command line: `a.safetensors:0.7`, `a.safetensors:0.7:lbw=INS`, `…#mask.png`."""
         return f"{self.path}:{self.strength}"
 
     @property
     def strength(self) -> str:
-        """The weight as A1111's `<lora:NAME:…>` writes it, block weights included: `0.7` or `0.7:lbw=INS`."""
-        return f"{self.weight:g}" + (f":{LBW}{self.lbw}" if self.lbw else "")
+        """The weight as A1111's `<lora:NAME:…>` writes it, block weights and region included: `0.7`,
+        `0.7:lbw=INS` or `0.7#mask.png`."""
+        blocks = f":{LBW}{self.lbw}" if self.lbw else ""
+        return f"{self.weight:g}{blocks}" + (f"{MASK}{self.mask}" if self.mask else "")
 
     @property
     def name(self) -> str:
@@ -40,7 +43,15 @@ class WeightedFile:
 
 def parse_weight_spec(spec: str) -> WeightedFile:
     """`a.safetensors:0.7` → (a.safetensors, 0.7); without `:` the weight is 1. A last part `:lbw=…` gives
-    block weights (checked against the file's architecture once it is read)."""
+    block weights (checked against the file's architecture once it is read). A last `#mask.png` gives the
+    LoRA's region for regional composition; what comes before it is parsed as above."""
+    rest, hash_sign, mask = spec.rpartition(MASK)
+    if hash_sign:
+        if not mask:
+            raise LoramixError(f"weight spec {spec!r}: nothing after '{MASK}' (write e.g. {rest}{MASK}mask.png)")
+        if not rest:
+            raise LoramixError(f"weight spec {spec!r}: no file before '{MASK}'")
+        return replace(parse_weight_spec(rest), mask=mask)
     head, colon, tail = spec.rpartition(":")
     if colon and tail.startswith(LBW):
         lbw = tail[len(LBW):]

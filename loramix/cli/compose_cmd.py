@@ -66,6 +66,9 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     full-precision base it is fused into the weights, so rendering costs what the base costs.
     """
     weighted_files = [parse_weight_spec(s) for s in specs]
+    from loramix.render.regions import check_masks
+
+    check_masks(weighted_files, "sequential" if sequential else method)
     if method in GENERATION_METHODS and output is not None:
         raise LoramixError(f"--method {method} combines LoRAs while denoising, so there is no file to write: "
                            "drop -o, or use exact, merge-svd, ties or dare")

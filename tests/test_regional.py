@@ -1,0 +1,150 @@
+"""Regional composition: each LoRA's noise prediction weighted by its mask, the base's filling the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_clean_error
+from PIL import Image
+
+from loramix.cli import main
+from loramix.specs import WeightedFile, parse_weight_spec
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def lora_files(toy_loras):
+    return list(toy_loras(["first", "second"]).values())
+
+
+@pytest.fixture(scope="module")
+def loras(pipeline):
+    """One PipelineLoras for the module's pipeline: it names the adapters it loads into it."""
+    from loramix.models.loras import PipelineLoras
+
+    return PipelineLoras(pipeline)
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory) -> dict[str, str]:
+    """Masks of other sizes and modes than the 64 × 64 image: resizing and greyscale conversion are part of
+    the test. The halves split at a latent pixel's edge, so on the 8 × 8 latent grid they are exactly 0 or 1."""
+    folder = tmp_path_factory.mktemp("masks")
+    left = Image.new("L", (128, 128), 0)
+    left.paste(255, (0, 0, 64, 128))
+    right = Image.new("RGB", (32, 32), (255, 255, 255))
+    right.paste((0, 0, 0), (0, 0, 16, 32))
+    images = {"white": Image.new("RGB", (100, 37), (255, 255, 255)), "black": Image.new("L", (20, 20), 0),
+              "left": left, "right": right}
+    paths = {}
+    for name, image in images.items():
+        paths[name] = str(folder / f"{name}.png")
+        image.save(paths[name])
+    return paths
+
+
+def settings(count: int = 2, steps: int = STEPS):
+    from loramix.render.core import RenderSettings
+
+    return [RenderSettings("a smiling face", seed, steps, 4.0, 64, 64) for seed in range(count)]
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
+
+
+def test_masks_reach_the_latent_grid_by_area_averaging(masks):
+    from loramix.render.regions import load_mask, normalise
+
+    left = load_mask(masks["left"], 64, 64, 8)
+    assert left.shape == (8, 8) and (left[:, :4] == 1).all() and (left[:, 4:] == 0).all()
+    assert (load_mask(masks["right"], 64, 64, 8) == 1 - left).all()  # RGB reads as its luminance
+    assert (load_mask(masks["white"], 48, 32, 8) == 1).all() and load_mask(masks["white"], 48, 32, 8).shape == (4, 6)
+    overlapping = normalise(torch.stack([torch.ones(2, 2), torch.full((2, 2), 0.5), torch.zeros(2, 2)]))
+    assert torch.allclose(overlapping.sum(0), torch.ones(2, 2))  # shared out: the weights of a pixel sum to 1
+    assert torch.equal(overlapping[0], 2 * overlapping[1])  # in the masks' proportions
+    assert torch.equal(normalise(torch.full((1, 2, 2), 0.25)), torch.full((1, 2, 2), 0.25))  # under 1: as given
+
+
+def test_one_lora_over_everything_is_its_own_render_and_over_nothing_the_base(pipeline, loras, lora_files, masks):
+    """A white mask gives ε = 1·ε_k and a black one ε = ε_base + 0: both exact in floating point, so regional
+    renders exactly what composite renders with that LoRA alone, and exactly what the base renders."""
+    from loramix.render.core import render
+    from loramix.render.multi import render_multi
+
+    base = pixels(render(pipeline, settings()))
+    alone = pixels(render_multi(pipeline, loras, [WeightedFile(lora_files[0], 0.8)], settings(), "composite"))
+    assert np.abs(alone - base).mean() > 1  # the LoRA changes the images
+    white = [WeightedFile(lora_files[0], 0.8, mask=masks["white"])]
+    assert (pixels(render_multi(pipeline, loras, white, settings(), "regional")) == alone).all()
+    black = [WeightedFile(lora_files[0], 0.8, mask=masks["black"])]
+    assert (pixels(render_multi(pipeline, loras, black, settings(), "regional")) == base).all()
+    # Two LoRAs over everything share each pixel half and half: ½ε₁ + ½ε₂, which is composite's mean exactly.
+    both = [WeightedFile(lora_files[0], 0.8), WeightedFile(lora_files[1], 0.8)]
+    both_white = [WeightedFile(f.path, f.weight, mask=masks["white"]) for f in both]
+    assert (pixels(render_multi(pipeline, loras, both_white, settings(), "regional"))
+            == pixels(render_multi(pipeline, loras, both, settings(), "composite"))).all()
+
+
+def test_disjoint_halves_each_take_their_loras_prediction(pipeline, loras, lora_files, masks):
+    """With halves that partition the latent grid, every latent pixel is stepped with exactly one LoRA's
+    prediction: after one step (an elementwise update of the latents) each half is that LoRA's exactly, and
+    one LoRA given both halves is that LoRA alone over the whole image, at every step."""
+    from loramix.render.multi import denoise_multi
+
+    first, second = (WeightedFile(path, 0.8) for path in lora_files)
+    halves = [WeightedFile(first.path, 0.8, mask=masks["left"]), WeightedFile(second.path, 0.8, mask=masks["right"])]
+    one_step = settings(steps=1)
+    split = denoise_multi(pipeline, loras, halves, one_step, "regional")  # (B, C, 8, 8)
+    alone = [denoise_multi(pipeline, loras, [f], one_step, "composite") for f in (first, second)]
+    assert torch.equal(split[..., :4], alone[0][..., :4]) and torch.equal(split[..., 4:], alone[1][..., 4:])
+    assert not torch.equal(alone[0], alone[1])
+
+    same_lora = [WeightedFile(first.path, 0.8, mask=masks["left"]), WeightedFile(first.path, 0.8, mask=masks["right"])]
+    assert torch.equal(denoise_multi(pipeline, loras, same_lora, settings(), "regional"),
+                       denoise_multi(pipeline, loras, [first], settings(), "composite"))
+
+
+def test_the_weight_spec_carries_the_mask_and_writes_it_back():
+    for spec in ["a.safetensors:0.8#mask.png", "a.safetensors:0.8:lbw=INS#masks/left half.png",
+                 "a.safetensors:1#m.png"]:
+        weighted = parse_weight_spec(spec)
+        assert weighted.spec == spec and parse_weight_spec(weighted.spec) == weighted
+    assert parse_weight_spec("a.safetensors#m.png") == WeightedFile("a.safetensors", 1.0, mask="m.png")
+    assert parse_weight_spec("a.safetensors:0.8:lbw=INS#m.png") == WeightedFile("a.safetensors", 0.8, "INS",
+                                                                                mask="m.png")
+    assert parse_weight_spec("a.safetensors:0.5").mask is None
+
+
+def test_compose_renders_regions_and_names_them(lora_files, masks, tmp_path):
+    out = tmp_path / "images"
+    result = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.8#{masks['left']}",
+                                       f"{lora_files[1]}:0.8#{masks['right']}", "--method", "regional",
+                                       "--prompt", "a face", "-n", "1", "--steps", "2", "--images", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "regional: guided predictions blended by each LoRA's mask" in result.output
+    parameters = Image.open(out / "00000-0.png").text["parameters"]
+    assert f"<lora:first:0.8#{masks['left']}>" in parameters and parameters.endswith("Composition: regional")
+
+
+REGIONAL = ["--method", "regional", "--prompt", "a face", "-n", "1", "--steps", "1"]
+
+
+@pytest.mark.parametrize("spec, options, fragments", [
+    ("{lora}:0.8#", REGIONAL, ["nothing after '#'"]),
+    ("{lora}:0.8#{folder}/missing.png", REGIONAL, ["mask", "missing.png: no such file"]),
+    ("{lora}:0.8#{folder}/not-an-image.png", REGIONAL, ["not-an-image.png: cannot read it as an image"]),
+    ("{lora}:0.8#{folder}/left.png", ["--method", "composite", "--prompt", "a face"],
+     ["only --method regional uses masks"]),
+    ("{lora}:0.8#{folder}/left.png", ["-o", "{folder}/x.safetensors"], ["only --method regional uses masks"]),
+    ("{lora}:0.8", REGIONAL, ["first has no region", "#mask.png"]),
+])
+def test_bad_regions_are_one_line_errors(lora_files, masks, tmp_path, spec, options, fragments):
+    (tmp_path / "not-an-image.png").write_text("not a picture")
+    Image.open(masks["left"]).save(tmp_path / "left.png")
+    args = [spec.format(lora=lora_files[0], folder=tmp_path), *(o.format(folder=tmp_path) for o in options)]
+    result = CliRunner().invoke(main, ["compose", *args, "--images", str(tmp_path / "images")])
+    assert_clean_error(result, *fragments)
