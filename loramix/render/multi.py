@@ -75,12 +75,15 @@ def _denoise(pipeline, names: list[str], weights: list[float], settings: list[Re
     generators = [torch.Generator().manual_seed(s.seed) for s in settings]
     base = len(names)  # the index that stands for "no LoRA": the base's own prediction
 
+    enabled = True  # render_multi enables the adapters; the base's call turns them off until the next LoRA's
+
     def activate(k: int) -> None:
-        if k == base:
-            pipeline.disable_lora()
-            return
-        pipeline.enable_lora()
-        pipeline.set_adapters([names[k]], adapter_weights=[weights[k]])
+        nonlocal enabled
+        if (k != base) != enabled:
+            enabled = k != base
+            (pipeline.enable_lora if enabled else pipeline.disable_lora)()
+        if enabled:
+            pipeline.set_adapters([names[k]], adapter_weights=[weights[k]])
 
     conditioning = []
     for k in range(len(names) + (regions is not None)):
