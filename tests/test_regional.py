@@ -10,6 +10,7 @@ from conftest import assert_clean_error
 from PIL import Image
 
 from loramix.cli import main
+from loramix.render.core import RenderSettings
 from loramix.specs import WeightedFile, parse_weight_spec
 
 STEPS = 4
@@ -18,6 +19,12 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def lora_files(toy_loras):
     return list(toy_loras(["first", "second"]).values())
+
+
+@pytest.fixture(scope="module")
+def triggered(toy_loras) -> str:
+    """A LoRA whose metadata names its trigger word, as `loramix train` writes it."""
+    return toy_loras(["mustache"], metadata={"mustache": {"loramix_trigger_words": "mustache"}})["mustache"]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +54,6 @@ def masks(tmp_path_factory) -> dict[str, str]:
 
 
 def settings(count: int = 2, steps: int = STEPS):
-    from loramix.render.core import RenderSettings
-
     return [RenderSettings("a smiling face", seed, steps, 4.0, 64, 64) for seed in range(count)]
 
 
@@ -108,6 +113,48 @@ def test_disjoint_halves_each_take_their_loras_prediction(pipeline, loras, lora_
                        denoise_multi(pipeline, loras, [first], settings(), "composite"))
 
 
+def test_a_lora_without_a_mask_takes_the_region_its_trigger_word_attends_to(pipeline, loras, triggered, tmp_path):
+    """The region is read from the trigger's cross-attention in the first steps: recording it leaves every
+    layer's output as it was, it is a real part of the image, and the render is the one that region given as a
+    mask file renders."""
+    from loramix.render.core import render
+    from loramix.render.multi import find_regions, render_multi
+    from loramix.render.regions import TriggerAttention, recording_cross_attention
+
+    one = [RenderSettings("a face with a mustache", 3, STEPS, 4.0, 64, 64)]
+    plain = pixels(render(pipeline, one))
+    recorder = TriggerAttention({}, guided=True, grid=(8, 8))
+    with recording_cross_attention(pipeline.unet, recorder):
+        assert (pixels(render(pipeline, one)) == plain).all()
+    assert (pixels(render(pipeline, one)) == plain).all()  # the original processors are back
+
+    lora = WeightedFile(triggered, 0.8)
+    names = loras.load_named([lora.path])
+    pipeline.enable_lora()
+    try:
+        region = find_regions(pipeline, loras, [lora], names, one)[0][0]  # (8, 8) of 0 and 1
+    finally:
+        pipeline.disable_lora()
+    assert set(region.unique().tolist()) == {0.0, 1.0}
+    mask = tmp_path / "found.png"
+    Image.fromarray((region.numpy() * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.NEAREST).save(mask)
+    found = pixels(render_multi(pipeline, loras, [lora], one, "regional"))
+    given = pixels(render_multi(pipeline, loras, [WeightedFile(lora.path, 0.8, mask=str(mask))], one, "regional"))
+    assert (found == given).all()
+    everywhere = pixels(render_multi(pipeline, loras, [lora], one, "composite"))
+    assert np.abs(found - plain).mean() > 0.5 and np.abs(found - everywhere).mean() > 0.5
+
+
+def test_trigger_words_come_from_loramix_then_kohya_metadata():
+    from loramix.render.regions import trigger_words
+
+    tags = '{"5_faces": {"mustache": 30, "face": 36}, "2_more": {"mustache": 10}}'
+    assert trigger_words({"loramix_trigger_words": "tache, curly"}) == ["tache", "curly"]
+    assert trigger_words({"ss_tag_frequency": tags}) == ["mustache", "face"]
+    assert trigger_words({"loramix_trigger_words": "face", "ss_tag_frequency": tags}) == ["face", "mustache"]
+    assert trigger_words({"ss_tag_frequency": "not json"}) == []
+
+
 def test_the_weight_spec_carries_the_mask_and_writes_it_back():
     for spec in ["a.safetensors:0.8#mask.png", "a.safetensors:0.8:lbw=INS#masks/left half.png",
                  "a.safetensors:1#m.png"]:
@@ -140,11 +187,13 @@ REGIONAL = ["--method", "regional", "--prompt", "a face", "-n", "1", "--steps", 
     ("{lora}:0.8#{folder}/left.png", ["--method", "composite", "--prompt", "a face"],
      ["only --method regional uses masks"]),
     ("{lora}:0.8#{folder}/left.png", ["-o", "{folder}/x.safetensors"], ["only --method regional uses masks"]),
-    ("{lora}:0.8", REGIONAL, ["first has no region", "#mask.png"]),
+    ("{lora}:0.8", REGIONAL, ["first has no mask and no trigger words in its metadata", "#mask.png"]),
+    ("{triggered}:0.8", REGIONAL, ["none of its trigger words (mustache) is in the prompt 'a face'"]),
 ])
-def test_bad_regions_are_one_line_errors(lora_files, masks, tmp_path, spec, options, fragments):
+def test_bad_regions_are_one_line_errors(lora_files, triggered, masks, tmp_path, spec, options, fragments):
     (tmp_path / "not-an-image.png").write_text("not a picture")
     Image.open(masks["left"]).save(tmp_path / "left.png")
-    args = [spec.format(lora=lora_files[0], folder=tmp_path), *(o.format(folder=tmp_path) for o in options)]
+    args = [spec.format(lora=lora_files[0], triggered=triggered, folder=tmp_path),
+            *(o.format(folder=tmp_path) for o in options)]
     result = CliRunner().invoke(main, ["compose", *args, "--images", str(tmp_path / "images")])
     assert_clean_error(result, *fragments)

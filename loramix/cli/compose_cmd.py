@@ -121,6 +121,10 @@ def _render(weighted_files, composition, prompt, count, negative_prompt, seed, s
     loras = PipelineLoras(loaded.pipeline)
     for wf in weighted_files:  # every file fits the base before anything renders
         loras.read(wf.path)
+    if composition.method == "regional":
+        from loramix.render.regions import check_triggers
+
+        check_triggers(weighted_files, [prompt], loras, loaded.pipeline.tokenizer)
     if not loras.fuse and composition.method in FILE_METHODS and composition.method != "exact":
         raise LoramixError(f"--method {composition.method} fuses a merge into the base weights, which a quantized "
                            "base cannot take without losing it: use exact (unfused adapters) or --quantize none")

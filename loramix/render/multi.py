@@ -27,7 +27,16 @@ from loramix.choices import GENERATION_METHODS
 from loramix.errors import LoramixError
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, batch_settings
-from loramix.render.regions import Regions, check_masks, regions_of
+from loramix.render.regions import (
+    Regions,
+    TriggerAttention,
+    check_masks,
+    probe_steps,
+    recording_cross_attention,
+    regions_of,
+    trigger_positions,
+    trigger_words,
+)
 from loramix.specs import WeightedFile
 
 
@@ -56,19 +65,42 @@ def denoise_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], set
         raise LoramixError(f"--every must be ≥ 1, got {every}")
     first = batch_settings(settings)
     check_masks(files, method)
-    regions = (regions_of(files, first.width, first.height, pipeline.vae_scale_factor) if method == "regional"
-               else None)
     names = loras.load_named([f.path for f in files])
+    weights = [f.weight for f in files]
     pipeline.enable_lora()
     try:
-        return _denoise(pipeline, names, [f.weight for f in files], settings, method, every, regions)
+        if method != "regional":
+            return _denoise(pipeline, names, weights, settings, method, every, None)
+        shape = (first.width, first.height, pipeline.vae_scale_factor, len(settings))
+        found = find_regions(pipeline, loras, files, names, settings) if any(f.mask is None for f in files) else {}
+        return _denoise(pipeline, names, weights, settings, method, every, regions_of(files, *shape, found))
     finally:
         pipeline.disable_lora()
 
 
+def find_regions(pipeline, loras: PipelineLoras, files: list[WeightedFile], names: list[str],
+                  settings: list[RenderSettings]) -> dict[int, torch.Tensor]:
+    """The regions of the files without a mask, from their trigger tokens' cross-attention in the first steps
+    of the render, with those LoRAs acting over the whole image meanwhile (see loramix.render.regions)."""
+    first = settings[0]
+    scale = pipeline.vae_scale_factor
+    unmasked = [k for k, f in enumerate(files) if f.mask is None]
+    positions = {k: trigger_positions(pipeline.tokenizer, [s.prompt for s in settings],
+                                      trigger_words(loras.read(files[k].path).metadata), files[k].name)
+                 for k in unmasked}
+    recorder = TriggerAttention(positions, first.guidance > 1, (first.height // scale, first.width // scale))
+    everywhere = {k: torch.ones(1, first.height // scale, first.width // scale) for k in unmasked}
+    probe = regions_of(files, first.width, first.height, scale, len(settings), everywhere)
+    with recording_cross_attention(pipeline.unet, recorder):
+        _denoise(pipeline, names, [f.weight for f in files], settings, "regional", 1, probe, recorder,
+                 stop_after=probe_steps(first.steps))
+    return recorder.masks()
+
+
 @torch.no_grad()
 def _denoise(pipeline, names: list[str], weights: list[float], settings: list[RenderSettings], method: str,
-             every: int, regions: Regions | None) -> torch.Tensor:
+             every: int, regions: Regions | None, recorder: TriggerAttention | None = None,
+             stop_after: int | None = None) -> torch.Tensor:
     first = settings[0]
     device = pipeline._execution_device
     guided = first.guidance > 1
@@ -94,6 +126,8 @@ def _denoise(pipeline, names: list[str], weights: list[float], settings: list[Re
 
     def predict(k: int, latents: torch.Tensor, t) -> torch.Tensor:
         activate(k)
+        if recorder is not None:
+            recorder.watching = k if k in recorder.positions else None
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
         noise = pipeline.unet(model_input, t, encoder_hidden_states=conditioning[k], return_dict=False)[0]
         if guided:
@@ -108,7 +142,7 @@ def _denoise(pipeline, names: list[str], weights: list[float], settings: list[Re
     step_kwargs = pipeline.prepare_extra_step_kwargs(generators, 0.0)
     if regions is not None:
         regions = Regions(regions.masks.to(device, latents.dtype))
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(scheduler.timesteps[:stop_after]):
         if regions is not None:
             acting = {k: predict(k, latents, t) for k in regions.acting()}
             noise = regions.blend(predict(base, latents, t) if regions.needs_base else None, acting)
