@@ -13,9 +13,12 @@ after a warm-up, and prints the median seconds per image and the ratio to exact:
                               skipped: 2 calls per step
     regional (mouth)          both LoRAs in one box around the mouth (overlap shared out): the base fills the
                               rest: 3 calls per step
+    regional (trigger)        no masks: each LoRA's region found from its trigger word's cross-attention in the
+                              first fifth of the steps (2 calls per step, recorded), then the render again with
+                              them (3 calls per step where the regions leave pixels to the base)
 
-Uses build/loras/{mustache,lipstick}.safetensors when they exist, else two random toy LoRAs (the cost does not
-depend on what the LoRAs learned).
+Uses build/loras/{mustache,lipstick}.safetensors when they exist, else two random toy LoRAs with those trigger
+words in their metadata (the cost does not depend on what the LoRAs learned).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from PIL import Image
 
 from loramix.cli.quiet import quiet_libraries
+from loramix.formats.metadata import META_TRIGGER
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import Composition, render_jobs
@@ -46,10 +50,11 @@ def lora_files(folder: Path, scratch: Path) -> list[str]:
     trained = [folder / "mustache.safetensors", folder / "lipstick.safetensors"]
     if all(path.is_file() for path in trained):
         return [str(path) for path in trained]
-    paths = [scratch / f"random{seed}.safetensors" for seed in (0, 1)]
-    for seed, path in enumerate(paths):
-        write_toy_lora(path, seed)
-    return [str(path) for path in paths]
+    paths = []
+    for seed, trigger in enumerate(("mustache", "lipstick")):
+        paths.append(str(scratch / f"random-{trigger}.safetensors"))
+        write_toy_lora(paths[-1], seed, metadata={META_TRIGGER: trigger})
+    return paths
 
 
 def box_mask(path: Path, box: tuple[int, int, int, int]) -> str:
@@ -81,6 +86,7 @@ def main() -> None:
             "composite": ("composite", [None, None]),
             "regional (halves)": ("regional", [left, right]),
             "regional (mouth)": ("regional", [mouth, mouth]),
+            "regional (trigger)": ("regional", [None, None]),
         }
         pipeline = load_pipeline("toy")
         loras = PipelineLoras(pipeline)
