@@ -192,7 +192,7 @@ REGIONAL = ["--method", "regional", "--prompt", "a face", "-n", "1", "--steps", 
 @pytest.mark.parametrize("spec, options, fragments", [
     ("{lora}:0.8#", REGIONAL, ["nothing after '#'"]),
     ("{lora}:0.8#{folder}/missing.png", REGIONAL, ["mask", "missing.png: no such file"]),
-    ("{lora}:0.8#{folder}/not-an-image.png", REGIONAL, ["not-an-image.png: cannot read it as an image"]),
+    ("{lora}:0.8#{folder}/not-an-image.png", REGIONAL, ["mask", "not-an-image.png: not a readable image"]),
     ("{lora}:0.8#{folder}/left.png", ["--method", "composite", "--prompt", "a face"],
      ["only --method regional uses masks"]),
     ("{lora}:0.8#{folder}/left.png", ["-o", "{folder}/x.safetensors"], ["only --method regional uses masks"]),
@@ -206,3 +206,12 @@ def test_bad_regions_are_one_line_errors(lora_files, triggered, masks, tmp_path,
             *(o.format(folder=tmp_path) for o in options)]
     result = CliRunner().invoke(main, ["compose", *args, "--images", str(tmp_path / "images")])
     assert_clean_error(result, *fragments)
+
+
+@pytest.mark.parametrize("command", [["edit", "{image}", "{spec}", "--prompt", "a face", "-o", "{folder}/edited"],
+                                     ["bake", "{folder}", "{spec}", "-o", "{folder}/baked.safetensors"]])
+def test_commands_without_regions_refuse_a_mask(lora_files, masks, tmp_path, command):
+    spec = f"{lora_files[0]}:0.8#mouth"  # no image suffix: edit takes a spec ending in .png for a misplaced image
+    args = [arg.format(spec=spec, folder=tmp_path, image=masks["white"]) for arg in command]
+    result = CliRunner().invoke(main, args)
+    assert_clean_error(result, f"{spec}: only --method regional uses masks, not {command[0]}")

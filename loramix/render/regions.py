@@ -80,15 +80,9 @@ def load_mask(path: str, width: int, height: int, scale: int) -> torch.Tensor:
 
 def read_mask(path: str):
     """The mask image as greyscale (white: the region), or an error naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    from loramix.imagefile import open_image
 
-    try:
-        with Image.open(Path(path).expanduser()) as image:
-            return image.convert("L")
-    except FileNotFoundError:
-        raise LoramixError(f"mask {path}: no such file") from None
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise LoramixError(f"mask {path}: cannot read it as an image ({e})") from None
+    return open_image(Path(path).expanduser(), "mask").convert("L")
 
 
 def normalise(masks: torch.Tensor) -> torch.Tensor:
@@ -102,8 +96,7 @@ def check_masks(files: list[WeightedFile], method: str) -> None:
     if method != "regional":
         masked = [f for f in files if f.mask is not None]
         if masked:
-            raise LoramixError(f"{masked[0].spec}: only --method regional uses masks (this render's method is "
-                               f"{method})")
+            raise LoramixError(f"{masked[0].spec}: only --method regional uses masks, not {method}")
         return
     for f in files:
         if f.mask is not None:
