@@ -215,3 +215,11 @@ def test_commands_without_regions_refuse_a_mask(lora_files, masks, tmp_path, com
     args = [arg.format(spec=spec, folder=tmp_path, image=masks["white"]) for arg in command]
     result = CliRunner().invoke(main, args)
     assert_clean_error(result, f"{spec}: only --method regional uses masks, not {command[0]}")
+
+
+def test_attention_maps_are_placed_on_the_grid_of_their_layer():
+    """A stride-2 downsample rounds up: a 9 × 7 latent is seen as 5 × 4, then 3 × 2, by deeper layers."""
+    from loramix.render.regions import layer_grid
+
+    assert [layer_grid(8, 8, n) for n in (64, 16, 4)] == [(8, 8), (4, 4), (2, 2)]
+    assert [layer_grid(9, 7, n) for n in (63, 20, 6)] == [(9, 7), (5, 4), (3, 2)]

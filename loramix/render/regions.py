@@ -38,7 +38,7 @@ class Regions:
 
     @property
     def base_share(self) -> torch.Tensor:
-        return 1 - self.masks.sum(0)  # (B, 1, h, w): what no LoRA covers
+        return (1 - self.masks.sum(0)).clamp(min=0)  # (B, 1, h, w): what no LoRA covers (clamped: m̂ sums round)
 
     @property
     def needs_base(self) -> bool:
@@ -71,10 +71,11 @@ def load_mask(path: str, width: int, height: int, scale: int) -> torch.Tensor:
 
     The image is resized to width × height, then each latent pixel takes the mean of its scale × scale
     pixels (area averaging), so a region's edge becomes a soft edge, not a jagged one."""
+    import numpy as np
     from PIL import Image
 
     grey = read_mask(path).resize((width, height), Image.Resampling.BOX)
-    pixels = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).float().view(1, height, width) / 255
+    pixels = torch.tensor(np.asarray(grey), dtype=torch.float32)[None] / 255  # (1, height, width)
     return torch.nn.functional.avg_pool2d(pixels, scale)[0]  # (h, w)
 
 
@@ -168,7 +169,8 @@ def check_triggers(files: list[WeightedFile], prompts: list[str], loras, tokeniz
 
 
 class TriggerAttention:
-    """What each latent pixel's query gives a LoRA's trigger tokens, summed over heads' mean, layer by layer."""
+    """The attention each latent pixel gives a LoRA's trigger tokens (their probabilities summed, the heads
+    averaged), one map per cross-attention layer and step, while that LoRA's UNet call is made."""
 
     def __init__(self, positions: dict[int, torch.Tensor], guided: bool, grid: tuple[int, int]):
         self.positions = positions  # LoRA index → (B, T) trigger tokens of each prompt
@@ -191,10 +193,8 @@ class TriggerAttention:
             probabilities = probabilities[batch // 2:]
         positions = self.positions[self.watching].to(probabilities)  # (B, T)
         on_trigger = (probabilities * positions[:, None, None, :]).sum(-1).mean(1)  # (B, HW)
-        h, w = self.grid
-        scale = round((h * w / on_trigger.shape[1]) ** 0.5)  # the layer's downsampling of the latent grid
-        layer_map = on_trigger.view(-1, 1, h // scale, w // scale)
-        self.maps[self.watching].append(torch.nn.functional.interpolate(layer_map, size=(h, w), mode="bilinear"))
+        layer_map = on_trigger.view(-1, 1, *layer_grid(*self.grid, on_trigger.shape[1]))
+        self.maps[self.watching].append(torch.nn.functional.interpolate(layer_map, size=self.grid, mode="bilinear"))
 
     def masks(self) -> dict[int, torch.Tensor]:
         """Each watched LoRA's region, (B, h, w) of 0 and 1: the mean map scaled to [0, 1], thresholded."""
@@ -205,6 +205,13 @@ class TriggerAttention:
             high = mean.amax((1, 2), keepdim=True)
             found[k] = ((mean - low) / (high - low).clamp(min=1e-12) >= AUTO_THRESHOLD).float()
         return found
+
+
+def layer_grid(h: int, w: int, pixels: int) -> tuple[int, int]:
+    """The (h, w) of a UNet layer that sees `pixels` of an h × w latent: halved, rounding up, per downsample."""
+    while h * w > pixels:
+        h, w = -(-h // 2), -(-w // 2)
+    return h, w
 
 
 class RecordingProcessor:
