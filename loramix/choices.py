@@ -17,7 +17,7 @@ DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 PRUNING_MERGES = ("ties", "dare", "dare_ties")  # peft's merges of the full ΔWᵢ: not additive by design
 FILE_METHODS = ("exact", "merge-svd", *PRUNING_MERGES)
 # Methods that keep the LoRAs apart while rendering.
-GENERATION_METHODS = ("switch", "composite")
+GENERATION_METHODS = ("switch", "composite", "regional")
 SEQUENTIAL = "sequential"
 RENDER_METHODS = (*FILE_METHODS, *GENERATION_METHODS, SEQUENTIAL)
 

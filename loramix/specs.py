@@ -5,13 +5,14 @@ Imports nothing heavy, so the CLI can parse them before torch is loaded."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loramix.errors import LoramixError
 from loramix.schedule import Schedule, finite_number, parse_schedule
 
 LBW = "lbw="  # A1111's lora-block-weight syntax: <lora:name:0.8:lbw=1,0,…> or lbw=PRESET
+MASK = "#"  # regional composition: `a.safetensors:0.8#mask.png`, the LoRA's region as an image
 
 
 @dataclass(frozen=True)
@@ -26,16 +27,17 @@ class WeightedFile:
 
     @property
     def spec(self) -> str:
-        """As written on the command line: `a.safetensors:0.7`, `a.safetensors:0.7:lbw=INS` or
-        `a.safetensors:0@0,1@0.4,1@1`."""
+        """As written on the command line: `a.safetensors:0.7`, `a.safetensors:0.7:lbw=INS`,
+        `a.safetensors:0@0,1@0.4,1@1` or `…#mask.png`."""
         return f"{self.path}:{self.strength}"
 
     @property
     def strength(self) -> str:
-        """The weight as A1111's `<lora:NAME:…>` writes it, block weights and a schedule (as typed) included:
-        `0.7`, `0.7:lbw=INS` or `0.8@0.3-1.0`."""
+        """The weight as A1111's `<lora:NAME:…>` writes it, block weights, a schedule (as typed) and a region
+        included: `0.7`, `0.7:lbw=INS`, `0.8@0.3-1.0` or `0.7#mask.png`."""
         weight = self.schedule.text if self.schedule else f"{self.weight:g}"
-        return weight + (f":{LBW}{self.lbw}" if self.lbw else "")
+        blocks = f":{LBW}{self.lbw}" if self.lbw else ""
+        return weight + blocks + (f"{MASK}{self.mask}" if self.mask else "")
 
     @property
     def name(self) -> str:
@@ -46,7 +48,15 @@ class WeightedFile:
 def parse_weight_spec(spec: str) -> WeightedFile:
     """`a.safetensors:0.7` → (a.safetensors, 0.7); without `:` the weight is 1. The weight may be a step
     schedule (`0.8@0.3-1.0`, `0@0,1@0.4,1@1`: see loramix.schedule). A last part `:lbw=…` gives block weights
-    (checked against the file's architecture once it is read); they combine with a schedule."""
+    (checked against the file's architecture once it is read); they combine with a schedule. A last
+    `#mask.png` gives the LoRA's region for regional composition; what comes before it is parsed as above."""
+    rest, hash_sign, mask = spec.rpartition(MASK)
+    if hash_sign:
+        if not mask:
+            raise LoramixError(f"weight spec {spec!r}: nothing after '{MASK}' (write e.g. {rest}{MASK}mask.png)")
+        if not rest:
+            raise LoramixError(f"weight spec {spec!r}: no file before '{MASK}'")
+        return replace(parse_weight_spec(rest), mask=mask)
     head, colon, tail = spec.rpartition(":")
     if colon and tail.startswith(LBW):
         lbw = tail[len(LBW):]

@@ -286,11 +286,14 @@ def test_every_method_previews_and_names_itself_as_the_commands_do(server):
     texts = {}
     for method in RENDER_METHODS:
         status, body = preview(url, two, method=method, strength=0.5)
+        if method == "regional":  # the page gives no masks, and the prompt holds neither LoRA's trigger word
+            assert status == 422 and "a has no mask" in body["error"], body
+            continue
         assert status == 200, (method, body)
         texts[method] = body["parameters"][0]
     assert "Composition" not in texts["exact"] and "Composition: ties density 0.5" in texts["ties"]
     assert "Composition: switch every 1" in texts["switch"] and "Denoising strength: 0.5" in texts["sequential"]
-    assert len(set(texts.values())) == len(RENDER_METHODS)
+    assert len(set(texts.values())) == len(texts)
     status, body = preview(url, {}, method="composite")
     assert status == 422 and "switch at least one on" in body["error"]
 

@@ -18,7 +18,9 @@ def bake(base, specs, output) -> None:
     dtype, and is written only once complete."""
     from loramix.bake import bake as bake_checkpoint
     from loramix.blocks import read_weighted
+    from loramix.render.regions import check_masks
 
     weighted_files = [parse_weight_spec(s) for s in specs]
+    check_masks(weighted_files, "bake")
     report = bake_checkpoint(base, read_weighted(weighted_files), [wf.path for wf in weighted_files], output)
     click.echo(f"wrote {report.output}: {base} with {len(weighted_files)} LoRAs added into {report.modules} weights")

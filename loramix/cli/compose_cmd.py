@@ -69,6 +69,9 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     full-precision base it is fused into the weights, so rendering costs what the base costs.
     """
     weighted_files = [parse_weight_spec(s) for s in specs]
+    from loramix.render.regions import check_masks
+
+    check_masks(weighted_files, "sequential" if sequential else method)
     if method in GENERATION_METHODS and output is not None:
         raise LoramixError(f"--method {method} combines LoRAs while denoising, so there is no file to write: "
                            "drop -o, or use exact, merge-svd, ties or dare")
@@ -123,6 +126,10 @@ def _render(weighted_files, composition, prompt, count, negative_prompt, seed, s
     loras = PipelineLoras(loaded.pipeline)
     for wf in weighted_files:  # every file fits the base before anything renders
         loras.read(wf.path)
+    if composition.method == "regional":
+        from loramix.render.regions import check_triggers
+
+        check_triggers(weighted_files, [prompt], loras, loaded.pipeline.tokenizer)
     if not loras.fuse and composition.method in FILE_METHODS and composition.method != "exact":
         raise LoramixError(f"--method {composition.method} fuses a merge into the base weights, which a quantized "
                            "base cannot take without losing it: use exact (unfused adapters) or --quantize none")

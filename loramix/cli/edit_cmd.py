@@ -45,9 +45,11 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     from loramix.imagefile import open_image
     from loramix.models.load import load_base
     from loramix.render.edit import edit_sequence, write_stages
+    from loramix.render.regions import check_masks
 
     image_path, specs = split_image(arguments)
     loras = [parse_weight_spec(s) for s in specs]
+    check_masks(loras, "edit (its --mask is the edit's region)")
     image = open_image(image_path, "image") if image_path else None
     mask_image = open_image(mask, "mask") if mask else None
     if image is not None and mask_image is not None and mask_image.size != image.size:

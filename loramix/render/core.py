@@ -6,7 +6,7 @@ batches of the same LoRA set, and puts each set on the pipeline as a `Compositio
 
     exact, merge-svd, ties, dare, dare_ties   the LoRAs merged into one update, fused (or unfused adapters
                                               on a quantized base): one pipeline call per batch
-    switch, composite                         the LoRAs kept apart and combined while denoising
+    switch, composite, regional               the LoRAs kept apart and combined while denoising
     sequential                                each LoRA in turn, img2img on the previous stage
 
 `generate`, `compose --prompt` and `xy` feed it jobs; `edit` runs the sequential method on one image.
@@ -82,6 +82,8 @@ class Composition:
             return f"switch every {self.every} steps"
         if self.method == "composite":
             return "composite: guided predictions averaged"
+        if self.method == "regional":
+            return "regional: guided predictions blended by each LoRA's mask"
         return f"each LoRA in turn, img2img at strength {self.strength:g}"
 
 
@@ -125,10 +127,12 @@ def render_jobs(pipeline, loras, jobs: list, composition: Composition = EXACT,
     """Render `jobs` in the order given, a batch of one LoRA set at a time, with `loras` (a PipelineLoras on
     `pipeline`) putting each set on as `composition` says. The pipeline is left with no LoRA at the end.
     LoRAs with step schedules are put on step by step (loramix.render.scheduled) by the merging methods."""
+    from loramix.render.regions import check_masks
     from loramix.render.scheduled import StepWeights, check_method, is_scheduled
 
-    for job in jobs:
-        check_method(job.loras, composition.method)
+    for files in {job.loras for job in jobs}:  # before the first image: every schedule and mask is usable
+        check_method(files, composition.method)
+        check_masks(files, composition.method)
     try:
         for batch in batches(jobs, 1 if composition.method == SEQUENTIAL else batch_size):
             files = batch[0].loras

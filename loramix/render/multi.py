@@ -5,9 +5,13 @@ adding the LoRAs' weights, both methods keep each LoRA whole and combine them du
 
     switch:     ε_t = ε(x_t | LoRA_k),  k = ⌊t_index / every⌋ mod n        one UNet call per step
     composite:  ε_t = 1/n · Σ_k ε̃(x_t | LoRA_k)                            n UNet calls per step
+    regional:   ε_t = (1 − Σ_k m̂_k)·ε̃(x_t) + Σ_k m̂_k·ε̃(x_t | LoRA_k)        n + 1 UNet calls per step
 
 where ε̃ is the classifier-free-guided prediction, uncond + g·(cond − uncond), made with LoRA_k active (and
 with LoRA_k's text conditioning when it changes the text encoder). Each LoRA acts at its own weight.
+Regional composition (see loramix.render.regions) weights each LoRA's prediction by its mask m̂_k at latent
+resolution and lets the base's prediction, with no LoRA, fill what no mask covers: it skips the base's call
+when the masks cover every latent pixel, and a LoRA's call when its mask is empty.
 
 The loop is Stable Diffusion's own (encode, prepare latents, scale, predict, guide, step, decode) from the
 pipeline's parts, with the per-step choice of LoRA added; with one LoRA it renders what the pipeline does
@@ -23,12 +27,32 @@ from loramix.choices import GENERATION_METHODS
 from loramix.errors import LoramixError
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, batch_settings
+from loramix.render.regions import (
+    Regions,
+    TriggerAttention,
+    check_masks,
+    probe_steps,
+    recording_cross_attention,
+    regions_of,
+    trigger_positions,
+    trigger_words,
+)
 from loramix.specs import WeightedFile
 
 
 def render_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], settings: list[RenderSettings],
                  method: str, every: int = 1) -> list[Image.Image]:
-    """Render one batch with `files` combined by `method` ("switch" every `every` steps, or "composite")."""
+    """Render one batch with `files` combined by `method` ("switch" every `every` steps, "composite", or
+    "regional" with each file's mask)."""
+    latents = denoise_multi(pipeline, loras, files, settings, method, every)
+    with torch.no_grad():
+        images = pipeline.vae.decode(latents / pipeline.vae.config.scaling_factor, return_dict=False)[0]
+    return pipeline.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(settings))
+
+
+def denoise_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], settings: list[RenderSettings],
+                  method: str, every: int = 1) -> torch.Tensor:
+    """The denoised latents (B, C, h, w) of `render_multi`, before the VAE decodes them."""
     from loramix.models.load import is_sdxl
 
     if method not in GENERATION_METHODS:
@@ -39,49 +63,91 @@ def render_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], sett
         raise LoramixError(f"--method {method} needs at least one LoRA")
     if every < 1:
         raise LoramixError(f"--every must be ≥ 1, got {every}")
-    batch_settings(settings)
+    first = batch_settings(settings)
+    check_masks(files, method)
     names = loras.load_named([f.path for f in files])
+    weights = [f.weight for f in files]
     pipeline.enable_lora()
     try:
-        return _denoise(pipeline, names, [f.weight for f in files], settings, method, every)
+        if method != "regional":
+            return _denoise(pipeline, names, weights, settings, method, every, None)
+        shape = (first.width, first.height, pipeline.vae_scale_factor, len(settings))
+        found = find_regions(pipeline, loras, files, names, settings) if any(f.mask is None for f in files) else {}
+        return _denoise(pipeline, names, weights, settings, method, every, regions_of(files, *shape, found))
     finally:
         pipeline.disable_lora()
 
 
+def find_regions(pipeline, loras: PipelineLoras, files: list[WeightedFile], names: list[str],
+                  settings: list[RenderSettings]) -> dict[int, torch.Tensor]:
+    """The regions of the files without a mask, from their trigger tokens' cross-attention in the first steps
+    of the render, with those LoRAs acting over the whole image meanwhile (see loramix.render.regions)."""
+    first = settings[0]
+    scale = pipeline.vae_scale_factor
+    unmasked = [k for k, f in enumerate(files) if f.mask is None]
+    positions = {k: trigger_positions(pipeline.tokenizer, [s.prompt for s in settings],
+                                      trigger_words(loras.read(files[k].path).metadata), files[k].name)
+                 for k in unmasked}
+    recorder = TriggerAttention(positions, first.guidance > 1, (first.height // scale, first.width // scale))
+    everywhere = {k: torch.ones(1, first.height // scale, first.width // scale) for k in unmasked}
+    probe = regions_of(files, first.width, first.height, scale, len(settings), everywhere)
+    with recording_cross_attention(pipeline.unet, recorder):
+        _denoise(pipeline, names, [f.weight for f in files], settings, "regional", 1, probe, recorder,
+                 stop_after=probe_steps(first.steps))
+    return recorder.masks()
+
+
 @torch.no_grad()
 def _denoise(pipeline, names: list[str], weights: list[float], settings: list[RenderSettings], method: str,
-             every: int) -> list[Image.Image]:
+             every: int, regions: Regions | None, recorder: TriggerAttention | None = None,
+             stop_after: int | None = None) -> torch.Tensor:
     first = settings[0]
     device = pipeline._execution_device
     guided = first.guidance > 1
     generators = [torch.Generator().manual_seed(s.seed) for s in settings]
+    base = len(names)  # the index that stands for "no LoRA": the base's own prediction
+
+    enabled = True  # render_multi enables the adapters; the base's call turns them off until the next LoRA's
 
     def activate(k: int) -> None:
-        pipeline.set_adapters([names[k]], adapter_weights=[weights[k]])
+        nonlocal enabled
+        if (k != base) != enabled:
+            enabled = k != base
+            (pipeline.enable_lora if enabled else pipeline.disable_lora)()
+        if enabled:
+            pipeline.set_adapters([names[k]], adapter_weights=[weights[k]])
 
     conditioning = []
-    for k in range(len(names)):
+    for k in range(len(names) + (regions is not None)):
         activate(k)
         positive, negative = pipeline.encode_prompt([s.prompt for s in settings], device, 1, guided,
                                                     [s.negative_prompt for s in settings])
         conditioning.append(torch.cat([negative, positive]) if guided else positive)  # (2B, T, D) or (B, T, D)
+
+    def predict(k: int, latents: torch.Tensor, t) -> torch.Tensor:
+        activate(k)
+        if recorder is not None:
+            recorder.watching = k if k in recorder.positions else None
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+        noise = pipeline.unet(model_input, t, encoder_hidden_states=conditioning[k], return_dict=False)[0]
+        if guided:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + first.guidance * (cond - uncond)
+        return noise  # (B, C, h, w)
 
     scheduler = pipeline.scheduler
     scheduler.set_timesteps(first.steps, device=device)
     latents = pipeline.prepare_latents(len(settings), pipeline.unet.config.in_channels, first.height, first.width,
                                        conditioning[0].dtype, device, generators)  # (B, C, h, w)
     step_kwargs = pipeline.prepare_extra_step_kwargs(generators, 0.0)
-    for i, t in enumerate(scheduler.timesteps):
-        active = [(i // every) % len(names)] if method == "switch" else range(len(names))
-        predictions = []
-        for k in active:
-            activate(k)
-            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
-            noise = pipeline.unet(model_input, t, encoder_hidden_states=conditioning[k], return_dict=False)[0]
-            if guided:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + first.guidance * (cond - uncond)
-            predictions.append(noise)
-        latents = scheduler.step(torch.stack(predictions).mean(0), t, latents, **step_kwargs, return_dict=False)[0]
-    images = pipeline.vae.decode(latents / pipeline.vae.config.scaling_factor, return_dict=False)[0]
-    return pipeline.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(settings))
+    if regions is not None:
+        regions = Regions(regions.masks.to(device, latents.dtype))
+    for i, t in enumerate(scheduler.timesteps[:stop_after]):
+        if regions is not None:
+            acting = {k: predict(k, latents, t) for k in regions.acting()}
+            noise = regions.blend(predict(base, latents, t) if regions.needs_base else None, acting)
+        else:
+            active = [(i // every) % len(names)] if method == "switch" else range(len(names))
+            noise = torch.stack([predict(k, latents, t) for k in active]).mean(0)
+        latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+    return latents
