@@ -39,6 +39,13 @@ def test_good_schedules_parse_and_round_trip_as_typed(spec, kind, keyframes):
     assert weighted.weight == max((w for _, w in keyframes), key=abs)  # a scheduled file's one weight: its peak
 
 
+@pytest.mark.parametrize("spec", ["a.safetensors:0.8@0.3-1#m.png", "a.safetensors:0@0,1@0.4,1@1:lbw=INS#dir/m.png"])
+def test_a_schedule_and_a_region_parse_and_write_back_together(spec):
+    weighted = parse_weight_spec(spec)
+    assert weighted.schedule is not None and weighted.mask.endswith("m.png")
+    assert weighted.spec == spec and parse_weight_spec(weighted.spec) == weighted
+
+
 def test_weight_at_follows_loractl_interpolation_and_inclusive_ranges():
     ramp = parse_weight_spec("a:0@0,1@0.4,1@1").schedule
     assert [ramp.weight_at(step_fraction(i, STEPS)) for i in range(STEPS)] == [0, 0.5, 1, 1, 1, 1]
