@@ -1,16 +1,29 @@
-"""Composition methods compared by the judge: does the image show every LoRA's attribute, and is it a face?
+"""Composition methods compared by the judge on held-out seeds and phrasings: does the image show every LoRA's
+attribute, is it still a face, and what else did the LoRAs change?
 
-    python bench/bench_methods.py [--loras build/loras] [--weights mustache=1,lipstick=1,glasses=1] [--count 64]
-                                  [--grid docs/methods.png]
+    python bench/bench_methods.py [--loras build/loras] [--weights mustache=1,lipstick=1,glasses=1]
+                                  [--seeds 1000-1063] [--methods exact,switch,…] [--sets 2,3] [--judge FILE]
+                                  [--grid docs/methods.png --grid-method exact]
 
-For the pair mustache + lipstick and for all three LoRAs (with glasses), renders `count` images (seeds
-0..count-1) of a prompt naming every trigger, by each method: exact (Σ wᵢ·ΔWᵢ fused), merge-svd (its best
-rank-8 approximation), ties and dare (peft's merges, density 0.5), switch (LoRAs take turns every step) and
-composite (guided predictions averaged), plus the base alone. Prints a markdown table: % of images with each
-attribute, % with all of them, % still a face, seconds per image.
+For the pair mustache + lipstick and for all three LoRAs (with glasses), renders every seed with each of three
+phrasings of a prompt naming every attribute (seeds and phrasings that no LoRA was trained or tuned on), by
+the base alone, each LoRA alone (exact) and every method in `loramix.choices.RENDER_METHODS` (read from
+there, so a method added later is benched too; one that needs inputs the bench lacks is skipped with a note;
+sequential, which renders one image at a time, only when --methods names it). merge-svd merges to rank 8;
+ties and dare keep density 0.5.
 
-The LoRAs are the shipped recipes' (`recipes/*.toml`); any missing from --loras is trained first (about
-3 minutes each).
+Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
+judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
+seconds per image. Locality is the mean absolute pixel change (0-255, over pixels and channels) against the
+base's render at the same seed and prompt:
+  top 40%   the top 40% of the image: hair, eyes, background, which no mustache or lipstick should touch
+  outside   the pixels outside every benched attribute's box. An attribute's box is the union of
+            `faces.attribute_box` over 1,000 generated faces: wherever that attribute can be drawn on any face
+            the generator makes (the faces move and vary in size, so it is larger than one face's box).
+
+The LoRAs are the shipped recipes' (`recipes/*.toml`); any missing from --loras is trained first (about 3
+minutes each on two cores). The default, 32 seeds (1000-1031) × 3 phrasings, keeps both sets under 10 minutes
+on the shared 2-core development machine with one torch thread; --seeds 1000-1127 gives the full 128.
 """
 
 from __future__ import annotations
@@ -19,27 +32,56 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
 
+from loramix.choices import RENDER_METHODS, SEQUENTIAL
 from loramix.cli.quiet import quiet_libraries
+from loramix.errors import LoramixError
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
-from loramix.render.core import RenderSettings, render
+from loramix.render.core import Composition, render_jobs
 from loramix.render.images import labelled_grid
-from loramix.render.multi import GENERATION_METHODS, render_multi
+from loramix.render.prompts import ImageJob
 from loramix.specs import WeightedFile
+from loramix.toy import faces
 from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from loramix.toy.judge import ATTRIBUTES, load_judge
+from loramix.toy.judge import ATTRIBUTES, SIZE, load_judge, to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("base", "exact", "merge-svd", "ties", "dare", "switch", "composite")
-PROMPTS = {
-    ("mustache", "lipstick"): "a face with a mustache and lipstick",
-    ("mustache", "lipstick", "glasses"): "a face with a mustache and lipstick, wearing glasses",
+PHRASINGS = {  # every word is one token of the toy base's tokenizer (checked when the bench starts)
+    ("mustache", "lipstick"): (
+        "a face with a mustache and lipstick",
+        "a smiling face with a mustache, wearing lipstick, on a grey background",
+        "portrait of a person with a mustache and lipstick"),
+    ("mustache", "lipstick", "glasses"): (
+        "a face with a mustache and lipstick, wearing glasses",
+        "a smiling face with a mustache, wearing lipstick and glasses, on a grey background",
+        "portrait of a person with a mustache, lipstick and glasses"),
 }
+TOP_ROWS = round(0.4 * SIZE)
 BATCH = 16
+# Rendered one image at a time (a text-to-image, then an img2img per LoRA): left out unless --methods names it.
+UNBATCHED = (SEQUENTIAL,)
+GRID_SEEDS = 8
+
+
+@dataclass
+class Rendered:
+    images: list  # PIL images, in the order of the jobs
+    seconds_per_image: float
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'1000-1127' or '1000,1005,1010' (or a mix) → seeds."""
+    seeds = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        seeds += range(int(first), int(last) + 1) if last else [int(first)]
+    return seeds
 
 
 def lora_file(folder: Path, name: str) -> Path:
@@ -53,17 +95,49 @@ def lora_file(folder: Path, name: str) -> Path:
     return path
 
 
-def rendered(pipeline, loras: PipelineLoras, files: list[WeightedFile], method: str, prompt: str, count: int):
-    settings = [RenderSettings(prompt, seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, 64, 64) for seed in range(count)]
-    loras.apply([] if method in ("base", *GENERATION_METHODS) else files,
-                method="exact" if method == "base" else method, rank=8 if method == "merge-svd" else None)
+@cache
+def attribute_regions(names: tuple[str, ...], faces_sampled: int = 1_000) -> torch.Tensor:
+    """(64, 64) booleans: True where any of `names`' attributes can be drawn on a generated face."""
+    region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    for name in names:
+        boxes = [faces.attribute_box(faces.sample_face(seed, **{name: True}), name) for seed in range(faces_sampled)]
+        left, top = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        right, bottom = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        region[top:bottom, left:right] = True
+    return region
+
+
+def pixels(images: list) -> torch.Tensor:
+    """PIL images → (N, 3, 64, 64) in 0-255."""
+    return (to_tensor(images) + 1) * 127.5
+
+
+def locality(images: torch.Tensor, base: torch.Tensor, region: torch.Tensor) -> tuple[float, float]:
+    """Mean |Δ pixel| (0-255) against the base's renders in the top 40% of the image, and outside `region`."""
+    change = (images - base).abs().mean(dim=1)  # (N, 64, 64)
+    return float(change[:, :TOP_ROWS].mean()), float(change[:, ~region].mean())
+
+
+def render_all(pipeline, loras: PipelineLoras, files: tuple[WeightedFile, ...], composition: Composition,
+               prompts: tuple[str, ...], seeds: list[int]) -> Rendered:
+    jobs = [ImageJob("", 0, prompt, "", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, SIZE, SIZE, files)
+            for prompt in prompts for seed in seeds]
     start = time.perf_counter()
-    images = []
-    for first in range(0, count, BATCH):
-        batch = settings[first : first + BATCH]
-        images += (render_multi(pipeline, loras, files, batch, method) if method in GENERATION_METHODS
-                   else render(pipeline, batch))
-    return images, (time.perf_counter() - start) / count
+    images = [image for batch in render_jobs(pipeline, loras, jobs, composition, BATCH) for image in batch.images]
+    return Rendered(images, (time.perf_counter() - start) / len(jobs))
+
+
+def composition_of(method: str) -> Composition:
+    return Composition(method, rank=8 if method == "merge-svd" else None)
+
+
+def check_vocabulary(pipeline) -> None:
+    """Say so when a phrasing has a word the toy tokenizer splits into pieces (a word the base never saw)."""
+    tokenizer = pipeline.tokenizer
+    words = {word.strip(",") for prompts in PHRASINGS.values() for prompt in prompts for word in prompt.split()}
+    unknown = sorted(word for word in words if len(tokenizer.tokenize(word)) != 1)
+    if unknown:
+        print(f"note: not single tokens of the base's vocabulary: {', '.join(unknown)}")
 
 
 def main() -> None:
@@ -72,41 +146,71 @@ def main() -> None:
     parser.add_argument("--loras", type=Path, default=ROOT / "build" / "loras")
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",
                         help="Weight of each LoRA, the same for every method.")
-    parser.add_argument("--count", type=int, default=64)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="1000-1031", help="Seeds, e.g. 1000-1127 or 1000,1002.")
+    parser.add_argument("--methods", default=",".join(m for m in RENDER_METHODS if m not in UNBATCHED))
     parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
-    parser.add_argument("--grid", type=Path, help="Save a grid: a row of 8 images per method, for the pair.")
+    parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
+    parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
+                                                  f"{GRID_SEEDS} seeds each, under the base's renders.")
+    parser.add_argument("--grid-method", default="exact")
     args = parser.parse_args()
+    left_out = [m for m in UNBATCHED if m not in args.methods.split(",")]
+    if left_out:
+        print(f"note: {', '.join(left_out)} renders one image at a time (about 10× the others' cost here); "
+              f"--methods {','.join(RENDER_METHODS)} adds it")
 
     torch.manual_seed(0)
+    seeds = parse_seeds(args.seeds)
     weights = {name: float(value) for name, value in (item.split("=") for item in args.weights.split(","))}
+    methods = list(dict.fromkeys(args.methods.split(",") + ([args.grid_method] if args.grid else [])))
     args.loras.mkdir(parents=True, exist_ok=True)
-    judge = load_judge()
+    judge = load_judge(args.judge)
     pipeline = load_pipeline("toy")
+    check_vocabulary(pipeline)
     loras = PipelineLoras(pipeline)
-    sets = [names for names in PROMPTS if str(len(names)) in args.sets.split(",")]
-    for names in sets:
-        files = [WeightedFile(str(lora_file(args.loras, name)), weights[name]) for name in names]
-        prompt = PROMPTS[names]
-        print(f"\n{' + '.join(f'{n}:{weights[n]:g}' for n in names)}, \"{prompt}\", {args.count} images, "
-              f"{DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE:g}\n")
-        print(f"| method | {' | '.join(names)} | all {len(names)} | face | s/image |")
-        print("|---|" + "---|" * (len(names) + 3))
-        grid_rows = []
-        for method in args.methods.split(","):
-            images, seconds = rendered(pipeline, loras, files, method, prompt, args.count)
-            verdicts = judge.verdicts(images)  # (N, 4): face, mustache, lipstick, glasses
-            columns = [ATTRIBUTES.index(name) for name in names]
+    grid_rows, grid_labels = [], []
+    for names in [names for names in PHRASINGS if str(len(names)) in args.sets.split(",")]:
+        prompts = PHRASINGS[names]
+        files = {name: WeightedFile(str(lora_file(args.loras, name)), weights[name]) for name in names}
+        columns = [ATTRIBUTES.index(name) for name in names]
+        print(f"\n{' + '.join(f'{n}:{weights[n]:g}' for n in names)}: seeds {seeds[0]}…{seeds[-1]} ({len(seeds)}) "
+              f"× {len(prompts)} phrasings = {len(seeds) * len(prompts)} images per row, {DEFAULT_STEPS} steps, "
+              f"guidance {DEFAULT_GUIDANCE:g}\n")
+        print(f"| method | weights | {' | '.join(names)} | all {len(names)} | face | Δ top 40% | Δ outside | s/image |")
+        print("|---|---|" + "---|" * (len(names) + 5))
+        base = render_all(pipeline, loras, (), Composition(), prompts, seeds)
+        base_pixels = pixels(base.images)
+        rows = [("base", "", (), "exact", None)]
+        rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
+        rows += [(method, "/".join(f"{files[n].weight:g}" for n in names), tuple(files.values()), method, names)
+                 for method in methods]
+        for label, weight_text, row_files, method, region_names in rows:
+            try:
+                result = base if label == "base" else render_all(pipeline, loras, row_files, composition_of(method),
+                                                                 prompts, seeds)
+            except LoramixError as e:  # e.g. a method that needs masks or an input image the bench has not
+                print(f"| {label} | skipped: {e} |")
+                continue
+            verdicts = judge.verdicts(result.images)  # (N, 4): face, mustache, lipstick, glasses
             shown = [f"{verdicts[:, c].float().mean():.0%}" for c in columns]
             every = verdicts[:, columns].all(dim=1).float().mean()
             face = verdicts[:, 0].float().mean()
-            print(f"| {method} | {' | '.join(shown)} | {every:.0%} | {face:.0%} | {seconds:.3f} |", flush=True)
-            grid_rows.append((method, images[:8]))
-        if args.grid and len(names) == 2:
-            grid = labelled_grid([row for _, row in grid_rows], [f"seed {i}" for i in range(8)],
-                                 [method for method, _ in grid_rows], scale=2, title=f'"{prompt}"')
-            grid.image.save(args.grid)
-    loras.apply([])
+            if region_names is None:
+                top, outside = "–", "–"
+            else:
+                figures = locality(pixels(result.images), base_pixels, attribute_regions(region_names))
+                top, outside = (f"{figure:.1f}" for figure in figures)
+            print(f"| {label} | {weight_text} | {' | '.join(shown)} | {every:.0%} | {face:.0%} | {top} | {outside} | "
+                  f"{result.seconds_per_image:.3f} |", flush=True)
+            if args.grid and label in ("base", args.grid_method):
+                grid_rows.append(result.images[: min(GRID_SEEDS, len(seeds))])  # the first phrasing's
+                grid_labels.append(f"{len(names)} LoRAs, {label}" if label != "base" else f"base ({len(names)})")
+    if args.grid and grid_rows:
+        title = f"{args.grid_method}, each set's first phrasing"
+        grid = labelled_grid(grid_rows, [f"seed {seed}" for seed in seeds[:GRID_SEEDS]], grid_labels, scale=2,
+                             title=title)
+        grid.image.save(args.grid)
+        print(f"\nwrote {args.grid}")
 
 
 if __name__ == "__main__":

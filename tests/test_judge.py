@@ -1,4 +1,5 @@
-"""The shipped judge reads the generator's faces and attributes; the judge command reports what it sees."""
+"""The shipped judge reads the generator's faces and attributes, and fails broken ones; the judge command
+reports what it sees."""
 
 from __future__ import annotations
 
@@ -13,15 +14,22 @@ from loramix.cli import main
 from loramix.toy.faces import BACKGROUNDS, draw_face, sample_face, write_dataset
 from loramix.toy.judge import (
     ATTRIBUTES,
+    BREAKS,
     JudgeError,
     JudgeNet,
     JudgeTraining,
+    broken_face,
+    evaluate_broken,
     evaluate_judge,
+    labelled_images,
     load_judge,
     non_face,
     save_judge,
     train_judge,
 )
+
+BROKEN_REJECTED = 0.85  # the judge before broken faces were in its training rejected 22%
+EACH_BREAK_REJECTED = 0.65
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +66,39 @@ def test_a_face_in_shuffled_tiles_is_not_a_face(judge):
     assert judge.verdicts(scrambled)[:, 0].float().mean() <= 0.05
 
 
+def test_shipped_judge_fails_held_out_broken_faces_and_passes_clean_ones(judge):
+    figures = evaluate_broken(judge, count=100, seed=7)  # faces no training saw, each broken every way
+    assert figures["clean accepted"] >= 0.98, figures
+    assert figures["broken rejected"] >= BROKEN_REJECTED, figures
+    for kind in BREAKS:
+        assert figures[kind] >= EACH_BREAK_REJECTED, (kind, figures)
+
+
+def test_each_break_is_drawn_from_its_seed_and_changes_the_face():
+    (face, other), _ = labelled_images([5, 6], non_face_share=0.0)
+    for kind in BREAKS:
+        broken = broken_face(face, other, 3, kind)
+        assert torch.equal(broken, broken_face(face, other, 3, kind))
+        assert broken.shape == face.shape and -1 <= broken.min() and broken.max() <= 1
+        assert (broken - face).abs().mean() > 0.02, kind
+    with pytest.raises(JudgeError, match="broken face kind 'melt': choose one of warp"):
+        broken_face(face, other, 3, "melt")
+
+
+def test_broken_faces_are_not_faces_with_unknown_attributes_and_leave_the_other_images_as_they_were():
+    seeds = list(range(60))
+    plain_images, plain_labels = labelled_images(seeds, non_face_share=0.3)
+    images, labels = labelled_images(seeds, non_face_share=0.3, broken_share=0.3)
+    broken = labels[:, 1].isnan()
+    assert 8 <= int(broken.sum()) <= 30
+    assert (labels[broken, 0] == 0).all() and labels[broken, 1:].isnan().all()
+    assert (plain_labels[broken, 0] == 1).all()  # they are taken from the faces, never from the non-faces
+    assert torch.equal(labels[~broken], plain_labels[~broken]) and torch.equal(images[~broken], plain_images[~broken])
+    assert ((images[broken] - plain_images[broken]).abs().mean(dim=(1, 2, 3)) > 0.02).all()
+    with pytest.raises(JudgeError, match="add up to more than 1"):
+        labelled_images(seeds, non_face_share=0.6, broken_share=0.5)
+
+
 def test_images_of_other_sizes_and_tensors_get_the_same_verdicts(judge):
     images = [draw_face(sample_face(seed, mustache=seed % 2 == 0, lipstick=seed % 3 == 0)) for seed in range(6)]
     large = [draw_face(sample_face(seed, mustache=seed % 2 == 0, lipstick=seed % 3 == 0), size=128)
@@ -79,11 +120,12 @@ def test_training_runs_end_to_end_with_a_vae_roundtrip_and_is_seeded(tmp_path):
     def roundtrip(images: torch.Tensor) -> torch.Tensor:
         return vae.decode(vae.encode(images).latent_dist.mode()).sample.clamp(-1, 1)
 
-    config = JudgeTraining(examples=24, roundtrip_examples=12)
+    config = JudgeTraining(examples=24, roundtrip_examples=12, broken_share=0.5)  # unknown labels in every batch
     first = train_judge(steps=3, batch_size=8, seed=1, roundtrip=roundtrip, config=config)
     again = train_judge(steps=3, batch_size=8, seed=1, roundtrip=roundtrip, config=config)
     assert isinstance(first, JudgeNet) and not first.training
     probe = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.isfinite(first(probe)).all()  # the unknown labels were left out of the loss, not trained as NaN
     assert torch.equal(first(probe), again(probe))
 
     save_judge(first, tmp_path / "judge.safetensors")  # fp16 on disk

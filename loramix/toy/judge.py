@@ -2,8 +2,11 @@
 
 It turns "did the LoRA teach a mustache?" into a number. It learns from the face generator's own images and
 their true labels, plus images that are not faces (plain backgrounds, shapes in face colours, faces cut into
-shuffled tiles) so that "face" means a face and not a skin-coloured blob. Given the toy base's VAE round trip,
-half of each batch is shown as the VAE gives it back, since the judge must read the model's blurrier outputs.
+shuffled tiles) so that "face" means a face and not a skin-coloured blob, and broken faces (warped, smeared,
+two faces blended, large parts erased or cut off) so that "face" means a whole, well-drawn one: an
+over-weighted LoRA melts a face long before it stops being skin-coloured. Given the toy base's VAE round
+trip, half of each batch is shown as the VAE gives it back, since the judge must read the model's blurrier
+outputs.
 
     judge = load_judge()
     judge.verdicts(images)   # (N, 4) booleans: face, mustache, lipstick, glasses
@@ -115,21 +118,152 @@ def _shuffled_tiles(face: Image.Image, grid: int, rng: random.Random) -> Image.I
     return image
 
 
-def labelled_images(seeds: list[int], non_face_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+# --- broken faces: each a pure function of (face, another face, rng) on (3, 64, 64) tensors in [-1, 1] ----------
+
+def _pixel_grid() -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W) row and column numbers of every pixel, as floats."""
+    return torch.meshgrid(torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32),
+                          indexing="ij")
+
+
+def _resample(image: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """The pixel (x, y) of the result is `image` at (x + dx, y + dy); displacements (H, W) in pixels."""
+    ys, xs = _pixel_grid()
+    grid = torch.stack([(xs + dx) * 2 / (SIZE - 1) - 1, (ys + dy) * 2 / (SIZE - 1) - 1], dim=-1)  # (H, W, 2)
+    return F.grid_sample(image[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
+def _background(face: torch.Tensor) -> torch.Tensor:
+    """(3, 1, 1): the colour of the bottom corners, which no head reaches."""
+    return face[:, -1, [0, -1]].mean(dim=1)[:, None, None]
+
+
+def _warp(face: torch.Tensor, other: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Elastic: a smooth random displacement of 4-9 pixels, varying over a 3×3 to 5×5 grid across the image."""
+    coarse, amplitude = rng.choice((3, 4, 5)), rng.uniform(4.0, 9.0)
+    generator = torch.Generator().manual_seed(rng.getrandbits(62))
+    field = torch.randn(1, 2, coarse, coarse, generator=generator) * amplitude
+    dx, dy = F.interpolate(field, size=(SIZE, SIZE), mode="bicubic", align_corners=True)[0]
+    return _resample(face, dx, dy)
+
+
+def _swirl(face: torch.Tensor, other: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """A whirl around a point near the face's centre: up to 1.5-3.5 radians at the centre, none at the edge."""
+    cx, cy = rng.uniform(24, 40), rng.uniform(26, 42)
+    radius, strength = rng.uniform(18, 34), rng.choice((-1, 1)) * rng.uniform(1.5, 3.5)
+    ys, xs = _pixel_grid()
+    u, v = xs - cx, ys - cy
+    angle = strength * (1 - torch.sqrt(u**2 + v**2) / radius).clamp(min=0) ** 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return _resample(face, cos * u - sin * v - u, sin * u + cos * v - v)
+
+
+def _smear(face: torch.Tensor, other: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Motion blur 10-24 pixels long in one direction, or (streaks) a drag of part of the image along it."""
+    length, angle = rng.uniform(10, 24), rng.uniform(0, math.pi)
+    steps = torch.linspace(-0.5, 0.5, 16) * length
+    samples = [_resample(face, torch.full((SIZE, SIZE), t * math.cos(angle)),
+                         torch.full((SIZE, SIZE), t * math.sin(angle))) for t in steps.tolist()]
+    smeared = torch.stack(samples).mean(dim=0)
+    if rng.random() < 0.5:
+        return smeared
+    band = torch.zeros(SIZE, SIZE)  # streaks: only a band across the face is dragged
+    start = rng.randint(8, 40)
+    band[start : start + rng.randint(14, 24)] = 1
+    band = band if rng.random() < 0.5 else band.T
+    return band * smeared + (1 - band) * face
+
+
+def _blend(face: torch.Tensor, other: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Two faces cross-faded, the second shifted so their features double."""
+    shift = [rng.choice((-1, 1)) * rng.randint(3, 10) for _ in range(2)]
+    moved = torch.roll(other, shifts=shift, dims=(1, 2))
+    share = rng.uniform(0.35, 0.65)
+    return share * face + (1 - share) * moved
+
+
+def _halves(face: torch.Tensor, other: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """One face on one side of a line through the middle, another face (out of line with it) on the other."""
+    shift = [rng.choice((-1, 1)) * rng.randint(4, 10) for _ in range(2)]
+    moved = torch.roll(other, shifts=shift, dims=(1, 2))
+    ys, xs = _pixel_grid()
+    angle = rng.uniform(0, 2 * math.pi)
+    side = (math.cos(angle) * (xs - 32) + math.sin(angle) * (ys - 34) + rng.uniform(-6, 6) > 0).float()
+    return side * face + (1 - side) * moved
+
+
+def _erased(face: torch.Tensor, other: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """A large part of the face painted over in the background: a half of it, or a blob 24-40 pixels across."""
+    ys, xs = _pixel_grid()
+    if rng.random() < 0.5:
+        angle = rng.uniform(0, 2 * math.pi)
+        gone = math.cos(angle) * (xs - 32) + math.sin(angle) * (ys - 34) + rng.uniform(-4, 6) > 0
+    else:
+        cx, cy, r = rng.uniform(22, 42), rng.uniform(24, 44), rng.uniform(12, 20)
+        gone = (xs - cx) ** 2 + (ys - cy) ** 2 < r**2
+    return torch.where(gone, _background(face), face)
+
+
+def _cut(face: torch.Tensor, other: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Cut: the face slid half out of the frame, or sliced across with one part slid 8-16 pixels sideways."""
+    sign = rng.choice((-1, 1))
+    if rng.random() < 0.5:
+        shift = sign * rng.randint(20, 28)
+        horizontal = rng.random() < 0.5
+        moved = torch.roll(face, shifts=shift, dims=2 if horizontal else 1)
+        ys, xs = _pixel_grid()
+        position = xs if horizontal else ys
+        wrapped = position < shift if shift > 0 else position >= SIZE + shift  # what came round the edge
+        return torch.where(wrapped, _background(face), moved)
+    cut_at = rng.randint(24, 40)
+    sliced = face.clone()
+    sliced[:, cut_at:] = torch.roll(face[:, cut_at:], shifts=sign * rng.randint(8, 16), dims=2)
+    return sliced
+
+
+BREAKS: dict[str, Callable[[torch.Tensor, torch.Tensor, random.Random], torch.Tensor]] = {
+    "warp": _warp, "swirl": _swirl, "smear": _smear, "blend": _blend, "halves": _halves, "erased": _erased,
+    "cut": _cut}
+
+
+def broken_face(face: torch.Tensor, other: torch.Tensor, seed: int, kind: str | None = None) -> torch.Tensor:
+    """`face` (3, 64, 64) broken in one of the BREAKS ways (`kind`, else one drawn from `seed`); `other` is
+    the second face a blend or halves needs."""
+    rng = random.Random(f"broken/{seed}")
+    kind = kind or rng.choice(tuple(BREAKS))
+    if kind not in BREAKS:
+        raise JudgeError(f"broken face kind {kind!r}: choose one of {', '.join(BREAKS)}")
+    return BREAKS[kind](face, other, rng).clamp(-1, 1)
+
+
+UNKNOWN = float("nan")  # a label not trained on: what a broken face shows of an attribute is nobody's call
+
+
+def labelled_images(seeds: list[int], non_face_share: float,
+                    broken_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One image per seed, all drawn from the seed: a face with each attribute present with probability ½,
-    or (a `non_face_share` of them) a non-face. Returns (N, 3, 64, 64) images and (N, 4) labels."""
+    or (a `non_face_share` of them) a non-face, or (a `broken_share`) a broken face, whose attribute labels
+    are UNKNOWN. Returns (N, 3, 64, 64) images and (N, 4) labels."""
+    if non_face_share + broken_share > 1:
+        raise JudgeError(f"non-face share {non_face_share:g} and broken share {broken_share:g} add up to more than 1")
     plans = []
     for seed in seeds:
         rng = random.Random(f"judge/{seed}")
         flags = [rng.random() < 0.5 for _ in range(3)]
-        plans.append((faces.sample_face(seed, *flags), flags, rng.random() < non_face_share))
-    drawn = iter(faces.draw_faces([spec for spec, _, _ in plans]))
-    images, labels = [], []
-    for seed, (_, flags, is_non_face) in zip(seeds, plans):
-        face = next(drawn)
-        images.append(non_face(seed, face) if is_non_face else face)
-        labels.append([0.0] * 4 if is_non_face else [1.0, *map(float, flags)])
-    return to_tensor(images), torch.tensor(labels)
+        draw = rng.random()  # one draw for both shares, so broken_share=0 gives the images it always gave
+        kind = "non-face" if draw < non_face_share else "broken" if draw < non_face_share + broken_share else "face"
+        plans.append((faces.sample_face(seed, *flags), flags, kind))
+    drawn = faces.draw_faces([spec for spec, _, _ in plans])
+    images = to_tensor([non_face(seed, face) if kind == "non-face" else face
+                        for seed, face, (_, _, kind) in zip(seeds, drawn, plans)])
+    labels = []
+    for i, (seed, (_, flags, kind)) in enumerate(zip(seeds, plans)):
+        if kind == "broken":
+            other = images[(i + 1) % len(images)] if len(images) > 1 else images[i].flip(-1)
+            images[i] = broken_face(images[i], other, seed)
+        labels.append({"non-face": [0.0] * 4, "broken": [0.0, UNKNOWN, UNKNOWN, UNKNOWN],
+                       "face": [1.0, *map(float, flags)]}[kind])
+    return images, torch.tensor(labels)
 
 
 def training_seeds(count: int, seed: int) -> list[int]:
@@ -173,20 +307,21 @@ def _gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class JudgeTraining:
-    examples: int = 6_000  # distinct generator images; augmentation varies them at every step
+    examples: int = 8_000  # distinct generator images; augmentation varies them at every step
     non_face_share: float = 0.3
+    broken_share: float = 0.25  # warped, smeared, blended, erased or cut faces: "face" is 0 for them
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     # With a roundtrip: how many of the images get one (at ~8 ms each, the VAE is the costly part), and the
     # share of each batch drawn from those round trips.
-    roundtrip_examples: int = 6_000
+    roundtrip_examples: int = 8_000
     roundtrip_share: float = 0.5
 
     def __post_init__(self):
         if self.examples < 1:
             raise JudgeError(f"judge training: examples must be at least 1, got {self.examples}")
-        for name in ("non_face_share", "roundtrip_share"):
+        for name in ("non_face_share", "broken_share", "roundtrip_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise JudgeError(f"judge training: {name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -202,7 +337,8 @@ def train_judge(steps: int, batch_size: int = 128, seed: int = 0, roundtrip: Rou
     config = config or JudgeTraining()
     if steps < 1 or batch_size < 1:
         raise JudgeError(f"judge training: steps and batch_size must be at least 1, got {steps} and {batch_size}")
-    images, labels = labelled_images(training_seeds(config.examples, seed), config.non_face_share)
+    images, labels = labelled_images(training_seeds(config.examples, seed), config.non_face_share,
+                                     config.broken_share)
     round_tripped = _in_chunks(roundtrip, images[: config.roundtrip_examples]) if roundtrip is not None else None
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():  # initial weights and dropout draw from the global generator: seed it here
@@ -232,7 +368,11 @@ def _fit(judge: JudgeNet, images: torch.Tensor, labels: torch.Tensor, round_trip
             through = torch.rand(batch_size, generator=generator) < config.roundtrip_share
             index[through] = torch.randint(0, len(round_tripped), (int(through.sum()),), generator=generator)
             batch[through] = round_tripped[index[through]]
-        loss = F.binary_cross_entropy_with_logits(judge(augment(batch, generator)), labels[index])
+        targets = labels[index]
+        known = ~targets.isnan()  # a broken face teaches "not a face" and nothing about its attributes
+        losses = F.binary_cross_entropy_with_logits(judge(augment(batch, generator)), targets.nan_to_num(0.0),
+                                                    reduction="none")
+        loss = (losses * known).sum() / known.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -256,6 +396,30 @@ def evaluate_judge(judge: JudgeNet | Judge, count: int = 1000, seed: int = 0,
         images = _in_chunks(roundtrip, images)
     predicted = Judge(net).scores(images) > 0.5
     return {name: float((predicted[:, i] == labels[:, i].bool()).float().mean()) for i, name in enumerate(ATTRIBUTES)}
+
+
+def evaluate_broken(judge: JudgeNet | Judge, count: int = 700, seed: int = 0,
+                    roundtrip: Roundtrip | None = None) -> dict[str, float]:
+    """How strict the face output is, on `count` fresh generator faces (seeds never used in training) with
+    random attributes: the share of them read as a face ("clean accepted"), and the share rejected once
+    broken, each face broken every one of the BREAKS ways in turn (per kind, and "broken rejected" overall)."""
+    net = judge.net if isinstance(judge, Judge) else judge
+    start = EVALUATION_SEEDS + seed * 10_000_000 + 5_000_000  # apart from evaluate_judge's images
+    seeds = list(range(start, start + count))
+    images, _ = labelled_images(seeds, non_face_share=0.0)
+    others = images.roll(1, dims=0)
+    read = Judge(net)
+
+    def face_share(batch: torch.Tensor) -> float:
+        batch = _in_chunks(roundtrip, batch) if roundtrip is not None else batch
+        return float((read.scores(batch)[:, 0] > 0.5).float().mean())
+
+    figures = {"clean accepted": face_share(images)}
+    for kind in BREAKS:
+        broken = torch.stack([broken_face(face, other, seed, kind) for face, other, seed in zip(images, others, seeds)])
+        figures[kind] = 1 - face_share(broken)
+    figures["broken rejected"] = sum(figures[kind] for kind in BREAKS) / len(BREAKS)
+    return figures
 
 
 # --- the shipped judge ---------------------------------------------------------------------------------------
@@ -329,13 +493,16 @@ def load_judge(path: str | os.PathLike | None = None) -> Judge:
 def build_judge(out_path: str | os.PathLike, roundtrip: Roundtrip | None, steps: int = 1_500, seed: int = 0,
                 progress: bool = True, evaluation_count: int = 1_000) -> dict:
     """Train a judge, save it at `out_path`, and report its accuracy per attribute on fresh generator images
-    and on the same images through `roundtrip`."""
+    and on the same images through `roundtrip`, and how many broken faces it fails (a quarter as many faces,
+    each broken every way)."""
     judge = train_judge(steps, seed=seed, roundtrip=roundtrip, progress=progress)
     save_judge(judge, out_path)
     figures = {"steps": steps, "parameters": sum(p.numel() for p in judge.parameters()),
-               "generator": evaluate_judge(judge, evaluation_count, seed=seed)}
+               "generator": evaluate_judge(judge, evaluation_count, seed=seed),
+               "broken": evaluate_broken(judge, evaluation_count // 4, seed=seed)}
     if roundtrip is not None:
         figures["roundtrip"] = evaluate_judge(judge, evaluation_count, seed=seed, roundtrip=roundtrip)
+        figures["broken roundtrip"] = evaluate_broken(judge, evaluation_count // 4, seed=seed, roundtrip=roundtrip)
     return figures
 
 
