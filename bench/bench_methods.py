@@ -10,7 +10,8 @@ phrasings of a prompt naming every attribute (seeds and phrasings that no LoRA w
 the base alone, each LoRA alone (exact) and every method in `loramix.choices.RENDER_METHODS` (read from
 there, so a method added later is benched too; one that needs inputs the bench lacks is skipped with a note;
 sequential, which renders one image at a time, only when --methods names it). merge-svd merges to rank 8;
-ties and dare keep density 0.5.
+ties and dare keep density 0.5. regional gives each LoRA its attribute's box (below) as its mask: the region a
+user would paint for it.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -31,8 +32,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -107,6 +109,18 @@ def attribute_regions(names: tuple[str, ...], faces_sampled: int = 1_000) -> tor
     return region
 
 
+def region_masks(names: tuple[str, ...], folder: Path) -> dict[str, str]:
+    """Each attribute's box (`attribute_regions`) as a mask image in `folder`, for regional composition."""
+    from PIL import Image
+
+    masks = {}
+    for name in names:
+        path = folder / f"{name}.mask.png"
+        Image.fromarray(attribute_regions((name,)).numpy().astype("uint8") * 255, mode="L").save(path)
+        masks[name] = str(path)
+    return masks
+
+
 def pixels(images: list) -> torch.Tensor:
     """PIL images → (N, 3, 64, 64) in 0-255."""
     return (to_tensor(images) + 1) * 127.5
@@ -169,6 +183,7 @@ def main() -> None:
     check_vocabulary(pipeline)
     loras = PipelineLoras(pipeline)
     grid_rows, grid_labels = [], []
+    scratch = Path(tempfile.mkdtemp(prefix="bench-methods-"))
     for names in [names for names in PHRASINGS if str(len(names)) in args.sets.split(",")]:
         prompts = PHRASINGS[names]
         files = {name: WeightedFile(str(lora_file(args.loras, name)), weights[name]) for name in names}
@@ -182,7 +197,10 @@ def main() -> None:
         base_pixels = pixels(base.images)
         rows = [("base", "", (), "exact", None)]
         rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
-        rows += [(method, "/".join(f"{files[n].weight:g}" for n in names), tuple(files.values()), method, names)
+        masks = region_masks(names, scratch)
+        rows += [(method, "/".join(f"{files[n].weight:g}" for n in names),
+                  tuple(replace(files[n], mask=masks[n]) if method == "regional" else files[n] for n in names),
+                  method, names)
                  for method in methods]
         for label, weight_text, row_files, method, region_names in rows:
             try:
