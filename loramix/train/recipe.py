@@ -65,10 +65,10 @@ class TrainRecipe:
         "Random horizontal flips: doubles the data when the attribute is symmetric.")})
     masked_loss: bool = field(default=False, metadata={"help": (
         "Weight the loss by each image's mask (0000.mask.png beside 0000.png, white: learn; else the image's "
-        "alpha channel), as kohya's masked_loss: the LoRA learns its region and leaves the rest alone. Images "
-        "without a mask count whole.")})
-    # 0.05 rather than kohya's 0 (the outside ignored): a little weight keeps the rest of the image from drifting.
-    # Ignored while masked_loss is off, so `--no-masked-loss` trains a masked recipe plainly.
+        "alpha channel), as kohya's masked_loss: the LoRA learns from its region. Images without a mask count "
+        "whole.")})
+    # 0.05 rather than kohya's 0 (the outside ignored): the rest of the image still counts a little. Ignored while
+    # masked_loss is off, so `--no-masked-loss` trains a masked recipe plainly.
     masked_loss_weight: float = field(default=0.05, metadata={"help": (
         "With masked_loss, the loss's weight outside the masks, in [0, 1]: 0 ignores it, 1 is the plain loss.")})
     # What to train.
