@@ -22,3 +22,4 @@ SEQUENTIAL = "sequential"
 RENDER_METHODS = (*FILE_METHODS, *GENERATION_METHODS, SEQUENTIAL)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # images Pillow reads
+MASK_SUFFIX = ".mask.png"  # a training image's mask beside it: 0000.mask.png for 0000.png

@@ -16,9 +16,12 @@ import click
 @click.option("--lipstick", is_flag=True, help="Every face wears lipstick.")
 @click.option("--glasses", is_flag=True, help="Every face wears glasses.")
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels.")
-def faces(folder, count, seed, mustache, lipstick, glasses, size) -> None:
+@click.option("--masks", is_flag=True, help="Write each face's attribute mask too, as 0000.mask.png (white: the "
+              "pixels the attributes drew), for masked_loss training.")
+def faces(folder, count, seed, mustache, lipstick, glasses, size, masks) -> None:
     """Write COUNT faces to FOLDER as 0000.png + 0000.txt (its caption): the layout `loramix train` reads."""
     from loramix.toy.faces import write_dataset
 
-    paths = write_dataset(folder, count, seed, mustache=mustache, lipstick=lipstick, glasses=glasses, size=size)
-    click.echo(f"wrote {len(paths)} faces with captions to {folder}")
+    paths = write_dataset(folder, count, seed, mustache=mustache, lipstick=lipstick, glasses=glasses, size=size,
+                          masks=masks)
+    click.echo(f"wrote {len(paths)} faces with captions{' and masks' if masks else ''} to {folder}")

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from PIL import Image, ImageChops, ImageDraw, PngImagePlugin
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, PngImagePlugin
 
 from loramix.atomic import atomic_path
+from loramix.choices import MASK_SUFFIX
 from loramix.errors import FaceSpecError
 
 RGB = tuple[int, int, int]
@@ -67,6 +68,9 @@ EYE_US, EYE_V = (-0.36, 0.36), -0.04  # where the eyes sit, in `_Head` units
 # brown skin are nearly as bright as the skin and came back from the round trip all but gone.
 MIN_LUMA_CONTRAST = 40.0
 MIN_COLOUR_CONTRAST = 150.0
+# How far an attribute's mask reaches past the pixels the attribute drew: the VAE's latents blur an edge over a
+# pixel or two, and a mask that stopped at the edge would leave the attribute's own outline unlearnt.
+MASK_GROWTH = 2
 
 
 def _check(field: str, value: object, allowed: tuple | dict) -> None:
@@ -221,15 +225,29 @@ def attribute_box(spec: FaceSpec, attribute: str, size: int = 64) -> tuple[int, 
             min(size, math.ceil(max(xs)) + pad), min(size, math.ceil(max(ys)) + pad))
 
 
-def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, lipstick: bool = False,
-                  glasses: bool = False, size: int = 64) -> list[Path]:
-    """Write `count` faces as 0000.png + 0000.txt (its caption) …; returns the image paths.
+def attribute_mask(spec: FaceSpec, size: int = 64, grow: int = MASK_GROWTH) -> Image.Image:
+    """Where `spec`'s attributes drew, as a `size`×`size` greyscale image: white wherever its `draw_face` image
+    differs from its plain twin's (the same face with no attribute), grown by `grow` pixels, black elsewhere."""
+    plain = dataclasses.replace(spec, mustache=None, lipstick=None, glasses=None)
+    difference = ImageChops.difference(draw_face(spec, size), draw_face(plain, size))
+    red, green, blue = difference.split()
+    changed = ImageChops.lighter(ImageChops.lighter(red, green), blue).point(lambda value: 255 if value else 0)
+    return changed.filter(ImageFilter.MaxFilter(2 * grow + 1)) if grow else changed
 
-    Each file is written atomically, the caption first, so every image on disk has its caption. The face's
-    seed and spec are kept in the PNG's text chunks. Equal arguments give byte-identical files.
+
+def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, lipstick: bool = False,
+                  glasses: bool = False, size: int = 64, masks: bool = False) -> list[Path]:
+    """Write `count` faces as 0000.png + 0000.txt (its caption) …; returns the image paths. With `masks`, each
+    face's `attribute_mask` too, as 0000.mask.png.
+
+    Each file is written atomically, the caption first and the image last, so every image on disk has its
+    caption (and mask). The face's seed and spec are kept in the PNG's text chunks. Equal arguments give
+    byte-identical files.
     """
     if count < 0:
         raise FaceSpecError(f"count={count}: must be 0 or more")
+    if masks and not (mustache or lipstick or glasses):
+        raise FaceSpecError("masks: plain faces have no attribute to mask; add mustache, lipstick or glasses")
     _check_size(size)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -241,6 +259,9 @@ def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, l
         stem = folder / f"{index:0{max(4, len(str(count - 1)))}d}"
         with atomic_path(stem.with_suffix(".txt")) as temp:
             temp.write_text(caption(spec) + "\n", encoding="utf-8")
+        if masks:
+            with atomic_path(stem.with_name(stem.name + MASK_SUFFIX)) as temp:
+                attribute_mask(spec, size).save(temp, format="PNG")
         info = PngImagePlugin.PngInfo()
         info.add_text("loramix.face_seed", str(face_seed))
         info.add_text("loramix.face_spec", json.dumps(dataclasses.asdict(spec), sort_keys=True))

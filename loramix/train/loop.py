@@ -3,6 +3,7 @@
     noise ε, timestep t                     latents z₀ = VAE(image) · scaling
     z_t = √ᾱ_t·z₀ + √(1-ᾱ_t)·ε              (the scheduler's add_noise)
     loss = ‖UNet_{W + (α/r)·B·A}(z_t, t, text) − ε‖²     only A and B learn
+    with masked_loss: Σ m·(UNet(…) − ε)² / Σ m, per image, where m = w + (1 − w)·mask on the latent grid
 
 The base's UNet (and text encoders) are frozen and stored in NF4, int8 or left as they are; peft puts
 the LoRA layers on the target modules. Every random draw of step s comes from generators seeded by
@@ -73,12 +74,15 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
                              accelerator.device, status if accelerator.is_main_process else None)
     resolution = native_resolution(pipeline) if recipe.resolution is None else recipe.resolution
     data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template,
-                        recipe.skip_bad_images)
+                        recipe.skip_bad_images, masks=recipe.masked_loss)
     if data.uncaptioned:
         report(f"{len(data.uncaptioned)} of {len(data)} images have no caption: captioned {recipe.trigger!r} "
                f"(the trigger), e.g. {data.uncaptioned[0]}")
     for skipped in data.skipped:
         report(f"left out {skipped}")
+    if data.unmasked:
+        report(f"{len(data.unmasked)} of {len(data)} images have no mask: their loss counts everywhere, "
+               f"e.g. {data.unmasked[0]}")
     model = LoraTrainee(pipeline, recipe, accelerator.device)
     status(f"encoding {len(data)} training images" + (" and their mirror images" if recipe.flip else "")
            + ("" if recipe.train_text_encoder else " and captions") + " once")

@@ -63,6 +63,14 @@ class TrainRecipe:
         "Leave unreadable images out, naming them, instead of stopping the run at the first.")})
     flip: bool = field(default=False, metadata={"help": (
         "Random horizontal flips: doubles the data when the attribute is symmetric.")})
+    masked_loss: bool = field(default=False, metadata={"help": (
+        "Weight the loss by each image's mask (0000.mask.png beside 0000.png, white: learn; else the image's "
+        "alpha channel), as kohya's masked_loss: the LoRA learns from its region. Images without a mask count "
+        "whole.")})
+    # 0.05 rather than kohya's 0 (the outside ignored): the rest of the image still counts a little. Ignored while
+    # masked_loss is off, so `--no-masked-loss` trains a masked recipe plainly.
+    masked_loss_weight: float = field(default=0.05, metadata={"help": (
+        "With masked_loss, the loss's weight outside the masks, in [0, 1]: 0 ignores it, 1 is the plain loss.")})
     # What to train.
     targets: list[str] = field(default_factory=lambda: list(UNET_ATTENTION), metadata={"help": (
         "The UNet modules that get a LoRA (default: the attention projections).")})
@@ -150,6 +158,8 @@ class TrainRecipe:
                 raise RecipeError(f"{key}: empty; leave {key} out {UNSET_NAMES[key]}")
         if self.learning_rate <= 0:
             raise RecipeError(f"learning_rate: must be positive, got {self.learning_rate}")
+        if not 0 <= self.masked_loss_weight <= 1:
+            raise RecipeError(f"masked_loss_weight: must be in [0, 1], got {self.masked_loss_weight}")
         if not 0 <= self.dropout < 1:
             raise RecipeError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.resolution is not None and self.resolution % 8:

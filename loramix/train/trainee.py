@@ -26,6 +26,7 @@ class Examples:
     captions: list[str]
     text: dict[str, torch.Tensor] | None  # cached conditioning per example when the text encoders are frozen
     count: int
+    latent_masks: torch.Tensor | None = None  # (N, 1, h, w) in [0, 1], flipped as the latents; None: no masks
 
     @property
     def flips(self) -> bool:
@@ -150,6 +151,9 @@ class LoraTrainee:
         self.resolution = data.pixels.shape[-1]
         self.first_caption = data.captions[0]
         pixels = torch.cat([data.pixels, data.pixels.flip(-1)]) if flip else data.pixels
+        masks = data.masks
+        if masks is not None and flip:
+            masks = torch.cat([masks, masks.flip(-1)])  # a mask flips with its image
         vae = self.pipeline.vae
         means, stds = [], []
         for start in range(0, len(pixels), 32):
@@ -161,7 +165,9 @@ class LoraTrainee:
         if not self.recipe.train_text_encoder:
             encoded = [self.encode_text(data.captions[i : i + 32]) for i in range(0, len(data), 32)]
             text = {key: torch.cat([part[key] for part in encoded]) for key in encoded[0]}
-        return Examples(torch.cat(means), torch.cat(stds), list(data.captions), text, len(data))
+        means = torch.cat(means)
+        latent_masks = None if masks is None else latent_grid(masks, means.shape[-2:]).to(self.device)
+        return Examples(means, torch.cat(stds), list(data.captions), text, len(data), latent_masks)
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """The UNet's text conditioning, as the pipeline computes it when it renders."""
@@ -202,7 +208,11 @@ class LoraTrainee:
             target = scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        pixel_weights = None
+        if examples.latent_masks is not None:
+            outside = self.recipe.masked_loss_weight
+            pixel_weights = outside + (1 - outside) * examples.latent_masks[which]  # (B, 1, h, w)
+        per_example = per_example_loss(prediction.float(), target.float(), pixel_weights)
         if self.recipe.snr_gamma:
             from diffusers.training_utils import compute_snr
 
@@ -238,3 +248,22 @@ class LoraTrainee:
                 model.train(mode)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_png(image_grid(images, columns=len(SAMPLE_SEEDS), scale=max(1, 256 // size)), path)
+
+
+def latent_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Masks (N, 1, H, W) brought to the latent grid (N, 1, h, w), each latent pixel the mean of the image
+    pixels it covers (an area average: the VAE's factor divides H and W)."""
+    return F.adaptive_avg_pool2d(masks, tuple(size))
+
+
+def per_example_loss(prediction: torch.Tensor, target: torch.Tensor,
+                     pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The squared error per example (B,), the mean over its latent pixels and channels; with `pixel_weights`
+    (B, 1, h, w), their weighted mean Σ w·(p − t)² / Σ w. Dividing by Σ w rather than by the pixel count (as
+    kohya does) keeps each image's loss on the plain loss's scale whatever its mask's size, so a small mask
+    does not quietly lower the learning rate, and weights of ones give the plain loss exactly."""
+    squared = F.mse_loss(prediction, target, reduction="none")  # (B, C, h, w)
+    if pixel_weights is None:
+        return squared.mean(dim=(1, 2, 3))
+    weights = pixel_weights.expand_as(squared)
+    return (squared * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3))
