@@ -180,6 +180,58 @@ def test_training_with_masks_of_ones_is_training_without_masks_and_real_masks_ar
     assert not all(torch.equal(plain_weights[key], masked_weights[key]) for key in plain_weights)
 
 
+def test_prior_preservation_pulls_the_outside_towards_the_base_and_leaves_masks_of_ones_plain():
+    prediction, target, base = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    ones = torch.ones(3, 1, 8, 8)
+    plain = per_example_loss(prediction, target)
+    assert torch.equal(per_example_loss(prediction, target, ones, base, 1 - ones, 2.0), plain)
+    # Half the image outside the mask: the noise term over the mask, plus λ times the mean drift outside.
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[..., :4] = 1
+    both = per_example_loss(prediction, target, mask, base, 1 - mask, 2.0)
+    noise_term = ((prediction - target) ** 2)[..., :4].mean(dim=(1, 2, 3))
+    drift_term = ((prediction - base) ** 2)[..., 4:].mean(dim=(1, 2, 3))
+    assert torch.allclose(both, noise_term + 2.0 * drift_term)
+    prediction.requires_grad_(True)
+    per_example_loss(prediction, target, mask, base, 1 - mask, 2.0).sum().backward()
+    outside_gradient = prediction.grad[..., 4:]  # only the pull towards the base there
+    assert torch.allclose(outside_gradient, 2.0 * 2 * (prediction - base).detach()[..., 4:] / (4 * 8 * 4))
+
+
+def test_a_fresh_lora_predicts_what_the_base_does_so_the_prior_term_starts_at_zero(tmp_path):
+    """peft starts B at zero: with the LoRA off or on, the UNet predicts the same, bit for bit, and the prior
+    term is zero until the LoRA learns; a trained LoRA's prediction moves away from the base's."""
+    from loramix.models.load import load_pipeline
+    from loramix.train.trainee import LoraTrainee
+
+    data = tmp_path / "data"
+    write_dataset(data, 2, seed=5, mustache=True, masks=True)
+    recipe = masked_recipe(tmp_path, data, "prior", masked_loss=True, masked_prior_preservation_weight=1.0,
+                           train_text_encoder=True)
+    model = LoraTrainee(load_pipeline("toy", quantize="none"), recipe, torch.device("cpu"))
+    unet = model.pipeline.unet
+    shape = (2, unet.config.in_channels, 8, 8)
+    noisy, timesteps = torch.randn(shape, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    conditioning = model.encode_text(["a face with a mustache"] * 2)
+    hidden = conditioning.pop("encoder_hidden_states")
+    with torch.no_grad():
+        on = unet(noisy, timesteps, hidden).sample
+    off = model.base_prediction(noisy, timesteps, hidden, None, ["a face with a mustache"] * 2)
+    assert torch.equal(on, off)
+    assert all(p.requires_grad for p in model.trainable_parameters())  # switched back on for training
+    with torch.no_grad():
+        for parameter in model.unet_parameters():
+            parameter.add_(0.05)
+        moved = unet(noisy, timesteps, hidden).sample
+    assert not torch.equal(moved, model.base_prediction(noisy, timesteps, hidden, None, ["a face"] * 2))
+    assert torch.equal(off, model.base_prediction(noisy, timesteps, hidden, None, ["a face with a mustache"] * 2))
+
+
+def test_a_negative_prior_preservation_weight_is_named():
+    with pytest.raises(RecipeError, match="masked_prior_preservation_weight: must be ≥ 0, got -1"):
+        make_recipe(None, {"dataset": "d", "steps": 1, "masked_loss": True, "masked_prior_preservation_weight": -1})
+
+
 def test_cached_masks_flip_with_their_images(tmp_path):
     from loramix.models.load import load_pipeline
     from loramix.train.trainee import LoraTrainee

@@ -3,7 +3,9 @@
     noise ε, timestep t                     latents z₀ = VAE(image) · scaling
     z_t = √ᾱ_t·z₀ + √(1-ᾱ_t)·ε              (the scheduler's add_noise)
     loss = ‖UNet_{W + (α/r)·B·A}(z_t, t, text) − ε‖²     only A and B learn
-    with masked_loss: Σ m·(UNet(…) − ε)² / Σ m, per image, where m = w + (1 − w)·mask on the latent grid
+    with masked_loss: Σ m·(UNet(…) − ε)² / Σ m, per image, where m = w + (1 − w)·mask on the latent grid,
+    with masked prior preservation also + λ·Σ (1 − mask)·(UNet(…) − UNet_W(…))² / Σ (1 − mask), the base's
+    own prediction (the LoRA off) as the target outside the mask
 
 The base's UNet (and text encoders) are frozen and stored in NF4, int8 or left as they are; peft puts
 the LoRA layers on the target modules. Every random draw of step s comes from generators seeded by

@@ -208,11 +208,18 @@ class LoraTrainee:
             target = scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        pixel_weights = None
-        if examples.latent_masks is not None:
+        if examples.latent_masks is None:
+            per_example = per_example_loss(prediction.float(), target.float())
+        else:
+            mask = examples.latent_masks[which]  # (B, 1, h, w)
             outside = self.recipe.masked_loss_weight
-            pixel_weights = outside + (1 - outside) * examples.latent_masks[which]  # (B, 1, h, w)
-        per_example = per_example_loss(prediction.float(), target.float(), pixel_weights)
+            prior_weight = self.recipe.masked_prior_preservation_weight
+            base_prediction = None
+            if prior_weight:
+                captions = [examples.captions[i] for i in index.tolist()]
+                base_prediction = self.base_prediction(noisy, timesteps, hidden, added, captions)
+            per_example = per_example_loss(prediction.float(), target.float(), outside + (1 - outside) * mask,
+                                           base_prediction, 1 - mask, prior_weight)
         if self.recipe.snr_gamma:
             from diffusers.training_utils import compute_snr
 
@@ -222,6 +229,27 @@ class LoraTrainee:
                 weights = torch.clamp(snr, max=self.recipe.snr_gamma) / (snr + 1)
             per_example = per_example * weights
         return per_example.mean()
+
+    @torch.no_grad()
+    def base_prediction(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, added,
+                        captions: list[str]) -> torch.Tensor:
+        """What the base predicts for the same input with the LoRA off (its text encoders' too)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [module for model in self._components().values() for module in model.modules()
+                  if isinstance(module, BaseTunerLayer)]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            if self.recipe.train_text_encoder:
+                conditioning = self.encode_text(captions)
+                hidden = conditioning.pop("encoder_hidden_states")
+                added = conditioning or None
+            unet = self.pipeline.unet
+            return unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), added_cond_kwargs=added).sample
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
 
     # --- samples -------------------------------------------------------------------------------------
 
@@ -256,14 +284,28 @@ def latent_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(masks, tuple(size))
 
 
-def per_example_loss(prediction: torch.Tensor, target: torch.Tensor,
-                     pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+def per_example_loss(prediction: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None,
+                     base_prediction: torch.Tensor | None = None, outside: torch.Tensor | None = None,
+                     prior_weight: float = 0.0) -> torch.Tensor:
     """The squared error per example (B,), the mean over its latent pixels and channels; with `pixel_weights`
     (B, 1, h, w), their weighted mean Σ w·(p − t)² / Σ w. Dividing by Σ w rather than by the pixel count (as
     kohya does) keeps each image's loss on the plain loss's scale whatever its mask's size, so a small mask
-    does not quietly lower the learning rate, and weights of ones give the plain loss exactly."""
+    does not quietly lower the learning rate, and weights of ones give the plain loss exactly.
+
+    With `base_prediction`, masked prior preservation adds λ·Σ o·(p − p_base)² / Σ o, where o (`outside`,
+    B, 1, h, w) is how far each latent pixel lies outside the mask: the mean distance from the base's own
+    prediction there, on the same scale as the first term whatever the mask's size (zero for a mask of ones)."""
     squared = F.mse_loss(prediction, target, reduction="none")  # (B, C, h, w)
     if pixel_weights is None:
         return squared.mean(dim=(1, 2, 3))
-    weights = pixel_weights.expand_as(squared)
-    return (squared * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3))
+    loss = _weighted_mean(squared, pixel_weights)
+    if base_prediction is not None and prior_weight:
+        drift = F.mse_loss(prediction, base_prediction.to(prediction.dtype), reduction="none")
+        loss = loss + prior_weight * _weighted_mean(drift, outside)
+    return loss
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·v / Σ w per example, the weights (B, 1, h, w) spread over the channels; 0 where every weight is 0."""
+    weights = weights.expand_as(values)
+    return (values * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp(min=torch.finfo(values.dtype).tiny)
