@@ -143,7 +143,7 @@ def test_load_judge_names_a_file_that_is_not_a_judge(tmp_path):
 
 
 def test_judge_command_summarises_a_folder(tmp_path):
-    write_dataset(tmp_path, 6, seed=0, glasses=True)
+    write_dataset(tmp_path, 6, seed=0, glasses=True, masks=True)  # a training set: its masks are not images
     result = CliRunner().invoke(main, ["judge", str(tmp_path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

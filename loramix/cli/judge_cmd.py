@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from loramix.choices import IMAGE_SUFFIXES
+from loramix.choices import IMAGE_SUFFIXES, MASK_SUFFIX
 
 GRID_NAME = "grid.png"  # `loramix generate` writes its images and a grid of them: the grid is not one image
 
@@ -24,8 +24,8 @@ def judge(paths: tuple[Path, ...], as_json: bool) -> None:
     files = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_NAME)
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and p.name != GRID_NAME and not p.name.endswith(MASK_SUFFIX))
         else:
             files.append(path)
     if not files:
