@@ -3,12 +3,13 @@
     python bench/bench_locality.py [--attributes mustache,lipstick] [--loras build/locality] [--count 64]
                                    [--weights 1.0] [--grid docs/locality-mustache.png]
 
-For each attribute, a LoRA trained by its shipped recipe (`recipes/<attribute>.toml`, masked loss on) and one
-trained by the same recipe with `--no-masked-loss` render `count` images (seeds 0..count-1) of "a face with a
-mustache" (…) at each weight; so does the base alone. Each LoRA's image is compared with the base's at the
-same seed, as mean absolute differences in 0-255 levels per channel:
+For each attribute, three LoRAs trained by its recipe (`recipes/<attribute>.toml`): plain (`--no-masked-loss`),
+masked (the masked loss alone: `--masked-prior-preservation-weight 0`) and prior (as shipped: the masked loss
+and masked prior preservation) render `count` images (seeds 0..count-1) of "a face with a mustache" (…) at each
+weight; so does the base alone. Each LoRA's image is compared with the base's at the same seed, as mean
+absolute differences in 0-255 levels per channel:
 
-- outside: the pixels outside the attribute's region, and the ratio plain / masked of that figure;
+- outside: the pixels outside the attribute's region, and the ratio plain / each of that figure;
 - inside: the pixels of the region (where the LoRA should change the image);
 - top 40%: the hair, eyes and background, which neither LoRA should touch (the issue's figure).
 
@@ -46,16 +47,17 @@ TOP = 0.4  # the top 40% of the image: hair, eyes, background
 BATCH = 16
 
 
-def lora_file(folder: Path, attribute: str, masked: bool) -> Path:
-    kind = "masked" if masked else "plain"
+VARIANTS = {"plain": ["--no-masked-loss"], "masked": ["--masked-prior-preservation-weight", "0"], "prior": []}
+
+
+def lora_file(folder: Path, attribute: str, kind: str) -> Path:
     path = folder / f"{attribute}-{kind}.safetensors"
     if not path.is_file():
         run = folder / f"{attribute}-{kind}-run"
-        print(f"training {path.name} (recipes/{attribute}.toml{'' if masked else ' --no-masked-loss'})", flush=True)
+        print(f"training {path.name} (recipes/{attribute}.toml {' '.join(VARIANTS[kind])})", flush=True)
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "loramix", "train", str(ROOT / "recipes" / f"{attribute}.toml"),
-                        "--output", str(run), "--name", attribute, *([] if masked else ["--no-masked-loss"])],
-                       check=True)
+                        "--output", str(run), "--name", attribute, *VARIANTS[kind]], check=True)
         (run / f"{attribute}.safetensors").replace(path)
         print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
     return path
@@ -93,7 +95,8 @@ def main() -> None:
     parser.add_argument("--loras", type=Path, default=ROOT / "build" / "locality")
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--weights", default="1.0", help="Comma-separated LoRA weights to render at.")
-    parser.add_argument("--grid", type=Path, help="Save base / plain / masked rows of 8 images (first weight).")
+    parser.add_argument("--grid", type=Path, help="Save base / plain / masked / prior rows of 8 images (first "
+                                                  "weight).")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -102,7 +105,7 @@ def main() -> None:
     pipeline = load_pipeline("toy")
     loras = PipelineLoras(pipeline)
     for attribute in args.attributes.split(","):
-        files = {masked: lora_file(args.loras, attribute, masked) for masked in (False, True)}
+        files = {kind: lora_file(args.loras, attribute, kind) for kind in VARIANTS}
         region = attribute_region(attribute)
         top = np.zeros((64, 64), dtype=bool)
         top[: round(64 * TOP)] = True
@@ -118,23 +121,24 @@ def main() -> None:
         grid_rows, ratios = [base[:8]], []
         for weight in (float(w) for w in args.weights.split(",")):
             outside = {}
-            for masked in (False, True):
-                images = rendered(pipeline, loras, [WeightedFile(str(files[masked]), weight)], prompt, args.count)
+            for kind in VARIANTS:
+                images = rendered(pipeline, loras, [WeightedFile(str(files[kind]), weight)], prompt, args.count)
                 verdicts = judge.verdicts(images)
-                outside[masked] = change(images, base, ~region)
-                print(f"| {'masked' if masked else 'plain'} | {weight:g} | {outside[masked]:.2f} | "
+                outside[kind] = change(images, base, ~region)
+                print(f"| {kind} | {weight:g} | {outside[kind]:.2f} | "
                       f"{change(images, base, region):.2f} | {change(images, base, top):.2f} | "
                       f"{verdicts[:, column].float().mean():.0%} | {verdicts[:, 0].float().mean():.0%} |", flush=True)
-                if len(grid_rows) < 3:
+                if len(grid_rows) < 1 + len(VARIANTS):
                     grid_rows.append(images[:8])
-            ratios.append(f"{attribute} at weight {weight:g}: outside its region, plain training changes the image "
-                          f"{outside[False] / outside[True]:.1f}× as much as masked training")
+            ratios += [f"{attribute} at weight {weight:g}: outside its region, plain training changes the image "
+                       f"{outside['plain'] / outside[kind]:.1f}× as much as {kind} training"
+                       for kind in ("masked", "prior")]
         print("\n" + "\n".join(ratios))
         if args.grid:
             from loramix.render.images import labelled_grid
 
             seeds = [f"seed {i}" for i in range(len(base[:8]))]
-            grid = labelled_grid(grid_rows, seeds, ["base", "plain", "masked"], scale=2,
+            grid = labelled_grid(grid_rows, seeds, ["base", *VARIANTS], scale=2,
                                  title=f'"{prompt}", weight {args.weights.split(",")[0]}')
             grid.image.save(args.grid)
     loras.apply([])

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from loramix.choices import RENDER_METHODS, SEQUENTIAL
@@ -98,14 +99,11 @@ def lora_file(folder: Path, name: str) -> Path:
 
 
 @cache
-def attribute_regions(names: tuple[str, ...], faces_sampled: int = 1_000) -> torch.Tensor:
+def attribute_regions(names: tuple[str, ...]) -> torch.Tensor:
     """(64, 64) booleans: True where any of `names`' attributes can be drawn on a generated face."""
     region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     for name in names:
-        boxes = [faces.attribute_box(faces.sample_face(seed, **{name: True}), name) for seed in range(faces_sampled)]
-        left, top = min(b[0] for b in boxes), min(b[1] for b in boxes)
-        right, bottom = max(b[2] for b in boxes), max(b[3] for b in boxes)
-        region[top:bottom, left:right] = True
+        region |= torch.from_numpy(np.asarray(faces.attribute_region(name, size=SIZE)) > 0)
     return region
 
 

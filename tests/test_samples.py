@@ -23,3 +23,18 @@ def test_sample_datasets_are_what_loramix_faces_writes(attribute, seed, tmp_path
     for name in shipped:
         assert (SAMPLES / attribute / name).read_bytes() == (tmp_path / name).read_bytes(), name
     assert all(attribute in (tmp_path / f"{i:04d}.txt").read_text() for i in range(36))
+
+
+@pytest.mark.parametrize("attribute", ["mustache", "lipstick", "glasses"])
+def test_sample_regions_are_where_the_generator_draws_each_attribute(attribute):
+    import numpy as np
+    from PIL import Image
+
+    from loramix.toy.faces import attribute_box, attribute_region, sample_face
+
+    shipped = np.asarray(Image.open(SAMPLES / "regions" / f"{attribute}.png"))
+    assert np.array_equal(shipped, np.asarray(attribute_region(attribute)))
+    for seed in range(2000, 2050):  # faces the region was not made from fall inside it too
+        left, top, right, bottom = attribute_box(sample_face(seed, **{attribute: True}), attribute)
+        assert shipped[top:bottom, left:right].min() == 255
+    assert 0.05 < (shipped > 0).mean() < 0.3  # a part of the face, not all of it

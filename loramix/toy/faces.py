@@ -235,6 +235,17 @@ def attribute_mask(spec: FaceSpec, size: int = 64, grow: int = MASK_GROWTH) -> I
     return changed.filter(ImageFilter.MaxFilter(2 * grow + 1)) if grow else changed
 
 
+def attribute_region(attribute: str, faces_sampled: int = 1_000, size: int = 64) -> Image.Image:
+    """White where `attribute` can be drawn on any face the generator makes (the union of `attribute_box` over
+    `faces_sampled` faces, which move and vary in size): the region to give a LoRA of it in regional
+    composition (`samples/regions/`)."""
+    boxes = [attribute_box(sample_face(seed, **{attribute: True}), attribute, size) for seed in range(faces_sampled)]
+    region = Image.new("L", (size, size), 0)
+    box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    region.paste(255, box)
+    return region
+
+
 def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, lipstick: bool = False,
                   glasses: bool = False, size: int = 64, masks: bool = False) -> list[Path]:
     """Write `count` faces as 0000.png + 0000.txt (its caption) …; returns the image paths. With `masks`, each
