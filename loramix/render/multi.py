@@ -5,13 +5,13 @@ adding the LoRAs' weights, both methods keep each LoRA whole and combine them du
 
     switch:     ε_t = ε(x_t | LoRA_k),  k = ⌊t_index / every⌋ mod n        one UNet call per step
     composite:  ε_t = 1/n · Σ_k ε̃(x_t | LoRA_k)                            n UNet calls per step
-    regional:   ε_t = (1 − Σ_k m̂_k)·ε̃(x_t) + Σ_k m̂_k·ε̃(x_t | LoRA_k)        n + 1 UNet calls per step
+    regional:   ε_t = ε̃(x_t) + Σ_k m_k·(ε̃(x_t | LoRA_k) − ε̃(x_t))            n + 1 UNet calls per step
 
 where ε̃ is the classifier-free-guided prediction, uncond + g·(cond − uncond), made with LoRA_k active (and
 with LoRA_k's text conditioning when it changes the text encoder). Each LoRA acts at its own weight.
-Regional composition (see loramix.render.regions) weights each LoRA's prediction by its mask m̂_k at latent
-resolution and lets the base's prediction, with no LoRA, fill what no mask covers: it skips the base's call
-when the masks cover every latent pixel, and a LoRA's call when its mask is empty.
+Regional composition (see loramix.render.regions) adds each LoRA's change of the prediction inside its mask
+m_k at latent resolution to the base's prediction, with no LoRA: it skips the base's call when the masks sum
+to exactly 1 at every latent pixel, and a LoRA's call when its mask is empty.
 
 The loop is Stable Diffusion's own (encode, prepare latents, scale, predict, guide, step, decode) from the
 pipeline's parts, with the per-step choice of LoRA added; with one LoRA it renders what the pipeline does

