@@ -20,6 +20,7 @@ SS_NETWORK_MODULE, SS_NETWORK_DIM, SS_NETWORK_ALPHA = "ss_network_module", "ss_n
 SS_BASE_MODEL_VERSION, SS_OUTPUT_NAME, SS_STEPS = "ss_base_model_version", "ss_output_name", "ss_steps"
 SS_NUM_TRAIN_IMAGES, SS_LEARNING_RATE = "ss_num_train_images", "ss_learning_rate"
 SS_NETWORK_ARGS = "ss_network_args"
+SS_TAG_FREQUENCY = "ss_tag_frequency"  # {folder: {tag: count}} over the training captions
 KOHYA_LORA_MODULE, LYCORIS_MODULE = "networks.lora", "lycoris.kohya"
 # kohya's precomputed hashes (`precalculate_safetensors_hashes`), which A1111 takes instead of hashing the file.
 SSHS_MODEL_HASH, SSHS_LEGACY_HASH = "sshs_model_hash", "sshs_legacy_hash"

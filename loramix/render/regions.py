@@ -123,11 +123,11 @@ def trigger_words(metadata: dict[str, str]) -> list[str]:
     frequent first."""
     import json
 
-    from loramix.formats.metadata import META_TRIGGER
+    from loramix.formats.metadata import META_TRIGGER, SS_TAG_FREQUENCY
 
     words = [word.strip() for word in metadata.get(META_TRIGGER, "").split(",") if word.strip()]
     try:
-        frequencies = json.loads(metadata.get("ss_tag_frequency", "{}"))
+        frequencies = json.loads(metadata.get(SS_TAG_FREQUENCY, "{}"))
     except json.JSONDecodeError:
         frequencies = {}
     counts: dict[str, int] = {}
