@@ -169,6 +169,7 @@ def test_a_schedule_over_all_steps_renders_the_plain_weight_and_one_off_renders_
     assert (rendered(pipeline, fused, [f"{lora}:0.8@0,0.8@1"]) == plain).all()
     assert (rendered(pipeline, fused, [f"{lora}:0@0,0@1"]) == base).all()
     assert (rendered(pipeline, fused, [f"{lora}:0@0-1"]) == base).all()
+    assert (rendered(pipeline, fused, [f"{lora}:0"]) == base).all()  # weight 0, no schedule: the base too
     late = rendered(pipeline, fused, [f"{lora}:0.8@0.5-1"])
     assert np.abs(late - base).mean() > 1 and np.abs(late - plain).mean() > 1
     assert (rendered(pipeline, fused, []) == base).all()  # every switch was taken out again
@@ -238,6 +239,7 @@ def test_on_an_nf4_base_adapter_weights_follow_the_schedule_per_step(quantized, 
     assert np.abs(plain - base).mean() > 2
     assert (rendered(pipeline, loras, [f"{lora}:0.8@0-1"]) == plain).all()
     assert (rendered(pipeline, loras, [f"{lora}:0@0,0@1"]) == base).all()  # its adapter is loaded, and off
+    assert (rendered(pipeline, loras, [f"{lora}:0"]) == base).all()
     late = rendered(pipeline, loras, [f"{lora}:0.8@0.5-1"])
     assert np.abs(late - base).mean() > 1 and np.abs(late - plain).mean() > 1
 
