@@ -4,6 +4,7 @@ its cached training examples, and the denoising loss."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -234,11 +235,7 @@ class LoraTrainee:
     def base_prediction(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, added,
                         captions: list[str]) -> torch.Tensor:
         """What the base predicts for the same input with the LoRA off (its text encoders' too)."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        layers = [module for model in self._components().values() for module in model.modules()
-                  if isinstance(module, BaseTunerLayer)]
-        for layer in layers:
+        for layer in self._lora_layers:
             layer.enable_adapters(False)
         try:
             if self.recipe.train_text_encoder:
@@ -248,8 +245,16 @@ class LoraTrainee:
             unet = self.pipeline.unet
             return unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), added_cond_kwargs=added).sample
         finally:
-            for layer in layers:
+            for layer in self._lora_layers:
                 layer.enable_adapters(True)
+
+    @cached_property
+    def _lora_layers(self) -> list:
+        """peft's LoRA layers in the UNet and text encoders, found once rather than at every training step."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [module for model in self._components().values() for module in model.modules()
+                if isinstance(module, BaseTunerLayer)]
 
     # --- samples -------------------------------------------------------------------------------------
 
