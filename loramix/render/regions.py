@@ -9,10 +9,9 @@ m_k ∈ [0, 1] is the LoRA's mask averaged over each latent pixel's 8×8 (the VA
 LoRA adds its change of the prediction inside its region; where no region reaches, the base's prediction
 stands. Where regions overlap, their changes add, as the exact sum adds the LoRAs' ΔW: a mustache and
 lipstick share the mouth, and sharing a pixel out between them instead (scaling the masks down to sum to 1)
-halved each there, and measured, neither showed (both in 14% of held-out images, against 66% added). As in
-ComfyUI's masked LoRA
-hooks and Mix-of-Show's regional sampling, the mix is of predictions, never of weights: each LoRA sees the
-whole latent, so its region's edges get a context, not a seam.
+halved each there, and measured, neither showed (both in 14% of held-out images, against 51% added). As in
+ComfyUI's masked LoRA hooks and Mix-of-Show's regional sampling, the mix is of predictions, never of weights:
+each LoRA sees the whole latent, so its region's edges get a context, not a seam.
 
 A mask of ones everywhere gives ε = ε_k (the LoRA's own render), a mask of zeros gives ε_base (the base's
 render): both hold exactly, since 1·x, 0·x and x + 0 are exact in floating point.
