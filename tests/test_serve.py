@@ -121,6 +121,22 @@ def test_a_dropped_task_never_runs_and_a_failing_one_does_not_stop_the_worker():
         worker.stop()
 
 
+def test_a_ctrl_c_while_a_result_is_handed_over_ends_the_loop_as_a_ctrl_c():
+    """The server renders on its main thread, where Ctrl-C lands: arriving while a finished task's caller is
+    woken (its future's callbacks run), it must stop the loop as a KeyboardInterrupt, which serve turns into a
+    clean exit, and the caller keeps its result."""
+    worker = RenderWorker()
+    future = worker.submit(("tab", "preview"), lambda: "rendered")
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    future.add_done_callback(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        worker.run()
+    assert future.result(0) == "rendered" and worker.stats.done == 1
+
+
 # --- requests ---------------------------------------------------------------------------------------------------
 
 

@@ -67,13 +67,17 @@ class RenderWorker:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(task())
-                self.stats.done += 1
+                result = task()
             except BaseException as e:  # the caller gets the error; the worker goes on serving
                 future.set_exception(e)
                 self.stats.failed += 1
                 if not isinstance(e, Exception):
                     raise
+            else:
+                # Outside the try: a Ctrl-C landing while the result is handed over must end the loop as a
+                # KeyboardInterrupt, not fail the finished future a second time (InvalidStateError, exit 1).
+                self.stats.done += 1
+                future.set_result(result)
 
     def submit(self, slot: tuple[str, str], task: Callable[[], object]) -> Future:
         """Queue `task` in `slot` (client, kind), superseding the slot's waiting task."""
