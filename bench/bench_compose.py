@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from loramix.compose import compose_exact, compose_svd
-from loramix.formats import read_adapter, write_adapter
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter, LoraModule
+from loramix.lora.compose import compose_exact, compose_svd
 from loramix.models.shapes import load_base_shapes
 
 ATTENTION = (".to_q", ".to_k", ".to_v", ".to_out.0")
@@ -48,7 +49,7 @@ def peft_svd_seconds(adapters: list[LoraAdapter], repeats: int):
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, get_peft_model
 
-    from loramix.models.shapes import builtin_config
+    from loramix.models.architectures import builtin_config
 
     unet = UNet2DConditionModel.from_config(builtin_config("sd15", "unet"))
     targets = [key.removeprefix("unet.") for key in adapters[0].modules]

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from loramix.cli.quiet import quiet_libraries
+from loramix.lora.specs import WeightedFile
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
-from loramix.specs import WeightedFile
 from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def lora_files(folder: Path, scratch: Path) -> list[str]:
     trained = [folder / "mustache.safetensors", folder / "lipstick.safetensors"]
     if all(path.is_file() for path in trained):
         return [str(path) for path in trained]
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
     from loramix.testing import UNET_ATTENTION, random_adapter, weight_shapes
 
     shapes = weight_shapes(load_pipeline("toy").unet, "unet", UNET_ATTENTION)

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
+from loramix.lora.specs import WeightedFile
 from loramix.models.load import LoadedBase, load_pipeline
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
 from loramix.render.generate import generate
 from loramix.render.prompts import Defaults, PromptRow, plan, slug
-from loramix.specs import WeightedFile
 from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def throughput(pipeline, loras, images: int, batch_size: int, repeats: int, scra
 
 
 def switching(pipeline, loras, per_image_in_batch: float, scratch: Path) -> None:
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
     from loramix.testing import UNET_ATTENTION, random_adapter, weight_shapes
 
     shapes = weight_shapes(pipeline.unet, "unet", UNET_ATTENTION)

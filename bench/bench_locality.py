@@ -32,10 +32,10 @@ import torch
 from PIL import Image, ImageFilter
 
 from loramix.cli.quiet import quiet_libraries
+from loramix.lora.specs import WeightedFile
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
-from loramix.specs import WeightedFile
 from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from loramix.toy.judge import ATTRIBUTES, load_judge
 

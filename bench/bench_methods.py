@@ -44,12 +44,13 @@ import torch
 from loramix.choices import RENDER_METHODS, SEQUENTIAL
 from loramix.cli.quiet import quiet_libraries
 from loramix.errors import LoramixError
+from loramix.lora.specs import WeightedFile
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
-from loramix.render.core import Composition, render_jobs
+from loramix.render.core import Composition
 from loramix.render.images import labelled_grid
+from loramix.render.loop import render_jobs
 from loramix.render.prompts import ImageJob
-from loramix.specs import WeightedFile
 from loramix.toy import faces
 from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from loramix.toy.judge import ATTRIBUTES, SIZE, load_judge, to_tensor

@@ -80,10 +80,10 @@ def train_peak(base: Path, quantize: str, work: Path) -> float:
 
 
 def switching(folder: Path, switches: int) -> dict[str, float]:
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
+    from loramix.lora.specs import WeightedFile
     from loramix.models.load import load_pipeline
     from loramix.models.loras import PipelineLoras
-    from loramix.specs import WeightedFile
     from loramix.testing import UNET_ATTENTION, random_adapter, weight_shapes
 
     pipeline = load_pipeline(folder)

@@ -33,11 +33,12 @@ from PIL import Image
 
 from loramix.cli.quiet import quiet_libraries
 from loramix.formats.metadata import META_TRIGGER
+from loramix.lora.specs import WeightedFile
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
-from loramix.render.core import Composition, render_jobs
+from loramix.render.core import Composition
+from loramix.render.loop import render_jobs
 from loramix.render.prompts import ImageJob
-from loramix.specs import WeightedFile
 from loramix.testing import write_toy_lora
 from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 

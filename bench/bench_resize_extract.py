@@ -23,11 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loramix.extract import extract_lora
 from loramix.formats.checkpoint import CheckpointFile
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.jobs.extract import extract_lora
+from loramix.lora.adapter import LoraAdapter, LoraModule
+from loramix.lora.resize import kept_rank, resize_adapter
 from loramix.models.shapes import load_base_shapes
-from loramix.resize import kept_rank, resize_adapter
 
 PROJECTIONS = (".to_q", ".to_k", ".to_v", ".to_out.0", ".q_proj", ".k_proj", ".v_proj", ".out_proj")
 

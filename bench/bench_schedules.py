@@ -24,17 +24,17 @@ import time
 from pathlib import Path
 
 from loramix.cli.quiet import quiet_libraries
+from loramix.lora.specs import parse_weight_spec
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
 from loramix.render.scheduled import StepWeights
-from loramix.specs import parse_weight_spec
 
 SCHEDULES = {"plain 0.8": "0.8", "range 0.8@0.5-1": "0.8@0.5-1", "ramp 0@0,1@1": "0@0,1@1"}
 
 
 def random_lora(pipeline, rank: int, path: Path) -> str:
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
     from loramix.testing import UNET_ATTENTION, random_adapter, weight_shapes
 
     write_adapter(random_adapter(weight_shapes(pipeline.unet, "unet", UNET_ATTENTION), rank, float(rank), 0), path)

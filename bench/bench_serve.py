@@ -60,14 +60,15 @@ def main() -> None:
 
     from loramix.cli.quiet import quiet_libraries
     from loramix.cli.serve_cmd import toy_judge
+    from loramix.lora.specs import WeightedFile
     from loramix.models.load import load_base
-    from loramix.render.core import EXACT, render_jobs
+    from loramix.render.core import EXACT
+    from loramix.render.loop import render_jobs
     from loramix.render.prompts import Defaults, PromptRow, plan
     from loramix.serve.app import create_app
     from loramix.serve.library import LoraLibrary
     from loramix.serve.studio import Studio
     from loramix.serve.worker import RenderWorker
-    from loramix.specs import WeightedFile
     from loramix.testing import serve_in_thread
 
     quiet_libraries()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from loramix.models.shapes import architecture_folder
+from loramix.models.architectures import architecture_folder
 
 ARCHITECTURES = {"sd15": "sd1", "sdxl": "sdxl"}
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from loramix.lora import CLIP_LEVEL, LoraAdapter, LoraModule
+from loramix.lora.adapter import CLIP_LEVEL, LoraAdapter, LoraModule
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -68,7 +68,7 @@ def toy_attention_shapes() -> dict[str, tuple[int, ...]]:
 
 def write_toy_lora(path, seed: int, rank: int = 4, scale: float = 1.0, metadata: dict[str, str] | None = None):
     """A random UNet-attention LoRA that fits the toy base, its B scaled by `scale` (bigger: a visible change)."""
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
 
     adapter = random_adapter(toy_attention_shapes(), rank, float(rank), seed)
     for module in adapter.modules.values():

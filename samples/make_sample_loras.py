@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from loramix.formats import write_adapter
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.models.shapes import load_base_shapes
 
 HERE = Path(__file__).parent

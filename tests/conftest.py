@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 import torch
 
-from loramix.lora import LoraAdapter
+from loramix.lora.adapter import LoraAdapter
 from loramix.testing import CLIP_ATTENTION, UNET_ATTENTION, random_adapter, tiny_clip, tiny_unet, weight_shapes
 
 
@@ -41,7 +41,7 @@ def toy_loras(toy_attention_shapes, tmp_path_factory):
     fresh folder and returns `{name: path}` in the order given. The i-th name gets seed i, so the same call
     writes the same files; `rank` is one rank for all or one per name, `alpha` defaults to the rank (scale 1).
     """
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
 
     def make(names: Sequence[str], rank: int | Sequence[int] = 4, alpha: float | None = None,
              metadata: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from loramix.atomic import atomic_path
+from loramix.util.atomic import atomic_path
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -11,7 +11,7 @@ from conftest import assert_clean_error
 from safetensors.torch import save_file
 
 from loramix.cli import main
-from loramix.formats import write_adapter
+from loramix.formats.write import write_adapter
 from loramix.testing import random_adapter
 
 SAMPLES = Path(__file__).parent.parent / "samples"

@@ -10,10 +10,11 @@ from click.testing import CliRunner
 from conftest import fused, outputs, unet_inputs
 
 from loramix.cli import main
-from loramix.compose import compose_exact, compose_merge, compose_svd
 from loramix.errors import IncompatibleAdaptersError, LoramixError
-from loramix.formats import read_adapter, write_adapter
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter, LoraModule
+from loramix.lora.compose import compose_exact, compose_merge, compose_svd
 from loramix.testing import random_adapter
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loramix.cli import main
-from loramix.specs import WeightedFile
+from loramix.lora.specs import WeightedFile
 from loramix.testing import random_adapter
 
 STEPS = 6
@@ -146,7 +146,7 @@ def test_compose_refuses_impossible_requests(lora_files, tmp_path, extra, messag
 
 
 def test_a_lora_for_another_base_is_refused_before_rendering(unet_attention_shapes, tmp_path):
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
 
     foreign = tmp_path / "foreign.safetensors"
     write_adapter(random_adapter(unet_attention_shapes, 2, 2, 0), foreign)  # conftest's tiny UNet: another base

@@ -13,11 +13,11 @@ from PIL import Image
 
 from loramix.cli import main
 from loramix.errors import IncompatibleAdaptersError, LoramixError
-from loramix.formats import write_adapter
 from loramix.formats.metadata import META_TRIGGER
+from loramix.formats.write import write_adapter
+from loramix.lora.specs import WeightedFile
 from loramix.render.core import RenderSettings, render
 from loramix.render.edit import Stage, edit_sequence
-from loramix.specs import WeightedFile
 from loramix.testing import random_adapter
 
 PROMPT = "a face"

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from loramix.cli import main
-from loramix.environment import (
+from loramix.models.environment import (
     KEY_PACKAGES,
     Mismatch,
     compare_with_lock,

@@ -12,8 +12,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix.cli import main
-from loramix.formats import read_adapter, write_adapter
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.models.load import bundled_base_path
 
 FILES = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors"}
@@ -88,7 +89,7 @@ def test_extract_of_a_baked_lora_gives_it_back(base_folder, lora, tmp_path):
 
 
 def test_extract_clamps_at_the_quantile_as_kohya_does(base_folder, lora, tmp_path):
-    from loramix.extract import extract_lora
+    from loramix.jobs.extract import extract_lora
 
     lora_file, baked = tmp_path / "l.safetensors", tmp_path / "baked"
     write_adapter(lora, lora_file)

@@ -11,9 +11,10 @@ from conftest import fused, outputs
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loramix.formats import read_adapter, write_adapter
 from loramix.formats.kohya import flatten_path, kohya_module_path, unflatten_path
-from loramix.lora import LoraAdapter
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter
 from loramix.models.shapes import load_base_shapes
 from loramix.testing import random_adapter
 
@@ -240,7 +241,7 @@ def test_metadata_is_written_for_both_ecosystems(adapter, tmp_path):
 def test_sd15_shaped_adapter_is_recognised_as_sd_v1():
     shapes = {k: v for k, v in load_base_shapes("sd15").weight_shapes.items() if k.endswith(".attn2.to_k")}
     adapter = random_adapter(shapes, rank=1, alpha=1, seed=0)
-    from loramix.formats import base_model_version
+    from loramix.formats.write import base_model_version
 
     assert base_model_version(adapter) == "sd_v1"
 

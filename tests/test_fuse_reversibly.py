@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.lora import LoraModule
+from loramix.lora.adapter import LoraModule
+from loramix.lora.specs import WeightedFile
 from loramix.models.fuse import add_delta, fuse_reversibly, kept_bytes, unfuse
-from loramix.specs import WeightedFile
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:

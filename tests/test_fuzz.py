@@ -29,9 +29,10 @@ from safetensors.torch import save_file
 
 from loramix.cli import main
 from loramix.errors import AdapterFileError, LoramixError
-from loramix.formats import read_adapter, write_adapter
+from loramix.formats.read import read_adapter
 from loramix.formats.safetensors_file import MAX_HEADER_BYTES
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.render.prompts import Defaults, plan, read_prompt_file
 
 CASES: collections.Counter = collections.Counter()  # target → cases run
@@ -238,7 +239,7 @@ def test_hostile_sizes_allocate_nothing(tmp_path):
         import resource, sys
         from pathlib import Path
         from loramix.errors import AdapterFileError
-        from loramix.formats import read_adapter
+        from loramix.formats.read import read_adapter
         size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size + 512 * 2**20, resource.RLIM_INFINITY))
         for path in sorted(Path({str(tmp_path)!r}).glob("*.safetensors")):

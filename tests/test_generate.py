@@ -15,13 +15,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loramix.cli import main
-from loramix.formats import write_adapter
+from loramix.formats.metadata import short_hash
+from loramix.formats.write import write_adapter
+from loramix.lora.specs import WeightedFile
 from loramix.models.load import LoadedBase, load_pipeline
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import render
 from loramix.render.generate import MANIFEST, generate, render_order, settings_of
 from loramix.render.prompts import Defaults, ImageJob, plan, read_prompt_file, slug
-from loramix.specs import WeightedFile, short_hash
 from loramix.testing import random_adapter
 
 STEPS = ["--steps", "4"]

@@ -12,12 +12,13 @@ from conftest import assert_clean_error
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
-from loramix.blocks import block_of
 from loramix.cli import main
-from loramix.formats import read_adapter, write_adapter
 from loramix.formats.kohya import kohya_module_path
+from loramix.formats.metadata import short_hash
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
+from loramix.lora.blocks import block_of
 from loramix.models.shapes import load_base_shapes
-from loramix.specs import short_hash
 from loramix.testing import random_adapter
 
 

@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from loramix.formats import read_adapter, write_adapter
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
 from loramix.testing import random_adapter
 
 ROOT = Path(__file__).resolve().parents[1]

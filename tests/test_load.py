@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from loramix.errors import BaseLoadError
-from loramix.models.load import Status, bundled_base_path, load_pipeline
+from loramix.models.load import bundled_base_path, load_pipeline
+from loramix.util.progress import Status
 
 
 def pixels(pipeline) -> np.ndarray:
@@ -115,7 +116,7 @@ def test_a_single_file_that_is_not_a_base_loramix_loads_is_named_for_what_it_is(
 
 
 def test_the_shipped_clip_tokenizer_is_clip_s():
-    from loramix.models.single_file import ARCHITECTURES, tokenizers
+    from loramix.models.architectures import ARCHITECTURES, tokenizers
 
     sdxl = next(a for a in ARCHITECTURES if a.sdxl)
     made = tokenizers(sdxl)

@@ -12,7 +12,7 @@ from conftest import assert_clean_error
 from safetensors.torch import save_file
 
 from loramix.cli import main
-from loramix.formats import read_adapter
+from loramix.formats.read import read_adapter
 from loramix.models.fuse import fuse_into
 
 LINEAR = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # (32, 32) in the tiny UNet
@@ -158,7 +158,7 @@ def test_compose_as_a_lora_needs_the_svd_and_reports_its_error(mixed_files, tmp_
 
 
 def test_fused_render_adds_the_lycoris_delta(mixed_files, unet):
-    from loramix.compose import compose_by_method
+    from loramix.lora.compose import compose_by_method
 
     weighted = [(read_adapter(mixed_files[n][0]), w) for n, w in (("loha", 0.7), ("lora", 0.3))]
     result, _ = compose_by_method(weighted, "exact", dense=True)
@@ -225,8 +225,8 @@ def test_bad_lycoris_files_are_refused_naming_the_problem(tensors, fragment, tmp
 
 def test_rendering_fuses_a_loha_and_a_dora_at_their_weights(pipeline, toy_attention_shapes, tmp_path):
     """What generate --lora and compose --prompt do: the LoHa's ΔW at its weight, then the DoRA on top."""
+    from loramix.lora.specs import WeightedFile
     from loramix.models.loras import PipelineLoras
-    from loramix.specs import WeightedFile
 
     key = next(iter(toy_attention_shapes))
     out_features, in_features = toy_attention_shapes[key]

@@ -26,8 +26,9 @@ from PIL import Image
 
 import loramix
 from loramix.cli import main
-from loramix.formats import read_adapter, write_adapter
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.render.prompts import Defaults, plan, read_prompt_file
 
 PACKAGE = Path(loramix.__file__).parent

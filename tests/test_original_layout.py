@@ -216,7 +216,7 @@ def published(architecture: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from loramix.models.shapes import builtin_config
+    from loramix.models.architectures import builtin_config
 
     unet_config, clip_config = builtin_config("sd15", "unet"), builtin_config("sd15", "text_encoder")
     if architecture == "v2":  # SD 2.1: OpenCLIP-H without its last layer, which SD 2.x never runs

@@ -10,8 +10,8 @@ from conftest import assert_clean_error
 from PIL import Image
 
 from loramix.cli import main
+from loramix.lora.specs import WeightedFile, parse_weight_spec
 from loramix.render.core import RenderSettings
-from loramix.specs import WeightedFile, parse_weight_spec
 
 STEPS = 4
 

@@ -9,9 +9,10 @@ from click.testing import CliRunner
 from conftest import assert_clean_error
 
 from loramix.cli import main
-from loramix.formats import read_adapter, write_adapter
-from loramix.lora import LoraAdapter, LoraModule
-from loramix.resize import resize_adapter
+from loramix.formats.read import read_adapter
+from loramix.formats.write import write_adapter
+from loramix.lora.adapter import LoraAdapter, LoraModule
+from loramix.lora.resize import resize_adapter
 
 
 def decaying_adapter(seed=0) -> LoraAdapter:

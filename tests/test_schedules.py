@@ -17,8 +17,8 @@ from PIL import Image
 
 from loramix.cli import main
 from loramix.errors import LoramixError
-from loramix.schedule import KEYFRAMES, RANGE, step_fraction
-from loramix.specs import WeightedFile, parse_weight_spec
+from loramix.lora.schedule import KEYFRAMES, RANGE, step_fraction
+from loramix.lora.specs import WeightedFile, parse_weight_spec
 
 STEPS = 6  # fractions 0, 0.2, 0.4, 0.6, 0.8, 1
 
@@ -146,7 +146,8 @@ def jobs(files: tuple[WeightedFile, ...], seeds=(0, 1)):
 
 
 def rendered(pipeline, loras, specs: list[str], method: str = "exact") -> np.ndarray:
-    from loramix.render.core import Composition, render_jobs
+    from loramix.render.core import Composition
+    from loramix.render.loop import render_jobs
 
     files = tuple(parse_weight_spec(spec) for spec in specs)
     images = [image for batch in render_jobs(pipeline, loras, jobs(files), Composition(method)) for image in
@@ -186,7 +187,8 @@ def test_merging_methods_take_schedules_per_distinct_weight_vector(pipeline, fus
 def read_at_each_step(pipeline, loras, scheduled: WeightedFile, read) -> tuple[list, object]:
     """Render one image with `scheduled` put on step by step, calling `read()` at every UNet call: the readings
     and the StepWeights that put the weights on."""
-    from loramix.render.core import render, settings_of
+    from loramix.render.core import render
+    from loramix.render.loop import settings_of
     from loramix.render.scheduled import StepWeights
 
     readings = []
@@ -203,8 +205,8 @@ def read_at_each_step(pipeline, loras, scheduled: WeightedFile, read) -> tuple[l
 
 def test_the_weights_on_the_fused_base_at_each_step_are_weight_at_that_step(pipeline, fused, lora):
     """Read the fused weight itself at every UNet call: W − W₀ = weight_at(i/(n−1))·ΔW."""
-    from loramix.formats import read_adapter
-    from loramix.lora import path_of
+    from loramix.formats.read import read_adapter
+    from loramix.lora.adapter import path_of
     from loramix.models.fuse import resolve_module
 
     key, module = next(iter(read_adapter(lora).modules.items()))

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loramix.cli import main
-from loramix.formats import read_adapter
+from loramix.formats.read import read_adapter
 from loramix.models.shapes import load_base_shapes
 from loramix.testing import random_adapter
 

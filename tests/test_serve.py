@@ -27,10 +27,10 @@ from PIL import Image
 from loramix.choices import RENDER_METHODS
 from loramix.errors import LoramixError, RequestError
 from loramix.formats.metadata import META_TRIGGER
+from loramix.lora.specs import WeightedFile
 from loramix.serve.library import LoraLibrary
 from loramix.serve.mix import MixRequest, command_lines
 from loramix.serve.worker import RenderWorker, Superseded
-from loramix.specs import WeightedFile
 from loramix.testing import safetensors_parts, start_server, stop_server, write_toy_lora
 
 # --- names: only files inside the served folders -------------------------------------------------------------

@@ -83,7 +83,8 @@ def test_bake_and_extract_work_on_single_files_in_the_original_layout(tmp_path):
     from safetensors.torch import save_file
 
     from loramix.cli import main
-    from loramix.formats import read_adapter, write_adapter
+    from loramix.formats.read import read_adapter
+    from loramix.formats.write import write_adapter
     from loramix.testing import random_adapter
 
     unet = tiny_sd_unet()

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from loramix.cli import main
-from loramix.formats import read_adapter
+from loramix.formats.read import read_adapter
 from loramix.train.loop import train
 from loramix.train.recipe import make_recipe
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loramix.formats import read_adapter
+from loramix.formats.read import read_adapter
 from loramix.train.loop import train
 from loramix.train.recipe import make_recipe
 

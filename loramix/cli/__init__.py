@@ -22,7 +22,7 @@ from loramix.cli.serve_cmd import serve
 from loramix.cli.train_cmd import train
 from loramix.cli.xy_cmd import xy
 from loramix.errors import LoramixError
-from loramix.memory import return_freed_memory_to_the_system
+from loramix.util.memory import return_freed_memory_to_the_system
 
 
 class LoramixGroup(click.Group):

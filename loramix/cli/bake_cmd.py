@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from loramix.specs import parse_weight_spec
+from loramix.lora.specs import parse_weight_spec
 
 
 @click.command()
@@ -16,8 +16,8 @@ def bake(base, specs, output) -> None:
     """Add LoRAs into a checkpoint: `loramix bake base.safetensors a.safetensors:0.8 -o baked.safetensors`.
     BASE is a diffusers folder or a single original-layout .safetensors file; the output keeps its layout and
     dtype, and is written only once complete."""
-    from loramix.bake import bake as bake_checkpoint
-    from loramix.blocks import read_weighted
+    from loramix.formats.read import read_weighted
+    from loramix.jobs.bake import bake as bake_checkpoint
     from loramix.render.regions import check_masks
 
     weighted_files = [parse_weight_spec(s) for s in specs]

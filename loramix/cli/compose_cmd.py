@@ -9,8 +9,8 @@ import click
 from loramix.choices import DEFAULT_FORMAT, DTYPES, FILE_METHODS, GENERATION_METHODS, OUTPUT_FORMATS, QUANTIZE_MODES
 from loramix.cli.options import image_size_options
 from loramix.errors import LoramixError
+from loramix.lora.specs import parse_weight_spec
 from loramix.render.scheduled import check_method
-from loramix.specs import parse_weight_spec
 
 
 @click.command()
@@ -95,7 +95,7 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
 
 
 def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
-    from loramix.composed_file import write_composition
+    from loramix.jobs.compose_file import write_composition
 
     written = write_composition(weighted_files, output, method, rank, density, seed, file_format, dtype,
                                 allow_nonfinite)

@@ -9,7 +9,7 @@ import click
 from loramix.choices import IMAGE_SUFFIXES
 from loramix.cli.options import dtype_option, image_size_options
 from loramix.errors import LoramixError
-from loramix.specs import parse_weight_spec
+from loramix.lora.specs import parse_weight_spec
 
 
 @click.command()
@@ -42,10 +42,10 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
     """
     from loramix.cli.quiet import quiet_libraries
     from loramix.cli.status import TerminalStatus
-    from loramix.imagefile import open_image
     from loramix.models.load import load_base
     from loramix.render.edit import edit_sequence, write_stages
     from loramix.render.regions import check_masks
+    from loramix.util.imagefile import open_image
 
     image_path, specs = split_image(arguments)
     loras = [parse_weight_spec(s) for s in specs]

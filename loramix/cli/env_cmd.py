@@ -13,7 +13,7 @@ import click
 def env(as_json: bool) -> None:
     """Versions of loramix, Python and its dependencies, the accelerators torch sees, where the toy base lies,
     and whether the installed versions match the lock the test suite passed with."""
-    from loramix.environment import describe
+    from loramix.models.environment import describe
 
     found = describe()
     if as_json:

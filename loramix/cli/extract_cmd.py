@@ -26,8 +26,8 @@ def extract(tuned, base, output, rank, conv_rank, dynamic, dynamic_param, clamp_
     """Extract a LoRA from a fine-tune: `loramix extract tuned.safetensors base.safetensors --rank 32 -o l.safetensors`.
     TUNED and BASE are single .safetensors checkpoints or diffusers folders of one architecture; one module at a
     time is read from them, so memory stays small."""
-    from loramix.extract import extract_lora
-    from loramix.formats import write_adapter
+    from loramix.formats.write import write_adapter
+    from loramix.jobs.extract import extract_lora
     from loramix.models.precision import BY_NAME
 
     adapter, report = extract_lora(tuned, base, rank, conv_rank, dynamic, dynamic_param, clamp_quantile)

@@ -40,8 +40,8 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
 
     Under `accelerate launch` the processes share the images."""
     from loramix.errors import LoramixError
+    from loramix.lora.specs import parse_weight_spec
     from loramix.render.prompts import PromptRow, read_prompt_file, resolve_lora
-    from loramix.specs import parse_weight_spec
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give --prompt or --prompts (one of them)")

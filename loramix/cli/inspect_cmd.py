@@ -13,9 +13,9 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def inspect(files: tuple[str, ...], base: str | None, as_json: bool) -> None:
     """Show format, targets, rank, alpha, size and metadata of LoRA FILES."""
-    from loramix.formats import read_adapter
+    from loramix.formats.read import read_adapter
+    from loramix.jobs.report import report_adapter
     from loramix.models.shapes import load_base_shapes
-    from loramix.report import report_adapter
 
     base_shapes = load_base_shapes(base) if base else None
     reports = [report_adapter(f, read_adapter(f), base_shapes) for f in files]

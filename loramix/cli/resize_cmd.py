@@ -25,9 +25,10 @@ def resize(source, output, rank, dynamic, dynamic_param, file_format, dtype, ver
     """Lower a LoRA's rank: `loramix resize a.safetensors --rank 8 -o a8.safetensors`, or per module with
     `--dynamic sv_fro --dynamic-param 0.9`. α is rescaled so that the effect is unchanged but for the dropped
     singular values; each module's rank and retained Frobenius share are reported."""
-    from loramix.composed_file import output_dtype
-    from loramix.formats import read_adapter, write_adapter
-    from loramix.resize import resize_adapter
+    from loramix.formats.read import read_adapter
+    from loramix.formats.write import write_adapter
+    from loramix.jobs.compose_file import output_dtype
+    from loramix.lora.resize import resize_adapter
 
     adapter = read_adapter(source)
     resized, report = resize_adapter(adapter, rank, dynamic, dynamic_param)

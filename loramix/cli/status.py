@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import click
 
-from loramix.models.load import Status
+from loramix.util.progress import Status
 
 
 class TerminalStatus(Status):

@@ -32,9 +32,9 @@ from loramix.cli.options import SCHEDULE_HELP, dtype_option, image_size_options
 def xy(x_file, y_file, x_weights, y_weights, lora_specs, prompt, negative_prompt, seed, steps, guidance, width,
        height, base, dtype, scale, output) -> None:
     """Render PROMPT with every pair of weights of two LoRAs, one seed, as a grid labelled with the weights."""
+    from loramix.lora.specs import WeightedFile, parse_weight_spec
     from loramix.render.prompts import resolve_lora
     from loramix.render.xy import XYSweep, parse_weights
-    from loramix.specs import WeightedFile, parse_weight_spec
 
     axes = [resolve_lora(WeightedFile(str(path), 1.0), ".").path for path in (x_file, y_file)]
     fixed = tuple(resolve_lora(parse_weight_spec(spec), ".") for spec in lora_specs)

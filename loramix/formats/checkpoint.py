@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loramix.errors import LoramixError
 from loramix.formats.kohya import flatten_path, kohya_module_path
-from loramix.lora import canonical_path
+from loramix.lora.adapter import canonical_path
 
 WEIGHT = ".weight"
 DIFFUSERS_FILES = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from loramix.errors import AdapterFileError
-from loramix.lycoris import DoraModule, FullModule, LohaModule, LokrModule
+from loramix.lora.lycoris_modules import DoraModule, FullModule, LohaModule, LokrModule
 
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 LOHA_TUCKER = ("hada_t1", "hada_t2")

@@ -7,6 +7,9 @@ sharing sites show them. diffusers keeps its peft `LoraConfig` fields under `lor
 from __future__ import annotations
 
 import json
+import os
+
+from loramix.util.hashes import file_hashes
 
 # loramix's own keys.
 META_VERSION, META_RANK, META_ALPHA = "loramix_version", "loramix_rank", "loramix_alpha"
@@ -55,3 +58,8 @@ def is_kohya_key(key: str) -> bool:
 def shown_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """The metadata a person reads: without diffusers' machine-only LoraConfig block."""
     return {key: value for key, value in metadata.items() if key != DIFFUSERS_LORA_CONFIG}
+
+
+def short_hash(path: str | os.PathLike) -> str:
+    """The hash A1111 writes for a LoRA in `Lora hashes` (see loramix.util.hashes)."""
+    return file_hashes(path, SSHS_MODEL_HASH).a1111

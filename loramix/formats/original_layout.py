@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from loramix.atomic import atomic_path
 from loramix.errors import LoramixError
 from loramix.formats.metadata import SAFETENSORS_FORMAT
+from loramix.util.atomic import atomic_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import save, save_file
 
 import loramix
-from loramix.atomic import atomic_path
 from loramix.choices import DEFAULT_FORMAT, OUTPUT_FORMATS
 from loramix.errors import LoramixError
 from loramix.formats import diffusers as dfs
@@ -38,8 +37,9 @@ from loramix.formats.metadata import (
     SSHS_MODEL_HASH,
     is_kohya_key,
 )
-from loramix.hashes import addnet_hash, legacy_hash
-from loramix.lora import LoraAdapter, component_of, flat_path, path_of
+from loramix.lora.adapter import LoraAdapter, component_of, flat_path, path_of
+from loramix.util.atomic import atomic_path
+from loramix.util.hashes import addnet_hash, legacy_hash
 
 SDXL_VERSION = "sdxl_base_v1-0"  # kohya's ss_base_model_version for SDXL
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from loramix.errors import IncompatibleAdaptersError
-from loramix.lora import LoraModule, path_spellings
-from loramix.lycoris import flat
+from loramix.lora.adapter import LoraModule, path_spellings
+from loramix.lora.lycoris_modules import flat
 
 
 def resolve_module(model: torch.nn.Module, module_path: str,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,9 +20,11 @@ import torch
 
 from loramix.errors import BaseLoadError
 from loramix.formats.safetensors_file import PICKLE_SUFFIXES
+from loramix.models.folder_files import component_dtype, folder_variant, weight_files
+from loramix.models.placement import MODELS, place_models, quantize_loaded
+from loramix.util.progress import Status
 
 BUNDLED_BASE = "toy"  # the name of the base that ships inside the package
-MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")  # a pipeline's parts that hold weights
 RENDER_DEFAULTS = "loramix.json"  # a base folder's own steps and guidance
 FALLBACK_STEPS, FALLBACK_GUIDANCE = 30, 7.0
 
@@ -117,17 +118,6 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dty
     return pipeline
 
 
-class Status:
-    """Where loading tells what it does: `status(text)` for a status line, `bar(items, what)` wraps a list in a
-    progress bar. This one says nothing; the command line passes one that shows both."""
-
-    def __call__(self, text: str) -> None:
-        pass
-
-    def bar(self, items: list, what: str) -> Iterable:
-        return items
-
-
 def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: bool, device: torch.device,
                  status: Status):
     from diffusers import DiffusionPipeline
@@ -161,60 +151,6 @@ def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: 
     if quantize != "none" and "unet" not in loaded:  # an old file layout: the whole UNet, then quantized
         quantize_loaded(pipeline, quantize, quantize_convs, dtype, status, only=("unet",))
     return place_models(pipeline, dtype, device, placed=tuple(loaded))
-
-
-def place_models(pipeline, dtype: torch.dtype, device: torch.device, placed: tuple[str, ...] = ()):
-    """Every model of the pipeline but those `placed` already, cast to `dtype` a tensor at a time and moved to
-    `device`."""
-    from loramix.models.precision import cast_floats
-
-    for name in MODELS:
-        model = getattr(pipeline, name, None)
-        if model is not None and name not in placed:
-            cast_floats(model, dtype)
-            model.to(device)
-    return pipeline
-
-
-def quantize_loaded(pipeline, quantize: str, quantize_convs: bool, dtype: torch.dtype, status: Status,
-                    only: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")) -> None:
-    """Quantize a pipeline that loaded whole (a single file, a hub id), one layer at a time, computing in
-    `dtype`; what stays in full precision is cast to `dtype`."""
-    from loramix.models.quantized_load import quantize_in_place
-
-    if quantize == "none":
-        return
-    for name in only:
-        model = getattr(pipeline, name, None)
-        if model is not None:
-            status(f"quantizing the {name.replace('_', ' ')} to {quantize}")
-            quantize_in_place(model, quantize, quantize_convs and name == "unet", dtype)
-
-
-def folder_variant(folder: Path) -> str | None:
-    """The variant a pipeline folder's weights are stored under (`diffusion_pytorch_model.fp16.safetensors`:
-    "fp16") when its UNet has no plain weight file, else None."""
-    unet = folder / "unet"
-    files = sorted(unet.glob("*.safetensors"))
-    if not files or weight_files(unet, None):
-        return None
-    return files[0].name.split(".")[-2]
-
-
-def weight_files(component_folder: Path, variant: str | None) -> list[Path]:
-    """A component folder's safetensors files: the variant's (`*.fp16.safetensors`) or the plain ones."""
-    files = sorted(component_folder.glob("*.safetensors"))
-    if variant:
-        return [f for f in files if f.name.endswith(f".{variant}.safetensors")]
-    return [f for f in files if len(f.name.split(".")) == 2]
-
-
-def component_dtype(component_folder: Path, variant: str | None) -> torch.dtype | None:
-    """The precision a component's weights are stored in, from its first file's header; None without files."""
-    from loramix.models.precision import stored_dtype
-
-    files = weight_files(component_folder, variant)
-    return stored_dtype(files[0]) if files else None
 
 
 def _refuse_pickled_weights(folder: Path, spec: str) -> None:

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import torch
 
-from loramix.blocks import with_block_weights
 from loramix.choices import COMPONENTS
-from loramix.compose import compose_by_method
 from loramix.errors import IncompatibleAdaptersError, LoramixError
-from loramix.lora import LoraAdapter, component_of, path_of
-from loramix.lycoris import flat
+from loramix.formats.metadata import short_hash
+from loramix.lora.adapter import LoraAdapter, component_of, path_of
+from loramix.lora.blocks import with_block_weights
+from loramix.lora.compose import compose_by_method
+from loramix.lora.lycoris_modules import flat
+from loramix.lora.specs import WeightedFile
 from loramix.models.fuse import FusedUpdate
-from loramix.specs import WeightedFile, short_hash
 
 
 class PipelineLoras:
@@ -52,7 +53,7 @@ class PipelineLoras:
         self.switch_seconds: list[float] = []
 
     def read(self, path: str) -> LoraAdapter:
-        from loramix.formats import read_adapter
+        from loramix.formats.read import read_adapter
 
         key = str(Path(path).resolve())
         if key not in self._adapters:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from loramix.models.load import component_dtype, weight_files
+from loramix.models.folder_files import component_dtype, weight_files
 from loramix.models.precision import cast_floats
 from loramix.models.quantize import layers_to_quantize, mark_quantized, quantize_model, quantized_layer, replace_layer
 

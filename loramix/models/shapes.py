@@ -11,16 +11,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from loramix.choices import COMPONENTS
 from loramix.errors import BaseLoadError, LoramixError
-from loramix.lora import canonical_path
-
-# Built-in architectures by the name users give them, and the config-only pipeline folder each has in
-# loramix/architectures (the published configs, no weights).
-BUILTIN = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}
+from loramix.lora.adapter import canonical_path
+from loramix.models.architectures import BUILTIN, architecture_folder, recognise
 
 
 @dataclass
@@ -50,16 +46,6 @@ def load_base_shapes(spec: str | os.PathLike) -> BaseShapes:
     return BaseShapes(str(spec), weight_shapes, num_params)
 
 
-def architecture_folder(folder_name: str) -> Path:
-    """The config-only pipeline folder of an architecture ("sd1", "sd2", "sdxl") shipped with loramix."""
-    return Path(str(resources.files("loramix") / "architectures" / folder_name))
-
-
-def builtin_config(name: str, component: str) -> dict:
-    """The published config of a built-in architecture's component, e.g. ("sd15", "unet")."""
-    return json.loads((architecture_folder(BUILTIN[name]) / component / "config.json").read_text())
-
-
 def _component_configs(spec: str) -> dict[str, dict]:
     if spec in BUILTIN:
         return _component_configs_of(architecture_folder(BUILTIN[spec]))
@@ -68,8 +54,6 @@ def _component_configs(spec: str) -> dict[str, dict]:
         raise LoramixError(f"base {spec!r}: no such file or folder, and not a built-in base "
                            f"({', '.join(BUILTIN)})")
     if path.suffix == ".safetensors":  # a single-file checkpoint: its architecture's configs, from the header
-        from loramix.models.single_file import recognise
-
         try:
             return _component_configs_of(architecture_folder(recognise(path).folder))
         except BaseLoadError as e:

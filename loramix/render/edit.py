@@ -26,11 +26,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from loramix.errors import LoramixError, OutputError
+from loramix.lora.specs import WeightedFile
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
 from loramix.render.images import a1111_parameters, image_grid, save_png
 from loramix.render.scheduled import StepWeights
-from loramix.specs import WeightedFile
 
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength
 

@@ -23,15 +23,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from loramix.atomic import atomic_path
 from loramix.choices import FILE_METHODS, PRUNING_MERGES, SEQUENTIAL
 from loramix.errors import LoramixError
 from loramix.models.load import LoadedBase
 from loramix.models.loras import PipelineLoras, check_memory
-from loramix.render.core import EXACT, Composition, render_jobs, render_order, settings_of
+from loramix.render.core import EXACT, Composition
 from loramix.render.edit import write_stages
 from loramix.render.images import a1111_parameters, image_grid, save_png
+from loramix.render.loop import render_jobs, render_order, settings_of
 from loramix.render.prompts import ImageJob, lora_files
+from loramix.util.atomic import atomic_path
 
 MANIFEST = "manifest.jsonl"
 GRID = "grid.png"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from loramix.atomic import atomic_path
 from loramix.render.core import RenderSettings
+from loramix.util.atomic import atomic_path
 
 
 def a1111_parameters(settings: RenderSettings, sampler: str, model: str, loras: dict[str, float | str] | None = None,

@@ -25,6 +25,7 @@ from PIL import Image
 
 from loramix.choices import GENERATION_METHODS
 from loramix.errors import LoramixError
+from loramix.lora.specs import WeightedFile
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, batch_settings
 from loramix.render.regions import (
@@ -37,7 +38,6 @@ from loramix.render.regions import (
     trigger_positions,
     trigger_words,
 )
-from loramix.specs import WeightedFile
 
 
 def render_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], settings: list[RenderSettings],

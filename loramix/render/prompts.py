@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loramix.errors import LoramixError, PromptFileError, did_you_mean
-from loramix.specs import LBW, WeightedFile, parse_weight_spec
+from loramix.lora.specs import LBW, WeightedFile, parse_weight_spec
 
 ROW_FIELDS = ("prompt", "negative_prompt", "seed", "loras", "steps", "guidance", "width", "height", "n")
 PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")

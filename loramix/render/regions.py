@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from loramix.errors import LoramixError
-from loramix.specs import MASK, WeightedFile
+from loramix.lora.specs import MASK, WeightedFile
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def load_mask(path: str, width: int, height: int, scale: int) -> torch.Tensor:
 
 def read_mask(path: str):
     """The mask image as greyscale (white: the region), or an error naming the file."""
-    from loramix.imagefile import open_image
+    from loramix.util.imagefile import open_image
 
     return open_image(Path(path).expanduser(), "mask").convert("L")
 

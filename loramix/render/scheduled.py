@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from loramix.choices import FILE_METHODS, SEQUENTIAL
 from loramix.errors import LoramixError
-from loramix.schedule import step_fraction
-from loramix.specs import WeightedFile
+from loramix.lora.schedule import step_fraction
+from loramix.lora.specs import WeightedFile
 
 if TYPE_CHECKING:  # the command line imports this module before torch, which loramix.models.loras needs
     from loramix.models.loras import PipelineLoras

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from loramix.errors import LoramixError
+from loramix.lora.specs import WeightedFile
 from loramix.models.loras import PipelineLoras
-from loramix.render.core import RenderSettings, render_jobs
+from loramix.render.core import RenderSettings
 from loramix.render.images import LabelledGrid, a1111_parameters, labelled_grid
+from loramix.render.loop import render_jobs
 from loramix.render.prompts import ImageJob
-from loramix.specs import WeightedFile
 
 MAX_CELLS = 400
 

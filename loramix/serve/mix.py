@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from loramix.choices import FILE_METHODS, FORMATS, RENDER_METHODS, SEQUENTIAL
 from loramix.errors import LoramixError, did_you_mean
+from loramix.lora.specs import WeightedFile
 from loramix.render.core import Composition
 from loramix.render.prompts import MAX_SEED
-from loramix.specs import WeightedFile
 
 MAX_IMAGES = 8
 MAX_STEPS = 150

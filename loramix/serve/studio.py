@@ -17,15 +17,15 @@ from pathlib import Path
 from PIL import Image
 
 from loramix.errors import LoramixError, RequestError
+from loramix.lora.specs import WeightedFile
 from loramix.models.load import LoadedBase
 from loramix.models.loras import PipelineLoras
-from loramix.render.core import render_jobs
 from loramix.render.generate import job_parameters
 from loramix.render.images import png_bytes
+from loramix.render.loop import render_jobs
 from loramix.render.prompts import Defaults, PromptRow, plan
 from loramix.serve.library import LoraLibrary, Signature
 from loramix.serve.mix import MixRequest, command_lines, save_format
-from loramix.specs import WeightedFile
 
 # Reads images: one dict of named scores in [0, 1] per image (the toy base's judge, given by the CLI).
 Judge = Callable[[list[Image.Image]], list[dict[str, float]]]
@@ -60,10 +60,11 @@ class Studio:
 
     def describe(self, path: Path) -> dict:
         """What the page lists about a file: what `inspect` reports, and whether it fits the served base."""
-        from loramix.formats import describe, read_adapter
         from loramix.formats.metadata import META_BASE, META_TRIGGER
+        from loramix.formats.read import read_adapter
+        from loramix.formats.write import describe
+        from loramix.jobs.report import report_adapter
         from loramix.models.loras import check_fits
-        from loramix.report import report_adapter
 
         adapter = read_adapter(path)
         report = report_adapter(path, adapter)
@@ -156,7 +157,7 @@ class Studio:
     def save(self, request: MixRequest, file_format: object) -> tuple[bytes, str]:
         """The composed LoRA file of the request's LoRAs and method, written as `loramix compose -o` writes it."""
         from loramix.choices import DEFAULT_FORMAT, FILE_METHODS
-        from loramix.composed_file import write_composition
+        from loramix.jobs.compose_file import write_composition
 
         file_format = save_format(file_format)
         if request.method not in FILE_METHODS:

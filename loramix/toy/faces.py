@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, PngImagePlugin
 
-from loramix.atomic import atomic_path
 from loramix.choices import MASK_SUFFIX
 from loramix.errors import FaceSpecError
+from loramix.util.atomic import atomic_path
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from loramix.atomic import atomic_path
 from loramix.errors import JudgeError
-from loramix.imagefile import open_image
 from loramix.toy import faces
+from loramix.util.atomic import atomic_path
+from loramix.util.imagefile import open_image
 
 ATTRIBUTES = ("face", "mustache", "lipstick", "glasses")
 SIZE = 64

@@ -21,7 +21,7 @@ from PIL import Image
 
 from loramix.choices import IMAGE_SUFFIXES, MASK_SUFFIX
 from loramix.errors import DatasetError
-from loramix.imagefile import open_image
+from loramix.util.imagefile import open_image
 
 
 @dataclass

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from loramix.atomic import atomic_path
 from loramix.errors import TrainError, TrainInterrupted
-from loramix.memory import peak_memory
-from loramix.models.load import Status
 from loramix.train.recipe import TrainRecipe
 from loramix.train.trainee import LoraTrainee
+from loramix.util.atomic import atomic_path
+from loramix.util.memory import peak_memory
+from loramix.util.progress import Status
 
 
 @dataclass
@@ -193,8 +193,8 @@ def _check_processes_agree(model, accelerator) -> None:
 
 
 def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, steps, final_loss, status) -> None:
-    from loramix.formats import write_adapter
     from loramix.formats.metadata import training_metadata
+    from loramix.formats.write import write_adapter
     from loramix.train.plot import loss_plot
 
     run.mkdir(parents=True, exist_ok=True)

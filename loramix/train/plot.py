@@ -7,7 +7,7 @@ import os
 
 from PIL import Image, ImageDraw
 
-from loramix.atomic import atomic_path
+from loramix.util.atomic import atomic_path
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

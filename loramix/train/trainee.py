@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from loramix.errors import TraineeError
-from loramix.lora import LoraAdapter, LoraModule, canonical_path
+from loramix.lora.adapter import LoraAdapter, LoraModule, canonical_path
 from loramix.train.dataset import CaptionedImages
 from loramix.train.recipe import TrainRecipe
 
@@ -84,7 +84,7 @@ class LoraTrainee:
         # version, and a new transformers can demand a peft that is not yet published.
         from peft import LoraConfig, inject_adapter_in_model
 
-        from loramix.environment import dependency_error
+        from loramix.models.environment import dependency_error
 
         recipe = self.recipe
         config = LoraConfig(r=recipe.rank, lora_alpha=recipe.effective_alpha, lora_dropout=recipe.dropout,

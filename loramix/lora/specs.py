@@ -4,12 +4,11 @@ Imports nothing heavy, so the CLI can parse them before torch is loaded."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loramix.errors import LoramixError
-from loramix.schedule import Schedule, finite_number, parse_schedule
+from loramix.lora.schedule import Schedule, finite_number, parse_schedule
 
 LBW = "lbw="  # A1111's lora-block-weight syntax: <lora:name:0.8:lbw=1,0,…> or lbw=PRESET
 MASK = "#"  # regional composition: `a.safetensors:0.8#mask.png`, the LoRA's region as an image
@@ -76,10 +75,3 @@ def parse_weight_spec(spec: str) -> WeightedFile:
         return WeightedFile(path, schedule.peak, schedule=schedule)
     return WeightedFile(path, finite_number(text, "weight", spec))
 
-
-def short_hash(path: str | os.PathLike) -> str:
-    """The hash A1111 writes for a LoRA in `Lora hashes` (see loramix.hashes)."""
-    from loramix.formats.metadata import SSHS_MODEL_HASH
-    from loramix.hashes import file_hashes
-
-    return file_hashes(path, SSHS_MODEL_HASH).a1111

@@ -60,7 +60,7 @@ def public_version(version: str) -> str:
 
 def find_lock() -> Path | None:
     """`requirements/lock.txt` beside the package's source, as in a checkout; a wheel install has none."""
-    path = Path(__file__).resolve().parents[1] / "requirements" / "lock.txt"
+    path = Path(__file__).resolve().parents[2] / "requirements" / "lock.txt"
     return path if path.is_file() else None
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from loramix.lora import LoraModule
+from loramix.lora.adapter import LoraModule
 
 
 def tucker(core: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

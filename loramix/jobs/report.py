@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from loramix.formats import base_model_version, module_kind
 from loramix.formats.metadata import SSHS_MODEL_HASH, shown_metadata
-from loramix.hashes import file_hashes
-from loramix.lora import LoraAdapter, component_of, path_of
-from loramix.lycoris import flat
+from loramix.formats.write import base_model_version, module_kind
+from loramix.lora.adapter import LoraAdapter, component_of, path_of
+from loramix.lora.lycoris_modules import flat
 from loramix.models.shapes import BaseShapes
+from loramix.util.hashes import file_hashes
 
 BYTES_PER_PARAM = {"fp16": 2, "fp32": 4}
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from loramix.choices import DEFAULT_FORMAT
-from loramix.compose import SvdReport, compose_by_method
+from loramix.lora.compose import SvdReport, compose_by_method
+from loramix.lora.specs import WeightedFile
 from loramix.models.precision import BY_NAME
-from loramix.specs import WeightedFile
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,9 @@ def write_composition(files: list[WeightedFile], output: str | os.PathLike, meth
     """Read `files` (with their block weights), compose them by `method` and write the result atomically,
     recording its inputs (paths as given, with their weights) and method in the header. `full-diff` writes each
     module's whole ΔW, which LyCORIS modules need to be summed exactly."""
-    from loramix.blocks import read_weighted
-    from loramix.formats import write_adapter
     from loramix.formats.metadata import composition_metadata
+    from loramix.formats.read import read_weighted
+    from loramix.formats.write import write_adapter
 
     weighted = read_weighted(files)
     adapters = [a for a, _ in weighted]

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from loramix.choices import DYNAMIC_METHODS
-from loramix.compose import low_rank_module, truncated_product_svd, truncated_svd
 from loramix.errors import LoramixError
-from loramix.lora import LoraAdapter, LoraModule
+from loramix.lora.adapter import LoraAdapter, LoraModule
+from loramix.lora.compose import low_rank_module, truncated_product_svd, truncated_svd
 
 MIN_SINGULAR_VALUE = 1e-6  # kohya's MIN_SV: below it the ΔW counts as zero and keeps rank 1
 

@@ -25,8 +25,8 @@ import torch
 
 from loramix.choices import FILE_METHODS, PRUNING_MERGES
 from loramix.errors import IncompatibleAdaptersError, LoramixError
-from loramix.lora import LoraAdapter, LoraModule
-from loramix.lycoris import FullModule
+from loramix.lora.adapter import LoraAdapter, LoraModule
+from loramix.lora.lycoris_modules import FullModule
 
 NOT_ADDITIVE = "DoRA"  # renormalises the weight it lands on: W' = m·(W+ΔW)/‖W+ΔW‖ is no ΔW that adds
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import re
 
 from loramix.errors import LoramixError
-from loramix.lora import LoraAdapter, component_of, path_of
-from loramix.specs import WeightedFile
+from loramix.lora.adapter import LoraAdapter, component_of, path_of
 
 LAYERS_PER_LEVEL = 3  # input_blocks: 2 resnet/attention layers and a downsampler; output_blocks: 3 layers
 
@@ -96,13 +95,3 @@ def with_block_weights(adapter: LoraAdapter, lbw: str | None, source: str = "") 
     modules = {key: module.scaled(weights.get(block_of(key), 1.0)) for key, module in adapter.modules.items()}
     return LoraAdapter(modules, adapter.metadata, adapter.source_format, adapter.base_version)
 
-
-def read_weighted(files: list[WeightedFile]) -> list[tuple[LoraAdapter, float]]:
-    """Each file read, with its block weights applied, beside its weight: for writing a file or a checkpoint,
-    which take one weight per LoRA."""
-    from loramix.formats import read_adapter
-    from loramix.schedule import refuse_schedules
-
-    refuse_schedules(files, "a written file")
-
-    return [(with_block_weights(read_adapter(wf.path), wf.lbw, wf.path), wf.weight) for wf in files]

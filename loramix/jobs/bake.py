@@ -19,12 +19,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loramix.atomic import atomic_folder, atomic_path
-from loramix.compose import compose_dense
 from loramix.errors import IncompatibleAdaptersError, LoramixError
 from loramix.formats.checkpoint import CheckpointFile, checkpoint_files, is_quantized_key
-from loramix.lora import LoraAdapter
-from loramix.lycoris import flat
+from loramix.lora.adapter import LoraAdapter
+from loramix.lora.compose import compose_dense
+from loramix.lora.lycoris_modules import flat
+from loramix.util.atomic import atomic_folder, atomic_path
 
 QUANTIZED_DTYPES = ("I8", "U8")  # safetensors' names of the integer types quantized codes are stored in
 

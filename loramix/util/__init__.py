@@ -1,0 +1,1 @@
+"""Small utilities every layer may use: atomic writes, file hashes, image files, memory figures, progress."""
