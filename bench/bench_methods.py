@@ -19,7 +19,7 @@ seconds per image. Locality is the mean absolute pixel change (0-255, over pixel
 base's render at the same seed and prompt:
   top 40%   the top 40% of the image: hair, eyes, background, which no mustache or lipstick should touch
   outside   the pixels outside every benched attribute's box. An attribute's box is the union of
-            `faces.attribute_box` over 1,000 generated faces: wherever that attribute can be drawn on any face
+            `face_drawing.attribute_box` over 1,000 generated faces: wherever that attribute can be drawn on any face
             the generator makes (the faces move and vary in size, so it is larger than one face's box).
 
 The LoRAs are the shipped recipes' (`recipes/*.toml`); any missing from --loras is trained first (about 3

@@ -5,6 +5,13 @@ from __future__ import annotations
 import difflib
 
 
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most `limit` characters:
+    what a one-line error quotes of a dependency's failure."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:limit]
+
+
 def did_you_mean(name: str, known) -> str:
     """' (did you mean 'rank'?)' for the closest of `known` to a misspelt `name`, or '' when none is close."""
     close = difflib.get_close_matches(name, list(known), n=1)

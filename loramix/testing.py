@@ -1,10 +1,12 @@
-"""Tiny real models and random LoRAs made for them, shared by the tests and the benchmarks.
+"""Tiny real models and random LoRAs made for them, and the checks the tests share; the benchmarks use them too.
 
 The models are diffusers' UNet2DConditionModel and transformers' CLIPTextModel at toy sizes, built from
 kwargs in code as diffusers' own tests build theirs; nothing here is a mock.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -167,3 +169,37 @@ def serve_in_thread(app, host: str = "127.0.0.1"):
         listener.close()
 
     return f"http://{host}:{listener.getsockname()[1]}/", stop
+
+
+def fused(model, adapter: LoraAdapter, component: str, weight: float = 1.0):
+    """A copy of `model` with W + weight·ΔW for every module of `component` in the adapter."""
+    from loramix.models.fuse import fuse_into
+
+    model = copy.deepcopy(model)
+    fuse_into(model, adapter.of_component(component), weight)
+    return model
+
+
+def unet_inputs(seed: int = 1, cross_attention_dim: int = 32):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, 4, 8, 8, generator=generator)
+    text = torch.randn(2, 5, cross_attention_dim, generator=generator)
+    return sample, torch.tensor([10, 500]), text
+
+
+def outputs(unet, clip) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiny UNet's and CLIP's outputs on fixed inputs: what two models must agree on to count as equal."""
+    sample, timesteps, text = unet_inputs()
+    with torch.no_grad():
+        return unet(sample, timesteps, text).sample, clip(torch.tensor([[0, 5, 9, 1]])).last_hidden_state
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    """A CLI result that failed as loramix promises: exit 1, one `Error: ` line holding every fragment, no
+    traceback."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

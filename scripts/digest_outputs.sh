@@ -65,4 +65,31 @@ find . -type f \( -path './logs/*' -o -name '*.jsonl' -o -name '*.json' \) -prin
     -e 's/[0-9]+:[0-9]{2}(:[0-9]{2})?/T/g'
 # Progress bars redraw as often as time allows: only the text outside them counts.
 for f in logs/*.err; do tr '\r' '\n' < "$f" | grep -v '%|' > "$f.text" || true; mv "$f.text" "$f"; done
-find . -type f ! -name '*.tmp' -print0 | sort -z | xargs -0 sha256sum
+# safetensors writes a header's metadata in no fixed order (a Rust hash map), so a file is digested as its
+# header with sorted keys, then its data; JSON output likewise with sorted keys.
+"$BIN/python" - <<'PY'
+import hashlib, json, pathlib, struct
+
+def canonical(path):
+    data = path.read_bytes()
+    if path.suffix == ".safetensors" and len(data) >= 8:
+        size = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8:8 + size])
+        return json.dumps(header, sort_keys=True).encode() + data[8 + size:]
+    if path.suffix in (".json", ".jsonl", ".out"):
+        lines = []
+        for line in data.decode().splitlines():
+            try:
+                lines.append(json.dumps(json.loads(line), sort_keys=True))
+            except ValueError:
+                lines.append(line)
+        head, exit_line, status = data.decode().rpartition("exit ")  # a command's log ends with its exit status
+        try:
+            return (json.dumps(json.loads(head), sort_keys=True) + exit_line + status).encode()
+        except ValueError:
+            return "\n".join(lines).encode()
+    return data
+
+for path in sorted(p for p in pathlib.Path(".").rglob("*") if p.is_file() and p.suffix != ".tmp"):
+    print(hashlib.sha256(canonical(path)).hexdigest(), f"./{path}")
+PY

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import pytest
 import torch
 
-from loramix.lora.adapter import LoraAdapter
 from loramix.testing import CLIP_ATTENTION, UNET_ATTENTION, random_adapter, tiny_clip, tiny_unet, weight_shapes
 
 
@@ -81,43 +79,9 @@ def clip_attention_shapes(clip):
     return weight_shapes(clip, "text_encoder", CLIP_ATTENTION)
 
 
-def fused(model, adapter: LoraAdapter, component: str, weight: float = 1.0):
-    """A copy of `model` with W + weight·ΔW for every module of `component` in the adapter."""
-    from loramix.models.fuse import fuse_into
-
-    model = copy.deepcopy(model)
-    fuse_into(model, adapter.of_component(component), weight)
-    return model
-
-
-def unet_inputs(seed: int = 1, cross_attention_dim: int = 32):
-    generator = torch.Generator().manual_seed(seed)
-    sample = torch.randn(2, 4, 8, 8, generator=generator)
-    text = torch.randn(2, 5, cross_attention_dim, generator=generator)
-    return sample, torch.tensor([10, 500]), text
-
-
-def outputs(unet, clip) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tiny UNet's and CLIP's outputs on fixed inputs: what two models must agree on to count as equal."""
-    sample, timesteps, text = unet_inputs()
-    with torch.no_grad():
-        return unet(sample, timesteps, text).sample, clip(torch.tensor([[0, 5, 9, 1]])).last_hidden_state
-
-
 @pytest.fixture(scope="module")
 def pipeline():
     """The shipped toy base, fresh for each test module: modules fuse LoRAs and load adapters into it."""
     from loramix.models.load import load_pipeline
 
     return load_pipeline("toy")
-
-
-def assert_clean_error(result, *fragments: str) -> None:
-    """A CLI result that failed as loramix promises: exit 1, one `Error: ` line holding every fragment, no
-    traceback."""
-    assert result.exit_code == 1, (result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from safetensors.torch import save_file
 
 from loramix.cli import main
+from loramix.errors import first_line
 from loramix.formats.write import write_adapter
-from loramix.testing import random_adapter
+from loramix.testing import assert_clean_error, random_adapter
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 GOOD = str(SAMPLES / "random-b.diffusers.safetensors")
@@ -88,11 +89,10 @@ def test_lycoris_types_are_named(tmp_path, key, name):
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
 def test_pickle_files_are_refused_by_name(tmp_path, suffix):
-    marker = tmp_path / "ran"
+    """By suffix alone; that a pickle which would run code never does is test_no_code_from_files' live check."""
     bad = tmp_path / f"model{suffix}"
     torch.save({"x": torch.zeros(1)}, bad)
     compose_fails(tmp_path, str(bad), fragments=(bad.name, "never unpickles"))
-    assert not marker.exists()
 
 
 def test_pickle_content_behind_a_safetensors_name_is_refused(tmp_path):
@@ -177,3 +177,24 @@ def test_a_base_folder_with_a_plain_pickled_component_is_refused_by_name(tmp_pat
                                        "-o", str(tmp_path / "out")])
     assert_clean_error(result, "unet/diffusion_pytorch_model.bin is a pickle file", "never unpickles")
     assert not (tmp_path / "out").exists()
+
+
+def test_loramix_debug_shows_every_traceback_behind_a_one_line_error(tmp_path, monkeypatch):
+    """The library keeps its errors to one line (`from None`); LORAMIX_DEBUG=1 brings back what caused them."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", 16) + b"{not json at all")
+    plain = run("inspect", str(bad))
+    assert_clean_error(plain, "corrupt header")
+    monkeypatch.setenv("LORAMIX_DEBUG", "1")
+    debug = run("inspect", str(bad))
+    assert debug.exit_code == 1
+    cause, error = debug.output.index("json.decoder.JSONDecodeError"), debug.output.index("AdapterFileError:")
+    assert debug.output.count("Traceback (most recent call last)") == 2 and cause < error
+    assert debug.output.rstrip().splitlines()[-1] == plain.output.strip()
+
+
+@pytest.mark.parametrize("message, line", [("", "ValueError"), ("  \n", "ValueError"), ("first\nsecond", "first"),
+                                           ("\nafter a blank line", "after a blank line")])
+def test_first_line_of_any_message(message, line):
+    assert first_line(ValueError(message)) == line
+    assert len(first_line(ValueError("x" * 500))) == 200 and len(first_line(ValueError("x" * 500), None)) == 500

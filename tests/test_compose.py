@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import fused, outputs, unet_inputs
 
 from loramix.cli import main
 from loramix.errors import IncompatibleAdaptersError, LoramixError
@@ -15,7 +14,7 @@ from loramix.formats.read import read_adapter
 from loramix.formats.write import write_adapter
 from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.lora.compose import compose_exact, compose_merge, compose_svd
-from loramix.testing import random_adapter
+from loramix.testing import fused, outputs, random_adapter, unet_inputs
 
 
 def delta_sum(weighted) -> dict[str, torch.Tensor]:

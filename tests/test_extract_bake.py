@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -16,6 +15,7 @@ from loramix.formats.read import read_adapter
 from loramix.formats.write import write_adapter
 from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.models.load import bundled_base_path
+from loramix.testing import assert_clean_error
 
 FILES = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors"}
 

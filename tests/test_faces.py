@@ -10,20 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loramix.toy import faces
-from loramix.toy.faces import (
-    BACKGROUNDS,
-    CAPTION_WORDS,
-    FaceSpec,
-    FaceSpecError,
-    Glasses,
-    Mustache,
-    attribute_box,
-    caption,
-    draw_face,
-    sample_face,
-    write_dataset,
-)
+from loramix.toy import face_spec, faces
+from loramix.toy.face_drawing import attribute_box, draw_face
+from loramix.toy.face_spec import BACKGROUNDS, CAPTION_WORDS, FaceSpec, Glasses, Mustache, caption, sample_face
+from loramix.toy.faces import FaceSpecError, write_dataset
 
 ATTRIBUTES = ("mustache", "lipstick", "glasses")
 SEEDS = range(50)
@@ -107,16 +97,16 @@ def test_mustache_and_frame_colours_stand_out_from_the_skin():
     def brightness(colour):
         return Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0))
 
-    seen = {(skin, part): set() for skin in faces.SKIN_TONES for part in ("mustache", "glasses")}
+    seen = {(skin, part): set() for skin in face_spec.SKIN_TONES for part in ("mustache", "glasses")}
     for seed in range(400):
         spec = sample_face(seed, mustache=True, glasses=True)
-        skin = faces.SKIN_TONES[spec.skin]
-        for part, colour in (("mustache", faces.MUSTACHE_COLOURS[spec.mustache.colour]),
-                             ("glasses", faces.GLASSES_COLOURS[spec.glasses.colour])):
+        skin = face_spec.SKIN_TONES[spec.skin]
+        for part, colour in (("mustache", face_spec.MUSTACHE_COLOURS[spec.mustache.colour]),
+                             ("glasses", face_spec.GLASSES_COLOURS[spec.glasses.colour])):
             seen[spec.skin, part].add(colour)
             far_in_colour = np.linalg.norm(np.subtract(colour, skin)) >= 150
             assert abs(brightness(colour) - brightness(skin)) >= 40 or far_in_colour, (seed, part)
-    assert faces.MUSTACHE_COLOURS["ginger"] not in seen["deep", "mustache"]
+    assert face_spec.MUSTACHE_COLOURS["ginger"] not in seen["deep", "mustache"]
     assert min(len(colours) for colours in seen.values()) >= 2
 
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import fused, outputs
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -16,7 +15,7 @@ from loramix.formats.read import read_adapter
 from loramix.formats.write import write_adapter
 from loramix.lora.adapter import LoraAdapter
 from loramix.models.shapes import load_base_shapes
-from loramix.testing import random_adapter
+from loramix.testing import fused, outputs, random_adapter
 
 
 def tensors_of(path) -> dict[str, torch.Tensor]:

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -34,6 +33,7 @@ from loramix.formats.safetensors_file import MAX_HEADER_BYTES
 from loramix.formats.write import write_adapter
 from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.render.prompts import Defaults, plan, read_prompt_file
+from loramix.testing import assert_clean_error
 
 CASES: collections.Counter = collections.Counter()  # target → cases run
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,7 +8,6 @@ import struct
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
@@ -19,7 +18,7 @@ from loramix.formats.read import read_adapter
 from loramix.formats.write import write_adapter
 from loramix.lora.blocks import block_of
 from loramix.models.shapes import load_base_shapes
-from loramix.testing import random_adapter
+from loramix.testing import assert_clean_error, random_adapter
 
 
 def after_header(data: bytes) -> bytes:

@@ -11,22 +11,22 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loramix.cli import main
-from loramix.toy.faces import BACKGROUNDS, draw_face, sample_face, write_dataset
+from loramix.errors import JudgeError
+from loramix.toy.face_drawing import draw_face
+from loramix.toy.face_spec import BACKGROUNDS, sample_face
+from loramix.toy.faces import write_dataset
 from loramix.toy.judge import (
     ATTRIBUTES,
-    BREAKS,
-    JudgeError,
     JudgeNet,
     JudgeTraining,
-    broken_face,
     evaluate_broken,
     evaluate_judge,
     labelled_images,
     load_judge,
-    non_face,
     save_judge,
     train_judge,
 )
+from loramix.toy.judge_negatives import BREAKS, broken_face, non_face
 
 BROKEN_REJECTED = 0.85  # the judge before broken faces were in its training rejected 22%
 EACH_BREAK_REJECTED = 0.65

@@ -8,12 +8,12 @@ import copy
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from safetensors.torch import save_file
 
 from loramix.cli import main
 from loramix.formats.read import read_adapter
 from loramix.models.fuse import fuse_into
+from loramix.testing import assert_clean_error
 
 LINEAR = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # (32, 32) in the tiny UNet
 CONV = "down_blocks.0.resnets.0.conv1"  # (32, 32, 3, 3)

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from PIL import Image
 
 from loramix.cli import main
 from loramix.errors import DatasetError, RecipeError
-from loramix.toy.faces import MASK_GROWTH, attribute_box, attribute_mask, draw_face, sample_face, write_dataset
+from loramix.testing import assert_clean_error
+from loramix.toy.face_drawing import attribute_box, attribute_mask, draw_face
+from loramix.toy.face_spec import MASK_GROWTH, sample_face
+from loramix.toy.faces import write_dataset
 from loramix.train.dataset import load_dataset
 from loramix.train.loop import train
 from loramix.train.recipe import make_recipe

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -30,6 +29,7 @@ from loramix.formats.read import read_adapter
 from loramix.formats.write import write_adapter
 from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.render.prompts import Defaults, plan, read_prompt_file
+from loramix.testing import assert_clean_error
 
 PACKAGE = Path(loramix.__file__).parent
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from PIL import Image
 
 from loramix.cli import main
 from loramix.lora.specs import WeightedFile, parse_weight_spec
 from loramix.render.core import RenderSettings
+from loramix.testing import assert_clean_error
 
 STEPS = 4
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 
 from loramix.cli import main
 from loramix.formats.read import read_adapter
 from loramix.formats.write import write_adapter
 from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.lora.resize import resize_adapter
+from loramix.testing import assert_clean_error
 
 
 def decaying_adapter(seed=0) -> LoraAdapter:

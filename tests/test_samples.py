@@ -30,7 +30,9 @@ def test_sample_regions_are_where_the_generator_draws_each_attribute(attribute):
     import numpy as np
     from PIL import Image
 
-    from loramix.toy.faces import attribute_box, attribute_region, sample_face
+    from loramix.toy.face_drawing import attribute_box
+    from loramix.toy.face_spec import sample_face
+    from loramix.toy.faces import attribute_region
 
     shipped = np.asarray(Image.open(SAMPLES / "regions" / f"{attribute}.png"))
     assert np.array_equal(shipped, np.asarray(attribute_region(attribute)))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,6 +18,7 @@ from loramix.cli import main
 from loramix.errors import LoramixError
 from loramix.lora.schedule import KEYFRAMES, RANGE, step_fraction
 from loramix.lora.specs import WeightedFile, parse_weight_spec
+from loramix.testing import assert_clean_error
 
 STEPS = 6  # fractions 0, 0.2, 0.4, 0.6, 0.8, 1
 

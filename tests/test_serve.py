@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
-from conftest import assert_clean_error
 from PIL import Image
 
 from loramix.choices import RENDER_METHODS
@@ -31,7 +30,7 @@ from loramix.lora.specs import WeightedFile
 from loramix.serve.library import LoraLibrary
 from loramix.serve.mix import MixRequest, command_lines
 from loramix.serve.worker import RenderWorker, Superseded
-from loramix.testing import safetensors_parts, start_server, stop_server, write_toy_lora
+from loramix.testing import assert_clean_error, safetensors_parts, start_server, stop_server, write_toy_lora
 
 # --- names: only files inside the served folders -------------------------------------------------------------
 
@@ -177,7 +176,7 @@ def test_the_command_line_names_a_bad_folder_or_a_taken_port_in_one_line(tmp_pat
 
 
 def test_listening_beyond_loopback_is_warned_about():
-    from loramix.cli.serve_cmd import exposure_warning
+    from loramix.serve.server import exposure_warning
 
     assert all(exposure_warning(host, 7860) is None for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"))
     for host in ("0.0.0.0", "192.168.1.5", "::", "myhost.example"):

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from loramix.cli import main
 from loramix.errors import LoramixError
 from loramix.toy.build import BuildConfig, _reconstruction_loss, build_base, paint_shapes
-from loramix.toy.faces import CAPTION_WORDS
+from loramix.toy.face_spec import CAPTION_WORDS
 from loramix.toy.tokenizer import build_tokenizer
 
 TINY = BuildConfig(images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup_steps=1,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import traceback
 
 import click
 
@@ -34,10 +36,23 @@ class LoramixGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LoramixError as e:
+            if os.environ.get("LORAMIX_DEBUG") == "1":
+                click.echo(full_traceback(e), err=True, nl=False)
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was left behind", err=True)
             ctx.exit(130)
+
+
+def full_traceback(error: BaseException) -> str:
+    """Every traceback behind a one-line error, the first cause first, including those the library raised
+    `from None` to keep the line short: what LORAMIX_DEBUG=1 prints."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    parts = ["".join(traceback.format_exception(e, chain=False)) for e in reversed(chain)]
+    return "\nThe above exception led to the next one:\n\n".join(parts)
 
 
 @click.group(cls=LoramixGroup)

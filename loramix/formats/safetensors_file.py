@@ -11,9 +11,9 @@ import struct
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from loramix.errors import AdapterFileError
+from loramix.errors import AdapterFileError, first_line
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -36,8 +36,8 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as e:  # safetensors raises its own error, OSError or ValueError for corrupt data
-        raise AdapterFileError(path, f"not a valid safetensors file ({_first_line(e)})") from None
+    except (SafetensorError, OSError, ValueError) as e:  # what safetensors raises for corrupt data
+        raise AdapterFileError(path, f"not a valid safetensors file ({first_line(e)})") from e
     for key, tensor in tensors.items():
         if tensor.dtype not in FACTOR_DTYPES:
             raise AdapterFileError(path, f"tensor {key!r} has dtype {header[key]['dtype']}, expected floats "
@@ -80,7 +80,3 @@ def _check_header(path: Path) -> dict:
             raise AdapterFileError(path, f"is truncated: tensor {key!r} ends past the end of the file")
     return header
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:200]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loramix import __version__
-from loramix.errors import DependencyError
+from loramix.errors import DependencyError, first_line
 
 # The packages whose versions decide whether loramix works, in the order a report lists them.
 KEY_PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors",
@@ -126,5 +126,4 @@ def dependency_error(action: str, error: Exception,
     tested = ", ".join(f"{name} {pins[name]}" for name in packages if name in pins)
     remedy = (f"loramix is tested with {tested}: install those (`pip install -c requirements/lock.txt -e .`)"
               if tested else "install the versions in loramix's requirements/lock.txt")
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    return DependencyError(f"{action} failed inside a dependency ({installed}): {first_line}; {remedy}")
+    return DependencyError(f"{action} failed inside a dependency ({installed}): {first_line(error)}; {remedy}")

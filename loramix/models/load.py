@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from loramix.errors import BaseLoadError
+from loramix.errors import BaseLoadError, first_line
 from loramix.formats.safetensors_file import PICKLE_SUFFIXES
 from loramix.models.folder_files import component_dtype, folder_variant, weight_files
 from loramix.models.placement import MODELS, place_models, quantize_loaded
@@ -112,8 +112,7 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dty
     except BaseLoadError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BaseLoadError(f"base {spec}: cannot load it ({first_line})") from None
+        raise BaseLoadError(f"base {spec}: cannot load it ({first_line(e, limit=None)})") from e
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

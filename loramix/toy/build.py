@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from loramix.errors import LoramixError
-from loramix.toy.faces import CAPTION_WORDS, caption, draw_faces, sample_face
+from loramix.toy.face_spec import CAPTION_WORDS, caption, sample_face
+from loramix.toy.faces import draw_faces
 
 
 @dataclass

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,16 +62,34 @@ def train(recipe: TrainRecipe, resume: str | None = None, progress: bool = False
 
 def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator, report,
            status: Status) -> TrainResult:
-    from tqdm import tqdm
+    started = time.monotonic()
+    folder = recipe.run_folder
+    if accelerator.is_main_process:
+        _check_writable(folder)
+    model, examples, dataset_size = _prepare(recipe, accelerator, report, status)
+    per_step = recipe.batch_size * recipe.gradient_accumulation * accelerator.num_processes
+    total_steps = recipe.steps if recipe.steps is not None else recipe.epochs * math.ceil(dataset_size / per_step)
+    optimizer = _optimizer(recipe, model)
+    run = _Run(recipe, folder, model, examples, optimizer, _schedule(optimizer, recipe, total_steps), accelerator,
+               started)
+    loss_value = run.train_steps(run.begin(resume), total_steps, progress)
+    if accelerator.num_processes > 1:
+        _check_processes_agree(model, accelerator)
+    adapter_path = folder / f"{recipe.adapter_name}.safetensors"
+    if accelerator.is_main_process:
+        _write_outputs(model, recipe, folder, adapter_path, run.log_rows, dataset_size, total_steps, loss_value,
+                       status)
+    accelerator.wait_for_everyone()
+    return TrainResult(adapter_path, total_steps, loss_value, time.monotonic() - started, folder,
+                       accelerator.is_main_process)
 
+
+def _prepare(recipe: TrainRecipe, accelerator, report, status: Status) -> tuple[LoraTrainee, object, int]:
+    """The base loaded, the LoRA put on it and the dataset encoded once: the trainee, its cached examples and
+    the number of images."""
     from loramix.models.load import load_pipeline, native_resolution
-    from loramix.train.checkpoint import Checkpoint, save_checkpoint
     from loramix.train.dataset import load_dataset
 
-    started = time.monotonic()
-    run = recipe.run_folder
-    if accelerator.is_main_process:
-        _check_writable(run)
     pipeline = load_pipeline(recipe.base, recipe.dtype, recipe.quantize, recipe.quantize_convs,
                              accelerator.device, status if accelerator.is_main_process else None)
     resolution = native_resolution(pipeline) if recipe.resolution is None else recipe.resolution
@@ -88,69 +106,90 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
     model = LoraTrainee(pipeline, recipe, accelerator.device)
     status(f"encoding {len(data)} training images" + (" and their mirror images" if recipe.flip else "")
            + ("" if recipe.train_text_encoder else " and captions") + " once")
-    examples = model.cache(data, flip=recipe.flip)
+    return model, model.cache(data, flip=recipe.flip), len(data)
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_step = recipe.batch_size * recipe.gradient_accumulation * world
-    total_steps = recipe.steps if recipe.steps is not None else recipe.epochs * math.ceil(len(data) / per_step)
-    optimizer = _optimizer(recipe, model)
-    schedule = _schedule(optimizer, recipe, total_steps)
 
-    start_step, log_rows = 0, []
-    checkpoints = run / "checkpoints"
-    if resume:
-        start_step, log_rows = _resume(resume, checkpoints, model, optimizer, schedule, recipe, run)
-    elif accelerator.is_main_process and (run / "train_log.jsonl").exists():
-        (run / "train_log.jsonl").unlink()  # a fresh run replaces the old run's log
+@dataclass
+class _Run:
+    """A run's moving parts once set up, and what the main process writes as the steps go: the log, the
+    checkpoints and the samples."""
 
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"training {recipe.adapter_name}", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    loss_value = log_rows[-1]["loss"] if log_rows else float("nan")
+    recipe: TrainRecipe
+    folder: Path
+    model: LoraTrainee
+    examples: object
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    accelerator: object
+    started: float
+    log_rows: list[dict] = field(default_factory=list)
 
-    def checkpoint(step: int) -> Path:
-        return save_checkpoint(checkpoints, Checkpoint(step, model.trainable_state(), optimizer.state_dict(),
-                                                       schedule.state_dict(), {"recipe": recipe.as_dict()}),
-                               keep=recipe.keep_checkpoints)
+    def begin(self, resume: str | None) -> int:
+        """The first step to train: after the checkpoint resumed from, else 0 (and the old run's log goes)."""
+        if resume:
+            start_step, self.log_rows = _resume(resume, self.folder / "checkpoints", self.model, self.optimizer,
+                                                self.schedule, self.recipe, self.folder)
+            return start_step
+        if self.accelerator.is_main_process and (self.folder / "train_log.jsonl").exists():
+            (self.folder / "train_log.jsonl").unlink()  # a fresh run replaces the old run's log
+        return 0
 
-    done = start_step
-    with _interrupt_between_steps() as interrupted:
-        for step in range(start_step, total_steps):
+    def train_steps(self, start_step: int, total_steps: int, progress: bool) -> float:
+        """Steps `start_step` … `total_steps`; the last loss. Ctrl-C ends the run after the step in hand, with
+        a checkpoint of it."""
+        from tqdm import tqdm
+
+        recipe, accelerator = self.recipe, self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        bar = tqdm(total=total_steps, initial=start_step, desc=f"training {recipe.adapter_name}", unit="step",
+                   disable=not (progress and accelerator.is_main_process))
+        loss_value = self.log_rows[-1]["loss"] if self.log_rows else float("nan")
+        done = start_step
+        with _interrupt_between_steps() as interrupted:
+            for step in range(start_step, total_steps):
+                if interrupted():
+                    break
+                loss_value = _train_step(self.model, self.examples, recipe, step, world, rank, accelerator,
+                                         self.optimizer)
+                if not math.isfinite(loss_value):
+                    bar.close()
+                    raise TrainError(f"the loss became {loss_value} at step {step + 1}: try a lower "
+                                     f"learning_rate (now {recipe.learning_rate:g}) or max_grad_norm")
+                self.schedule.step()
+                done = step + 1
+                self._record(done, loss_value, total_steps)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            bar.close()
             if interrupted():
-                break
-            loss_value = _train_step(model, examples, recipe, step, world, rank, accelerator, optimizer)
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise TrainError(f"the loss became {loss_value} at step {step + 1}: try a lower learning_rate "
-                                 f"(now {recipe.learning_rate:g}) or max_grad_norm")
-            schedule.step()
-            done = step + 1
-            row = {"step": done, "loss": loss_value, "lr": schedule.get_last_lr()[0], "processes": world,
-                   "seconds": round(time.monotonic() - started, 3), **peak_memory()}
-            log_rows.append(row)
-            if accelerator.is_main_process:
-                if done % recipe.log_every == 0 or done == total_steps:
-                    with open(run / "train_log.jsonl", "a") as log:
-                        log.write(json.dumps(row) + "\n")
-                if recipe.checkpoint_every and done % recipe.checkpoint_every == 0:
-                    checkpoint(done)
-                if recipe.sample_every and done % recipe.sample_every == 0 and done != total_steps:
-                    model.save_samples(run / "samples" / f"step-{done:06d}.png")
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-        bar.close()
-        if interrupted():
-            path = checkpoint(done) if accelerator.is_main_process and done > start_step else None
-            raise TrainInterrupted(f"interrupted after step {done}: " + (
-                f"wrote {path}; `--resume` continues from it" if path else "no new step to save"))
+                path = self.checkpoint(done) if accelerator.is_main_process and done > start_step else None
+                raise TrainInterrupted(f"interrupted after step {done}: " + (
+                    f"wrote {path}; `--resume` continues from it" if path else "no new step to save"))
+        return loss_value
 
-    if world > 1:
-        _check_processes_agree(model, accelerator)
-    adapter_path = run / f"{recipe.adapter_name}.safetensors"
-    if accelerator.is_main_process:
-        _write_outputs(model, recipe, run, adapter_path, log_rows, len(data), total_steps, loss_value, status)
-    accelerator.wait_for_everyone()
-    return TrainResult(adapter_path, total_steps, loss_value, time.monotonic() - started, run,
-                       accelerator.is_main_process)
+    def checkpoint(self, step: int) -> Path:
+        from loramix.train.checkpoint import Checkpoint, save_checkpoint
+
+        return save_checkpoint(self.folder / "checkpoints",
+                               Checkpoint(step, self.model.trainable_state(), self.optimizer.state_dict(),
+                                          self.schedule.state_dict(), {"recipe": self.recipe.as_dict()}),
+                               keep=self.recipe.keep_checkpoints)
+
+    def _record(self, done: int, loss_value: float, total_steps: int) -> None:
+        recipe = self.recipe
+        row = {"step": done, "loss": loss_value, "lr": self.schedule.get_last_lr()[0],
+               "processes": self.accelerator.num_processes,
+               "seconds": round(time.monotonic() - self.started, 3), **peak_memory()}
+        self.log_rows.append(row)
+        if not self.accelerator.is_main_process:
+            return
+        if done % recipe.log_every == 0 or done == total_steps:
+            with open(self.folder / "train_log.jsonl", "a") as log:
+                log.write(json.dumps(row) + "\n")
+        if recipe.checkpoint_every and done % recipe.checkpoint_every == 0:
+            self.checkpoint(done)
+        if recipe.sample_every and done % recipe.sample_every == 0 and done != total_steps:
+            self.model.save_samples(self.folder / "samples" / f"step-{done:06d}.png")
 
 
 @contextmanager

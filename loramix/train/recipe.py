@@ -11,11 +11,10 @@ Each field's `help` is its flag's `--help` text.
 from __future__ import annotations
 
 import os
+import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-import tomllib
 
 from loramix.choices import DEFAULT_FORMAT, DTYPES, FORMATS, QUANTIZE_MODES
 from loramix.errors import RecipeError, did_you_mean
