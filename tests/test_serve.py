@@ -295,6 +295,41 @@ def test_a_preview_is_what_its_command_line_renders(server, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_tag_in_the_prompt_renders_what_its_slider_renders(server):
+    """`<lora:a:0.25>` in the page's prompt is loras/a.safetensors at 0.25, added to its slider's weight; the
+    settings keep what was typed, so the history restores the prompt with its tag."""
+    url, _, _, _ = server
+    _, by_slider = preview(url, {"loras/a.safetensors": 0.75, "loras/b.safetensors": -0.4}, seed=5)
+    status, by_tag = preview(url, {"loras/a.safetensors": 0.5, "loras/b.safetensors": -0.4}, seed=5,
+                             prompt="a face <lora:a:0.25>")
+    assert status == 200, by_tag
+    assert by_tag["images"] == by_slider["images"] and by_tag["parameters"] == by_slider["parameters"]
+    assert by_tag["settings"]["prompt"] == "a face <lora:a:0.25>"
+    assert {entry["name"]: entry["weight"] for entry in by_tag["settings"]["loras"]} == {
+        "loras/a.safetensors": 0.5, "loras/b.safetensors": -0.4}
+    for prompt, message in (("a face <lora:zzz:1>", "prompt: the tag '<lora:zzz:1>' names no LoRA the page lists"),
+                            ("a face <lora:a:0@0,1@1>", "the page takes a plain weight"),
+                            ("a face <lora:a:1", "prompt: the tag '<lora:a:1' is not closed")):
+        status, body = preview(url, {}, prompt=prompt)
+        assert status == 422 and body["error"].startswith("prompt: the tag") and message in body["error"]
+
+
+def test_a_tag_names_one_listed_file():
+    from loramix.render.prompt_tags import find_lora_tags
+    from loramix.serve.mix import listed_name
+
+    names = ["loras/a.safetensors", "loras/sub/b.safetensors", "changing/b.safetensors"]
+    tag = lambda text: find_lora_tags(text)[1][0]  # noqa: E731
+    assert listed_name(tag("<lora:a:1>"), names) == "loras/a.safetensors"
+    assert listed_name(tag("<lora:sub/b:1>"), names) == "loras/sub/b.safetensors"
+    assert listed_name(tag("<lora:changing/b.safetensors>"), names) == "changing/b.safetensors"
+    with pytest.raises(LoramixError, match="could be loras/sub/b.safetensors or changing/b.safetensors"):
+        listed_name(tag("<lora:b:1>"), names)
+    with pytest.raises(LoramixError, match="names no LoRA the page lists"):
+        listed_name(tag("<lora:c:1>"), names)
+
+
+@pytest.mark.slow
 def test_every_method_previews_and_names_itself_as_the_commands_do(server):
     url, _, _, _ = server
     two = {"loras/a.safetensors": 0.5, "loras/b.safetensors": 0.5}

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from loramix.choices import DEFAULT_FORMAT, DTYPES, FILE_METHODS, GENERATION_METHODS, OUTPUT_FORMATS, QUANTIZE_MODES
-from loramix.cli.options import image_size_options
+from loramix.cli.options import TAGS_HELP, image_size_options, lora_folders_option
 from loramix.errors import LoramixError
 from loramix.lora.specs import parse_weight_spec
 from loramix.render.scheduled import check_method
@@ -35,7 +35,9 @@ from loramix.render.scheduled import check_method
               help="Output precision. Default: the inputs' dtype when they agree, else fp32.")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Write the file even if an input has NaN or infinite values (exact and --rank only).")
-@click.option("--prompt", help="Render images of this prompt with the composition.")
+@click.option("--prompt", help="Render images of this prompt with the composition. " + TAGS_HELP.replace(
+    "a --lora", "a FILE"))
+@lora_folders_option
 @click.option("-n", "--count", type=click.IntRange(min=1), default=8, show_default=True, help="Images to render.")
 @click.option("--negative-prompt", default="", help="What to steer away from.")
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps. Default: the base's.")
@@ -57,9 +59,9 @@ from loramix.render.scheduled import check_method
               help="--sequential: how much of each image a stage may change.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=Path("composed"),
               show_default=True, help="Folder for the rendered PNGs and grid.png.")
-def compose(specs, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, prompt, count,
-            negative_prompt, steps, guidance, width, height, base, base_dtype, quantize, every, batch_size, sequential,
-            strength, images) -> None:
+def compose(specs, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, prompt, lora_folders,
+            count, negative_prompt, steps, guidance, width, height, base, base_dtype, quantize, every, batch_size,
+            sequential, strength, images) -> None:
     """Combine LoRA files with weights: `loramix compose a.safetensors:0.7 b.safetensors:0.5 -o ab.safetensors`,
     and with --prompt render the combination. `a.safetensors:0.8:lbw=INS` adds per-block weights; with --prompt a
     weight may follow a step schedule: `a.safetensors:0.8@0.3-1` (0.8 from 30% of the steps to the end) or
@@ -69,6 +71,13 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     full-precision base it is fused into the weights, so rendering costs what the base costs.
     """
     weighted_files = [parse_weight_spec(s) for s in specs]
+    if prompt is not None:
+        from loramix.render.prompt_tags import add_weights, split_lora_tags
+
+        prompt, tagged = split_lora_tags(prompt, list(lora_folders) or ["."])
+        if not prompt:
+            raise LoramixError("--prompt: the prompt is only <lora:…> tags: nothing left to render")
+        weighted_files = list(add_weights(tuple(weighted_files), tagged, "--prompt"))
     from loramix.render.regions import check_masks
 
     check_masks(weighted_files, "sequential" if sequential else method)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from loramix.cli.options import SCHEDULE_HELP, dtype_option, image_size_options
+from loramix.cli.options import SCHEDULE_HELP, TAGS_HELP, dtype_option, image_size_options, lora_folders_option
 
 
 @click.command()
-@click.option("--prompt", help="What to render; its images go straight into OUTPUT.")
+@click.option("--prompt", help="What to render; its images go straight into OUTPUT. " + TAGS_HELP)
 @click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A .txt (a prompt a line), .jsonl or .csv file of prompts; each row's images go into a "
                    "folder of OUTPUT named by its line and prompt. JSONL/CSV fields: prompt, negative_prompt, "
@@ -25,6 +25,7 @@ from loramix.cli.options import SCHEDULE_HELP, dtype_option, image_size_options
 @image_size_options
 @click.option("--lora", "lora_specs", multiple=True, metavar="FILE[:WEIGHT]",
               help="A LoRA on every prompt whose row names no loras (repeatable). " + SCHEDULE_HELP)
+@lora_folders_option
 @click.option("--base", default="toy", show_default=True, help="'toy', a diffusers folder or a .safetensors file.")
 @dtype_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -34,14 +35,14 @@ from loramix.cli.options import SCHEDULE_HELP, dtype_option, image_size_options
               help="Write manifest.jsonl, a row per image.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the PNGs, manifest.jsonl and grid.png.")
-def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt, width, height, lora_specs, base,
-             dtype, batch_size, strict, grid, manifest, output) -> None:
+def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt, width, height, lora_specs,
+             lora_folders, base, dtype, batch_size, strict, grid, manifest, output) -> None:
     """Render images with their settings in every PNG (A1111's `parameters`), skipping those already there.
 
     Under `accelerate launch` the processes share the images."""
     from loramix.errors import LoramixError
     from loramix.lora.specs import parse_weight_spec
-    from loramix.render.prompts import PromptRow, read_prompt_file, resolve_lora
+    from loramix.render.prompts import PromptRow, read_prompt_file, resolve_lora, with_prompt_tags
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give --prompt or --prompts (one of them)")
@@ -56,6 +57,7 @@ def generate(prompt, prompt_file, count, seed, steps, guidance, negative_prompt,
             raise LoramixError(f"{problems[0]}{more}")
         if not rows:
             raise LoramixError(f"{prompt_file}: no prompts to render" + (f" ({problems[0]})" if problems else ""))
+    rows = with_prompt_tags(rows, list(lora_folders) or ["."], str(prompt_file))
 
     from loramix.render.generate import launched_processes
 

@@ -31,3 +31,15 @@ def dtype_option(command):
                         help="The base's precision (its compute precision when quantized). Default: what fits the "
                              "device: fp32 on a CPU for bases up to a quarter of its memory, else bf16; bf16 on "
                              "GPUs that have it, else fp16.")(command)
+
+
+TAGS_HELP = ("A prompt may carry <lora:NAME:WEIGHT> tags, as in A1111: NAME.safetensors is found in the --loras "
+             "folders, the tag leaves the text the encoder sees, and a tag and a --lora naming the same file add "
+             "their weights.")
+
+
+def lora_folders_option(command):
+    """`--loras`: where `<lora:NAME:WEIGHT>` tags find their files."""
+    return click.option("--loras", "lora_folders", multiple=True, type=click.Path(file_okay=False),
+                        help="A folder where <lora:NAME:WEIGHT> tags in prompts find NAME.safetensors, its "
+                             "subfolders too (repeatable).  [default: the current folder]")(command)

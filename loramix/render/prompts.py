@@ -27,6 +27,7 @@ from pathlib import Path
 
 from loramix.errors import LoramixError, PromptFileError, did_you_mean
 from loramix.lora.specs import LBW, WeightedFile, parse_weight_spec
+from loramix.render.prompt_tags import add_weights, split_lora_tags
 
 ROW_FIELDS = ("prompt", "negative_prompt", "seed", "loras", "steps", "guidance", "width", "height", "n")
 PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")
@@ -48,6 +49,7 @@ class PromptRow:
     width: int | None = None
     height: int | None = None
     n: int | None = None
+    tag_loras: tuple[WeightedFile, ...] = ()  # the `<lora:NAME:WEIGHT>` tags taken out of the prompt
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,23 @@ def _suggest(name: str) -> str:
     return did_you_mean(name, ROW_FIELDS) or f" (known: {', '.join(ROW_FIELDS)})"
 
 
+def with_prompt_tags(rows: list[PromptRow], folders: list[str | os.PathLike], source: str = "") -> list[PromptRow]:
+    """Each row with its `<lora:…>` tags taken out of the prompt into `tag_loras` (loramix.render.prompt_tags);
+    a bad tag is an error naming the row (`source:line`, or --prompt for a command line's prompt)."""
+    tagged = []
+    for row in rows:
+        where = f"{source}:{row.line}" if row.line else "--prompt"
+        text, loras = split_lora_tags(row.prompt, folders, where)
+        if loras:
+            if not text:
+                raise LoramixError(f"{where}: the prompt is only <lora:…> tags: nothing left to render")
+            if row.loras is not None:
+                add_weights(row.loras, loras, where)  # checked now, before anything loads
+            row = replace(row, prompt=text, tag_loras=loras)
+        tagged.append(row)
+    return tagged
+
+
 def plan(rows: list[PromptRow], defaults: Defaults, flat: bool = False) -> list[ImageJob]:
     """Every image of every row, in file order. `flat` puts the images of a single prompt straight into the
     output folder (`00003-1234.png`); otherwise each row has a folder named by its line and prompt
@@ -286,8 +305,12 @@ def plan(rows: list[PromptRow], defaults: Defaults, flat: bool = False) -> list[
                 seed=seed + k, steps=row.steps or defaults.steps,
                 guidance=defaults.guidance if row.guidance is None else row.guidance,
                 width=row.width or defaults.width, height=row.height or defaults.height,
-                loras=defaults.loras if row.loras is None else row.loras))
+                loras=_with_tags(defaults.loras if row.loras is None else row.loras, row)))
     return jobs
+
+
+def _with_tags(loras: tuple[WeightedFile, ...], row: PromptRow) -> tuple[WeightedFile, ...]:
+    return add_weights(loras, row.tag_loras, f"line {row.line}") if row.tag_loras else loras
 
 
 def slug(text: str) -> str:

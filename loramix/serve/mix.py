@@ -14,7 +14,9 @@ from loramix.choices import FILE_METHODS, FORMATS, RENDER_METHODS, SEQUENTIAL
 from loramix.errors import LoramixError, did_you_mean
 from loramix.lora.specs import WeightedFile
 from loramix.render.core import Composition
+from loramix.render.prompt_tags import LoraTag
 from loramix.render.prompts import MAX_SEED
+from loramix.serve.library import LORA_SUFFIX
 
 MAX_IMAGES = 8
 MAX_STEPS = 150
@@ -79,6 +81,29 @@ class MixRequest:
     def check_loras(self) -> None:
         if self.method not in ("exact",) and not self.loras:
             raise LoramixError(f"method {self.method} combines LoRAs: switch at least one on")
+
+
+def listed_name(tag: LoraTag, names: list[str]) -> str:
+    """The listed file a `<lora:NAME:…>` tag names: NAME.safetensors, in a served folder or a subfolder."""
+    wanted = tag.name.removesuffix(LORA_SUFFIX)
+    found = [name for name in names if name.removesuffix(LORA_SUFFIX) == wanted
+             or name.removesuffix(LORA_SUFFIX).endswith("/" + wanted)]
+    if not found:
+        raise LoramixError(f"prompt: the tag {tag.text!r} names no LoRA the page lists")
+    if len(found) > 1:
+        raise LoramixError(f"prompt: the tag {tag.text!r} could be {found[0]} or {found[1]}: write its folder too")
+    return found[0]
+
+
+def tag_weight(tag: LoraTag) -> float:
+    """A tag's weight on the page: a plain number, as a slider's (schedules and block weights are the command
+    line's)."""
+    try:
+        weight = float(tag.weight)
+    except ValueError:
+        raise LoramixError(f"prompt: the tag {tag.text!r}: the page takes a plain weight, like <lora:NAME:0.8>") \
+            from None
+    return _number(weight, f"prompt: the tag {tag.text!r}: weight", *WEIGHT_RANGE)
 
 
 def save_format(value: object) -> str:

@@ -11,7 +11,7 @@ import base64
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -23,9 +23,10 @@ from loramix.models.loras import PipelineLoras
 from loramix.render.generate import job_parameters
 from loramix.render.images import png_bytes
 from loramix.render.loop import render_jobs
+from loramix.render.prompt_tags import find_lora_tags
 from loramix.render.prompts import Defaults, PromptRow, plan
 from loramix.serve.library import LoraLibrary, Signature
-from loramix.serve.mix import MixRequest, command_lines, save_format
+from loramix.serve.mix import MixRequest, command_lines, listed_name, save_format, tag_weight
 
 # Reads images: one dict of named scores in [0, 1] per image (the toy base's judge, given by the CLI).
 Judge = Callable[[list[Image.Image]], list[dict[str, float]]]
@@ -101,8 +102,24 @@ class Studio:
             files.append(WeightedFile(path, weight))
         return files
 
+    def with_tags(self, request: MixRequest) -> MixRequest:
+        """The request with its prompt's `<lora:NAME:WEIGHT>` tags taken out into its LoRAs, each NAME one of the
+        files the page lists (a tag and a switched-on slider of one file add their weights)."""
+        text, tags = find_lora_tags(request.prompt, "prompt")
+        if not tags:
+            return request
+        if not text:
+            raise LoramixError("prompt: only <lora:…> tags: nothing left to render")
+        loras = dict(request.loras)
+        names = self.library.names()
+        for tag in tags:
+            name = listed_name(tag, names)
+            loras[name] = loras.get(name, 0.0) + tag_weight(tag)
+        return replace(request, prompt=text, loras=tuple(loras.items()))
+
     def preview(self, request: MixRequest) -> Preview:
         began = time.perf_counter()
+        typed, request = request, self.with_tags(request)
         request.check_loras()
         files = self.files(request)
         steps = request.steps or self.base.steps
@@ -126,10 +143,10 @@ class Studio:
             sequence=request.sequence, images=urls, parameters=parameters, seeds=[job.seed for job in jobs],
             render_seconds=seconds, server_seconds=time.perf_counter() - began, switch_seconds=switch, judge=judged,
             commands=command_lines(request, files, steps, guidance, self.base_spec),
-            settings={"loras": [{"name": n, "weight": w} for n, w in request.loras], "method": request.method,
-                      "strength": request.strength, "prompt": request.prompt,
-                      "negative_prompt": request.negative_prompt, "seed": request.seed, "steps": steps,
-                      "guidance": guidance, "count": request.count})
+            settings={"loras": [{"name": n, "weight": w} for n, w in typed.loras], "method": typed.method,
+                      "strength": typed.strength, "prompt": typed.prompt,
+                      "negative_prompt": typed.negative_prompt, "seed": typed.seed, "steps": steps,
+                      "guidance": guidance, "count": typed.count})
 
     def xy(self, request: MixRequest, x: str, y: str, x_weights: str, y_weights: str) -> dict:
         """An XY grid of two listed LoRAs' weights, with the request's other LoRAs fixed at their weights."""
@@ -138,6 +155,7 @@ class Studio:
 
         if x == y:
             raise LoramixError("choose two different LoRAs for the grid")
+        request = self.with_tags(request)
         sweep_x, sweep_y = (self.files(MixRequest(loras=((name, 1.0),)))[0].path for name in (x, y))
         fixed = tuple(wf for wf in self.files(request) if wf.path not in (sweep_x, sweep_y))
         sweep = XYSweep(sweep_x, sweep_y, parse_weights(x_weights), parse_weights(y_weights), fixed)
@@ -160,6 +178,7 @@ class Studio:
         from loramix.jobs.compose_file import write_composition
 
         file_format = save_format(file_format)
+        request = self.with_tags(request)
         if request.method not in FILE_METHODS:
             raise LoramixError(f"method {request.method} combines the LoRAs while rendering: there is no single "
                                f"file of it; choose one of {', '.join(FILE_METHODS)}")
