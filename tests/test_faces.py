@@ -12,7 +12,16 @@ from PIL import Image
 
 from loramix.toy import face_spec, faces
 from loramix.toy.face_drawing import attribute_box, draw_face
-from loramix.toy.face_spec import BACKGROUNDS, CAPTION_WORDS, FaceSpec, Glasses, Mustache, caption, sample_face
+from loramix.toy.face_spec import (
+    BACKGROUNDS,
+    CAPTION_WORDS,
+    FaceSpec,
+    Glasses,
+    Mustache,
+    caption,
+    phrasings,
+    sample_face,
+)
 from loramix.toy.faces import FaceSpecError, write_dataset
 
 ATTRIBUTES = ("mustache", "lipstick", "glasses")
@@ -150,6 +159,38 @@ def test_captions_name_exactly_the_attributes_present_in_known_words(flags):
         assert ("lipstick" in text) == flags[1]
         assert ("glasses" in text) == flags[2]
         assert set(text.replace(",", "").split()) <= set(CAPTION_WORDS)
+
+
+@pytest.mark.parametrize("flags", [(True, False, False), (False, True, False), (False, False, True),
+                                   (True, True, False), (True, True, True)])
+def test_phrasings_name_every_attribute_worn_in_known_words_and_vary(flags):
+    orders, lengths = set(), set()
+    for seed in range(30):
+        spec = sample_face(seed, *flags)
+        texts = phrasings(spec, 8, seed)
+        assert texts[0] == caption(spec) and len(set(texts)) == 8
+        assert texts == phrasings(spec, 8, seed)  # the same seed, the same phrasings
+        for text in texts:
+            assert ("mustache" in text) == flags[0] and ("lipstick" in text) == flags[1]
+            assert ("glasses" in text) == flags[2]
+            assert set(text.replace(",", "").split()) <= set(CAPTION_WORDS)
+            lengths.add(len(text.split()))
+            orders.add(text.split(",")[0].split()[-1])
+    assert min(lengths) <= 2 * sum(flags) + 1 and max(lengths) >= 20  # the attributes alone, and sentences
+    assert {"mustache", "lipstick", "glasses"} & orders  # lists that start with the attribute
+
+
+def test_write_dataset_writes_phrasings_a_line_each(tmp_path):
+    write_dataset(tmp_path / "one", 3, seed=5, mustache=True)
+    write_dataset(tmp_path / "many", 3, seed=5, mustache=True, phrasings=5)
+    for index in range(3):
+        one = (tmp_path / "one" / f"{index:04d}.txt").read_text().splitlines()
+        many = (tmp_path / "many" / f"{index:04d}.txt").read_text().splitlines()
+        assert len(one) == 1 and len(many) == 5 and many[0] == one[0]
+        one_image, many_image = (tmp_path / name / f"{index:04d}.png" for name in ("one", "many"))
+        assert one_image.read_bytes() == many_image.read_bytes()
+    with pytest.raises(FaceSpecError, match="phrasings=0"):
+        write_dataset(tmp_path / "none", 1, seed=5, phrasings=0)
 
 
 def test_sizes_draw_the_same_picture():

@@ -18,10 +18,13 @@ import click
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels.")
 @click.option("--masks", is_flag=True, help="Write each face's attribute mask too, as 0000.mask.png (white: the "
               "pixels the attributes drew), for masked_loss training.")
-def faces(folder, count, seed, mustache, lipstick, glasses, size, masks) -> None:
+@click.option("--phrasings", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Captions per face, one a line: the caption and rephrasings of it (details in another order, "
+                   "some left out), for recipes with caption_per_line.")
+def faces(folder, count, seed, mustache, lipstick, glasses, size, masks, phrasings) -> None:
     """Write COUNT faces to FOLDER as 0000.png + 0000.txt (its caption): the layout `loramix train` reads."""
     from loramix.toy.faces import write_dataset
 
     paths = write_dataset(folder, count, seed, mustache=mustache, lipstick=lipstick, glasses=glasses, size=size,
-                          masks=masks)
+                          masks=masks, phrasings=phrasings)
     click.echo(f"wrote {len(paths)} faces with captions{' and masks' if masks else ''} to {folder}")

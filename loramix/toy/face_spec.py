@@ -165,3 +165,59 @@ def caption(spec: FaceSpec) -> str:
         style, colour = spec.glasses.style, spec.glasses.colour
         worn.append(f"{colour} sunglasses" if style == "sunglasses" else f"{style} {colour} glasses")
     return text + (", wearing " + " and ".join(worn) if worn else "")
+
+
+def phrasings(spec: FaceSpec, count: int, seed: int) -> list[str]:
+    """`count` captions of one face: `caption(spec)` first, then rephrasings drawn from `seed`: its details in
+    another order, some left out, as a sentence, a comma list or the attribute alone. Each names every
+    attribute the face wears, in the caption vocabulary only, so a LoRA learns the attribute, not one sentence.
+    """
+    rng = random.Random(f"phrasings/{seed}")
+    found = [caption(spec)]
+    for _ in range(20 * count):
+        if len(found) == count:
+            break
+        text = _rephrase(spec, rng)
+        if text not in found:
+            found.append(text)
+    return found
+
+
+def _rephrase(spec: FaceSpec, rng: random.Random) -> str:
+    worn = _attribute_phrases(spec, rng)
+    face = rng.choice(("a face", f"a {spec.expression} face", f"{spec.expression} face"))
+    hair = {"bald": "a bald head", "bun": f"{spec.hair_colour} hair in a bun"}.get(
+        spec.hair_style, rng.choice((f"{spec.hair_style} {spec.hair_colour} hair", f"{spec.hair_colour} hair")))
+    details = [d for d in (hair, f"{spec.eye_colour} eyes") if rng.random() < 0.5]
+    background = f"{'an' if spec.background[0] in 'aeiou' else 'a'} {spec.background} background"
+    form = rng.random()
+    if form < 0.15 or not worn:  # the attribute alone, or a plain face's few words
+        return " and ".join(worn) if worn else f"{face} on {background}"
+    if form < 0.5:  # a comma list, in any order
+        parts = [*worn, *details, face, *([background] if rng.random() < 0.5 else [])]
+        rng.shuffle(parts)
+        return ", ".join(parts)
+    listed = [*details]
+    for phrase in worn:
+        listed.insert(rng.randrange(len(listed) + 1), phrase)
+    joined = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
+    wearing = (spec.lipstick or spec.glasses) and not details and rng.random() < 0.5
+    text = f"{face} {'wearing' if wearing else 'with'} {joined}"
+    return text + (f" on {background}" if rng.random() < 0.4 else "")
+
+
+def _attribute_phrases(spec: FaceSpec, rng: random.Random) -> list[str]:
+    """Each attribute the face wears, its colour and style named or not."""
+    worn = []
+    if spec.mustache is not None:
+        colour, style = spec.mustache.colour, spec.mustache.style
+        worn.append(rng.choice((f"a {colour} {style} mustache", f"a {colour} mustache", f"a {style} mustache",
+                                "a mustache")))
+    if spec.lipstick is not None:
+        worn.append(rng.choice((f"{spec.lipstick} lipstick", "lipstick")))
+    if spec.glasses is not None:
+        style, colour = spec.glasses.style, spec.glasses.colour
+        named = f"{colour} sunglasses" if style == "sunglasses" else f"{style} {colour} glasses"
+        worn.append(rng.choice((named, "sunglasses" if style == "sunglasses" else f"{colour} glasses", "glasses")))
+    rng.shuffle(worn)
+    return worn

@@ -19,6 +19,7 @@ from loramix.choices import MASK_SUFFIX
 from loramix.errors import FaceSpecError
 from loramix.toy.face_drawing import attribute_box, attribute_mask, check_size, draw_face
 from loramix.toy.face_spec import FaceSpec, caption, sample_face
+from loramix.toy.face_spec import phrasings as face_phrasings
 from loramix.util.atomic import atomic_path
 
 
@@ -34,9 +35,10 @@ def attribute_region(attribute: str, faces_sampled: int = 1_000, size: int = 64)
 
 
 def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, lipstick: bool = False,
-                  glasses: bool = False, size: int = 64, masks: bool = False) -> list[Path]:
+                  glasses: bool = False, size: int = 64, masks: bool = False, phrasings: int = 1) -> list[Path]:
     """Write `count` faces as 0000.png + 0000.txt (its caption) …; returns the image paths. With `masks`, each
-    face's `attribute_mask` too, as 0000.mask.png.
+    face's `attribute_mask` too, as 0000.mask.png. With `phrasings` > 1, each caption file holds that many
+    lines, the caption and its rephrasings (`face_spec.phrasings`), for `caption_per_line` training.
 
     Each file is written atomically, the caption first and the image last, so every image on disk has its
     caption (and mask). The face's seed and spec are kept in the PNG's text chunks. Equal arguments give
@@ -44,6 +46,8 @@ def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, l
     """
     if count < 0:
         raise FaceSpecError(f"count={count}: must be 0 or more")
+    if phrasings < 1:
+        raise FaceSpecError(f"phrasings={phrasings}: must be 1 or more")
     if masks and not (mustache or lipstick or glasses):
         raise FaceSpecError("masks: plain faces have no attribute to mask; add mustache, lipstick or glasses")
     check_size(size)
@@ -56,7 +60,8 @@ def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, l
         spec = sample_face(face_seed, mustache=mustache, lipstick=lipstick, glasses=glasses)
         stem = folder / f"{index:0{max(4, len(str(count - 1)))}d}"
         with atomic_path(stem.with_suffix(".txt")) as temp:
-            temp.write_text(caption(spec) + "\n", encoding="utf-8")
+            lines = [caption(spec)] if phrasings == 1 else face_phrasings(spec, phrasings, face_seed)
+            temp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         if masks:
             with atomic_path(stem.with_name(stem.name + MASK_SUFFIX)) as temp:
                 attribute_mask(spec, size).save(temp, format="PNG")

@@ -7,6 +7,10 @@ so their short side is the training resolution, then centre-cropped to a square.
 For masked-loss training an image may have a mask, as kohya's `alpha_mask` and OneTrainer read them: a
 greyscale `0000.mask.png` beside `0000.png` (white: the region to learn), else the image's own alpha channel.
 A mask is resized and cropped exactly as its image is; an image without one is masked by all ones.
+
+With `caption_per_line`, each line of a caption file is a caption of its own and training draws one per image
+per step, as OneTrainer does (kohya reads the first line): several phrasings of one image teach a LoRA the
+attribute rather than one sentence.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class CaptionedImages:
     skipped: list[str] = field(default_factory=list)  # "file: why" for unreadable images left out
     masks: torch.Tensor | None = None  # (N, 1, S, S) in [0, 1], 1 = learn; read only when asked for
     unmasked: list[Path] = field(default_factory=list)  # images without a mask file or alpha: masked by ones
+    # Every caption of each image, its first the one in `captions`; None: one caption each.
+    alternatives: list[tuple[str, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -40,11 +46,12 @@ class CaptionedImages:
 
 def load_dataset(folder: str | os.PathLike, resolution: int, trigger: str = "",
                  caption_template: str = "{trigger} {caption}", skip_bad_images: bool = False,
-                 masks: bool = False) -> CaptionedImages:
+                 masks: bool = False, caption_per_line: bool = False) -> CaptionedImages:
     """The images and captions in `folder`. An image without a caption is captioned by the trigger alone (and
     listed in `uncaptioned`); an unreadable image stops loading, or with `skip_bad_images` is left out (and
     listed in `skipped`). With `masks`, each image's mask too (an image without one is listed in `unmasked`);
-    a mask that cannot be read or does not fit its image counts as a bad image."""
+    a mask that cannot be read or does not fit its image counts as a bad image. With `caption_per_line`, each
+    non-empty line of a caption is one of the image's `alternatives`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such dataset folder")
@@ -55,7 +62,7 @@ def load_dataset(folder: str | os.PathLike, resolution: int, trigger: str = "",
     if uncaptioned and not trigger:
         raise DatasetError(f"{uncaptioned[0]}: no caption ({len(uncaptioned)} images have none), and no trigger "
                            f"to caption them with")
-    pixels, mask_list, captions, files, skipped, unmasked = [], [], [], [], [], []
+    pixels, mask_list, captions, files, skipped, unmasked, alternatives = [], [], [], [], [], [], []
     for file, text in pairs:
         try:
             image = open_image(file, error=DatasetError)
@@ -72,8 +79,11 @@ def load_dataset(folder: str | os.PathLike, resolution: int, trigger: str = "",
                 unmasked.append(file)
                 mask = Image.new("L", image.size, 255)
             mask_list.append(_square_mask(mask, resolution))
-        caption = trigger if text is None else caption_template.format(trigger=trigger, caption=text.strip())
-        captions.append(" ".join(caption.split()))
+        lines = [line for line in text.splitlines() if line.strip()] if text and caption_per_line else []
+        texts = lines or [text]
+        variants = tuple(_caption(trigger, caption_template, each) for each in texts)
+        captions.append(variants[0])
+        alternatives.append(variants)
         files.append(file)
     if not pixels:
         raise DatasetError(f"{folder}: none of its {len(pairs)} images could be read ({skipped[0]})")
@@ -81,7 +91,13 @@ def load_dataset(folder: str | os.PathLike, resolution: int, trigger: str = "",
         raise DatasetError(f"{folder}: masked_loss is on, but no image has a mask (0000{MASK_SUFFIX} beside "
                            f"0000.png, or an alpha channel)")
     return CaptionedImages(torch.stack(pixels), captions, files, uncaptioned, skipped,
-                           torch.stack(mask_list) if masks else None, unmasked)
+                           torch.stack(mask_list) if masks else None, unmasked,
+                           alternatives if any(len(variants) > 1 for variants in alternatives) else None)
+
+
+def _caption(trigger: str, template: str, text: str | None) -> str:
+    caption = trigger if text is None else template.format(trigger=trigger, caption=text.strip())
+    return " ".join(caption.split())
 
 
 def _caption_file_pairs(folder: Path) -> list[tuple[Path, str | None]]:

@@ -94,7 +94,7 @@ def _prepare(recipe: TrainRecipe, accelerator, report, status: Status) -> tuple[
                              accelerator.device, status if accelerator.is_main_process else None)
     resolution = native_resolution(pipeline) if recipe.resolution is None else recipe.resolution
     data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template,
-                        recipe.skip_bad_images, masks=recipe.masked_loss)
+                        recipe.skip_bad_images, masks=recipe.masked_loss, caption_per_line=recipe.caption_per_line)
     if data.uncaptioned:
         report(f"{len(data.uncaptioned)} of {len(data)} images have no caption: captioned {recipe.trigger!r} "
                f"(the trigger), e.g. {data.uncaptioned[0]}")

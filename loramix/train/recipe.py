@@ -52,6 +52,9 @@ class TrainRecipe:
         "A rare word the LoRA ties its attribute to; caption_template puts it in every caption.")})
     caption_template: str = field(default="{trigger} {caption}", metadata={"help": (
         "How each caption is written, from {trigger} and the image's own {caption}.")})
+    caption_per_line: bool = field(default=False, metadata={"help": (
+        "Each line of a caption file is a caption of its own, one drawn per image per step (OneTrainer's way; "
+        "kohya reads the first line): several phrasings teach the attribute, not one sentence.")})
     # The frozen base.
     base: str = field(default="toy", metadata={"help": (
         '"toy" (shipped), a diffusers pipeline folder, a single-file .safetensors or a hub id.')})

@@ -3,6 +3,7 @@ its cached training examples, and the denoising loss."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,9 @@ class Examples:
     text: dict[str, torch.Tensor] | None  # cached conditioning per example when the text encoders are frozen
     count: int
     latent_masks: torch.Tensor | None = None  # (N, 1, h, w) in [0, 1], flipped as the latents; None: no masks
+    # Every caption of each example (`caption_per_line`), and where example i's start in the flat list of them,
+    # which `text` then follows; None: `captions` alone.
+    alternatives: list[tuple[str, ...]] | None = None
 
     @property
     def flips(self) -> bool:
@@ -163,12 +167,27 @@ class LoraTrainee:
             means.append(posterior.mean.float())
             stds.append(posterior.std.float())
         text = None
+        flat = [caption for variants in data.alternatives for caption in variants] if data.alternatives \
+            else data.captions
         if not self.recipe.train_text_encoder:
-            encoded = [self.encode_text(data.captions[i : i + 32]) for i in range(0, len(data), 32)]
+            encoded = [self.encode_text(flat[i : i + 32]) for i in range(0, len(flat), 32)]
             text = {key: torch.cat([part[key] for part in encoded]) for key in encoded[0]}
         means = torch.cat(means)
         latent_masks = None if masks is None else latent_grid(masks, means.shape[-2:]).to(self.device)
-        return Examples(means, torch.cat(stds), list(data.captions), text, len(data), latent_masks)
+        return Examples(means, torch.cat(stds), list(data.captions), text, len(data), latent_masks,
+                        data.alternatives)
+
+    def captions_of(self, examples: Examples, index: torch.Tensor,
+                    generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+        """The batch's captions, one of each example's alternatives drawn from `generator` (no draw when each
+        has one, so such runs are what they always were), and their rows in the cached text."""
+        if examples.alternatives is None:
+            return [examples.captions[i] for i in index.tolist()], index
+        starts = torch.tensor([0, *itertools.accumulate(len(v) for v in examples.alternatives)])
+        counts = torch.tensor([len(examples.alternatives[i]) for i in index.tolist()])
+        picks = (torch.rand(len(index), generator=generator) * counts).long()  # (B,) in [0, count)
+        rows = starts[index] + picks
+        return [examples.alternatives[i][p] for i, p in zip(index.tolist(), picks.tolist())], rows
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """The UNet's text conditioning, as the pipeline computes it when it renders."""
@@ -197,10 +216,11 @@ class LoraTrainee:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         timesteps = timesteps.to(latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
+        captions, rows = self.captions_of(examples, index, generator)
         if examples.text is not None:
-            conditioning = {key: value[index] for key, value in examples.text.items()}
+            conditioning = {key: value[rows] for key, value in examples.text.items()}
         else:
-            conditioning = self.encode_text([examples.captions[i] for i in index.tolist()])
+            conditioning = self.encode_text(captions)
         unet = self.pipeline.unet
         hidden = conditioning.pop("encoder_hidden_states")
         added = conditioning or None
@@ -217,7 +237,6 @@ class LoraTrainee:
             prior_weight = self.recipe.masked_prior_preservation_weight
             base_prediction = None
             if prior_weight:
-                captions = [examples.captions[i] for i in index.tolist()]
                 base_prediction = self.base_prediction(noisy, timesteps, hidden, added, captions)
             per_example = per_example_loss(prediction.float(), target.float(), outside + (1 - outside) * mask,
                                            base_prediction, 1 - mask, prior_weight)
