@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -96,6 +97,26 @@ def lora_file(folder: Path, name: str) -> Path:
         subprocess.run([sys.executable, "-m", "loramix", "train", str(ROOT / "recipes" / f"{name}.toml"),
                         "--output", str(run)], check=True)
         (run / f"{name}.safetensors").replace(path)
+    return path
+
+
+def joint_lora_file(folder: Path, names: tuple[str, ...]) -> Path:
+    """The ceiling: one LoRA trained on faces wearing every attribute of `names` at once, by the first
+    attribute's recipe (same steps, rank and data size as the single LoRAs), its dataset swapped."""
+    label = "+".join(names)
+    path = folder / f"joint-{label}.safetensors"
+    if not path.is_file():
+        from loramix.toy.faces import write_dataset
+
+        data, run = folder / f"joint-{label}-data", folder / f"joint-{label}-run"
+        recipe = ROOT / "recipes" / f"{names[0]}.toml"
+        single_data = (recipe.parent / tomllib.loads(recipe.read_text())["dataset"]).resolve()
+        count = len([f for f in single_data.glob("*.png") if not f.name.endswith(".mask.png")])
+        write_dataset(data, count, seed=104 + len(names), masks=True, **dict.fromkeys(names, True))
+        print(f"training the joint {label} LoRA ({recipe.name}, dataset {data}) into {folder}", flush=True)
+        subprocess.run([sys.executable, "-m", "loramix", "train", str(recipe), "--dataset", str(data),
+                        "--output", str(run), "--name", f"joint-{label}"], check=True)
+        (run / f"joint-{label}.safetensors").replace(path)
     return path
 
 
@@ -195,6 +216,8 @@ def main() -> None:
         base = render_all(pipeline, loras, (), Composition(), prompts, seeds)
         base_pixels = pixels(base.images)
         rows = [("base", "", (), "exact", None)]
+        joint = WeightedFile(str(joint_lora_file(args.loras, names)), 1.0)
+        rows += [("joint LoRA (the ceiling)", "1", (joint,), "exact", names)]
         rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
         masks = region_masks(names, scratch)
         rows += [(method, "/".join(f"{files[n].weight:g}" for n in names),

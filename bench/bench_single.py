@@ -1,0 +1,94 @@
+"""Does a single LoRA hold in words its captions never used? Each LoRA alone, at weight 1, on the phrasings of
+bench/heldout.py, judged by the toy judge: how often its attribute shows, how often a face does, per phrasing
+and in all, beside the base's own renders of the same prompts and seeds.
+
+    python bench/bench_single.py mustache=runs/mustache/mustache.safetensors --set tune
+    python bench/bench_single.py --set held-out          # trains the shipped recipes into build/single first
+
+--set tune (TUNE_SEEDS × TUNE phrasings) is the set recipe choices may be made on; held-out (HELD_OUT_SEEDS ×
+HELD_OUT phrasings) gives the figure once they are made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from heldout import HELD_OUT, HELD_OUT_SEEDS, TUNE, TUNE_SEEDS, check_vocabulary
+from loramix.cli.quiet import quiet_libraries
+from loramix.lora.specs import WeightedFile
+from loramix.models.load import load_pipeline
+from loramix.models.loras import PipelineLoras
+from loramix.render.loop import render_jobs
+from loramix.render.prompts import ImageJob
+from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from loramix.toy.judge import ATTRIBUTES, SIZE, load_judge
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 16
+
+
+def judged(pipeline, loras, files: tuple[WeightedFile, ...], prompts, seeds, judge) -> torch.Tensor:
+    """(prompts, seeds, 4) verdicts of every image: face, mustache, lipstick, glasses."""
+    jobs = [ImageJob("", 0, prompt, "", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, SIZE, SIZE, files)
+            for prompt in prompts for seed in seeds]
+    images = [image for batch in render_jobs(pipeline, loras, jobs, batch_size=BATCH) for image in batch.images]
+    return judge.verdicts(images).reshape(len(prompts), len(seeds), len(ATTRIBUTES)).float()
+
+
+def trained(name: str, folder: Path) -> Path:
+    path = folder / name / f"{name}.safetensors"
+    if not path.is_file():
+        print(f"training {name} (recipes/{name}.toml) into {path.parent}", flush=True)
+        subprocess.run([sys.executable, "-m", "loramix", "train", str(ROOT / "recipes" / f"{name}.toml"),
+                        "--output", str(path.parent)], check=True)
+    return path
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("loras", nargs="*", help="ATTRIBUTE=FILE; unnamed attributes train their recipe")
+    parser.add_argument("--set", choices=("tune", "held-out"), default="tune")
+    parser.add_argument("--attributes", default="mustache,lipstick,glasses")
+    parser.add_argument("--weight", type=float, default=1.0)
+    parser.add_argument("--folder", type=Path, default=ROOT / "build" / "single")
+    parser.add_argument("--per-phrasing", action="store_true", help="A row for every phrasing too.")
+    args = parser.parse_args()
+    given = dict(item.split("=", 1) for item in args.loras)
+    attributes = [a for a in args.attributes.split(",") if a in given] if given else args.attributes.split(",")
+    phrasings, seeds = (TUNE, TUNE_SEEDS) if args.set == "tune" else (HELD_OUT, HELD_OUT_SEEDS)
+
+    judge = load_judge()
+    pipeline = load_pipeline("toy")
+    split = check_vocabulary(pipeline.tokenizer)
+    if split:
+        print(f"note: not single tokens of the base's vocabulary: {', '.join(split)}")
+    loras = PipelineLoras(pipeline)
+    print(f"{args.set}: {len(seeds)} seeds × {len(phrasings[attributes[0]])} phrasings per attribute, "
+          f"{DEFAULT_STEPS} steps, weight {args.weight:g}")
+    print(f"{'LoRA':<34} {'attribute':>9} {'face':>6} {'both':>6} {'s/image':>8}")
+    for attribute in attributes:
+        prompts = phrasings[attribute]
+        column = ATTRIBUTES.index(attribute)
+        path = Path(given[attribute]) if attribute in given else trained(attribute, args.folder)
+        rows = (("base", ()), (f"{attribute} ({path.name})", (WeightedFile(str(path), args.weight),)))
+        for label, files in rows:
+            start = time.perf_counter()
+            verdicts = judged(pipeline, loras, files, prompts, list(seeds), judge)
+            seconds = (time.perf_counter() - start) / verdicts[..., 0].numel()
+            shows, face = verdicts[..., column], verdicts[..., 0]
+            print(f"{label:<34} {shows.mean():>9.0%} {face.mean():>6.0%} {(shows * face).mean():>6.0%} "
+                  f"{seconds:>8.3f}", flush=True)
+            if args.per_phrasing and files:
+                for prompt, p_shows, p_face in zip(prompts, shows, face):
+                    print(f"    {prompt[:58]:<58} {p_shows.mean():>5.0%} {p_face.mean():>5.0%}")
+
+
+if __name__ == "__main__":
+    main()

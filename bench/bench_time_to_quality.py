@@ -1,0 +1,204 @@
+"""Time to quality: each shipped recipe's attribute and face rates (bench_single's phrasings and seeds) against
+the seconds of its whole `loramix train` command, at several step counts; then loramix's training loop against
+a plain one written here with diffusers and peft alone, on the same model, data, batch, quantization and loss.
+
+    python bench/bench_time_to_quality.py                       # held-out set, the recipes' own step counts
+    python bench/bench_time_to_quality.py --steps 150,300,600 --set tune --recipes mustache
+    python bench/bench_time_to_quality.py --loop-only           # steps per second, loramix ÷ plain
+
+Run it alone on the machine: the seconds are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+
+from bench_single import judged
+from heldout import HELD_OUT, HELD_OUT_SEEDS, TUNE, TUNE_SEEDS
+from loramix.cli.quiet import quiet_libraries
+from loramix.lora.specs import WeightedFile
+from loramix.models.load import load_pipeline
+from loramix.models.loras import PipelineLoras
+from loramix.toy.judge import ATTRIBUTES, load_judge
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe_of(name: str) -> dict:
+    path = ROOT / "recipes" / f"{name}.toml"
+    recipe = tomllib.loads(path.read_text())
+    recipe["dataset"] = str((path.parent / recipe["dataset"]).resolve())
+    return recipe
+
+
+def timed_run(name: str, steps: int, folder: Path) -> tuple[Path, float]:
+    """The recipe trained for `steps` by the whole command (start-up and final samples included): its file and
+    the command's wall-clock seconds."""
+    output = folder / f"{name}-{steps}"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "loramix", "train", str(ROOT / "recipes" / f"{name}.toml"),
+                    "--steps", str(steps), "--output", str(output)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return output / f"{name}.safetensors", time.perf_counter() - start
+
+
+def quality(args) -> None:
+    phrasings, seeds = (TUNE, TUNE_SEEDS) if args.set == "tune" else (HELD_OUT, HELD_OUT_SEEDS)
+    judge = load_judge()
+    pipeline = load_pipeline("toy")
+    loras = PipelineLoras(pipeline)
+    print(f"{args.set}: {len(seeds)} seeds × the attribute's phrasings, each LoRA alone at weight 1")
+    print(f"{'recipe':<10} {'steps':>6} {'seconds':>8} {'attribute':>9} {'face':>6}")
+    for name in args.recipes.split(","):
+        steps_list = [int(s) for s in args.steps.split(",")] if args.steps else [recipe_of(name)["steps"]]
+        column = ATTRIBUTES.index(name)
+        for steps in steps_list:
+            path, seconds = timed_run(name, steps, args.folder)
+            verdicts = judged(pipeline, loras, (WeightedFile(str(path), 1.0),), phrasings[name], list(seeds), judge)
+            print(f"{name:<10} {steps:>6} {seconds:>8.1f} {verdicts[..., column].mean():>9.0%} "
+                  f"{verdicts[..., 0].mean():>6.0%}", flush=True)
+
+
+# --- the plain loop ----------------------------------------------------------------------------------------
+
+
+def plain_steps_per_second(recipe: dict, steps: int, warmup: int) -> float:
+    """The recipe's loss trained by a loop of diffusers and peft calls only: peft's LoRA layers on the same nf4
+    base, latents cached by the VAE, the masked loss with prior preservation, min-SNR, AdamW, clipping."""
+    import numpy as np
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from PIL import Image
+
+    torch.manual_seed(0)
+    pipeline = load_pipeline(recipe.get("base", "toy"), quantize=recipe.get("quantize", "nf4"))  # the same model
+    unet, text_encoder, vae, tokenizer = pipeline.unet, pipeline.text_encoder, pipeline.vae, pipeline.tokenizer
+    for model in (unet, text_encoder, vae):
+        model.requires_grad_(False)
+    rank, alpha = recipe["rank"], recipe.get("alpha", recipe["rank"])
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=recipe["targets"],
+                                       init_lora_weights="gaussian"), unet)
+    train_text = recipe.get("train_text_encoder", False)
+    if train_text:
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), text_encoder)
+    params = [p for model in (unet, text_encoder) for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    lora_layers = [m for model in (unet, text_encoder) for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    unet.train()
+    text_encoder.train(train_text)
+
+    folder = Path(recipe["dataset"])
+    files = sorted(p for p in folder.glob("*.png") if not p.name.endswith(".mask.png"))
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+    masks = torch.stack([torch.from_numpy(np.array(Image.open(f.with_name(f.stem + ".mask.png")).convert("L")))
+                         for f in files])[:, None].float() / 255
+    captions = [f.with_suffix(".txt").read_text().splitlines()[0] for f in files]
+    with torch.no_grad():
+        latent = vae.encode(pixels.float() / 127.5 - 1).latent_dist
+        mean, std = latent.mean, latent.std
+    latent_masks = torch.nn.functional.adaptive_avg_pool2d(masks, mean.shape[-2:])
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    optimizer = torch.optim.AdamW(params, lr=recipe["learning_rate"])
+    outside_weight = recipe.get("masked_loss_weight", 0.05)
+    prior = recipe.get("masked_prior_preservation_weight", 0.0)
+    gamma, batch = recipe.get("snr_gamma"), recipe["batch_size"]
+
+    def encode(texts):
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        return text_encoder(ids)[0]
+
+    def weighted(values, weights):
+        weights = weights.expand_as(values)
+        return (values * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp(min=1e-12)
+
+    start = None
+    for step in range(steps):
+        if step == warmup:
+            start = time.perf_counter()
+        generator = torch.Generator().manual_seed(step)
+        index = torch.randint(0, len(files), (batch,), generator=generator)
+        latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) \
+            * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        texts = [captions[i] for i in index.tolist()]
+        hidden = encode(texts)
+        prediction = unet(noisy, timesteps, hidden).sample.float()
+        mask = latent_masks[index]
+        loss = weighted((prediction - noise) ** 2, outside_weight + (1 - outside_weight) * mask)
+        if prior:
+            with torch.no_grad():
+                for layer in lora_layers:
+                    layer.enable_adapters(False)
+                base = unet(noisy, timesteps, encode(texts)).sample.float()
+                for layer in lora_layers:
+                    layer.enable_adapters(True)
+            loss = loss + prior * weighted((prediction - base) ** 2, 1 - mask)
+        if gamma:
+            snr = compute_snr(scheduler, timesteps)
+            loss = loss * torch.clamp(snr, max=gamma) / snr
+        loss.mean().backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        assert math.isfinite(float(loss.detach().mean()))
+    return (steps - warmup) / (time.perf_counter() - start)
+
+
+def loramix_steps_per_second(name: str, steps: int, warmup: int, folder: Path) -> float:
+    """loramix's own loop on the recipe, from its log's seconds between step `warmup` and the last."""
+    from loramix.train.loop import train
+    from loramix.train.recipe import make_recipe
+
+    overrides = {"steps": steps, "sample_every": 0, "final_samples": False, "checkpoint_every": 0,
+                 "output": str(folder / f"{name}-loop")}
+    train(make_recipe(ROOT / "recipes" / f"{name}.toml", overrides))
+    rows = [json.loads(line) for line in (folder / f"{name}-loop" / "train_log.jsonl").read_text().splitlines()]
+    seconds = {row["step"]: row["seconds"] for row in rows}
+    return (steps - warmup) / (seconds[steps] - seconds[warmup])
+
+
+def loop(args) -> None:
+    name = args.recipes.split(",")[0]
+    torch.set_num_threads(torch.get_num_threads())
+    ours = loramix_steps_per_second(name, args.loop_steps, 10, args.folder)
+    plain = plain_steps_per_second(recipe_of(name), args.loop_steps, 10)
+    print(f"training loop, recipes/{name}.toml, steps 10-{args.loop_steps}: loramix {ours:.2f} steps/s, plain "
+          f"diffusers + peft {plain:.2f} steps/s, loramix ÷ plain ×{ours / plain:.2f}")
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default="mustache,lipstick,glasses")
+    parser.add_argument("--steps", help="Step counts to train, e.g. 150,300,600 (default: each recipe's own).")
+    parser.add_argument("--set", choices=("tune", "held-out"), default="held-out")
+    parser.add_argument("--folder", type=Path, default=ROOT / "build" / "time-to-quality")
+    parser.add_argument("--loop-steps", type=int, default=60)
+    parser.add_argument("--loop-only", action="store_true")
+    parser.add_argument("--quality-only", action="store_true")
+    args = parser.parse_args()
+    args.folder.mkdir(parents=True, exist_ok=True)
+    if not args.loop_only:
+        quality(args)
+    if not args.quality_only:
+        loop(args)
+
+
+if __name__ == "__main__":
+    main()
