@@ -58,13 +58,15 @@ demo: $(STAMP)
 	cp $(DEMO)/mustache/mustache.safetensors $(DEMO)/lipstick/lipstick.safetensors $(DEMO)/loras/
 	$(BIN)/python scripts/serve_demo.py $(DEMO)/loras
 
+# Two workers, one a core: the tests run torch on one thread each (tests/conftest.py), so a second worker uses
+# the second core rather than fighting the first for it.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 # The quick loop while editing: everything but the tests marked slow (subprocesses, kills, the toy-base build,
 # end-to-end training and the many-image judge checks), under 2 minutes on 2 shared cores. `make test` runs all.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check loramix tests bench samples scripts

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from heldout import HELD_OUT, HELD_OUT_SEEDS, TUNE, TUNE_SEEDS, check_vocabulary
+
 from loramix.cli.quiet import quiet_libraries
 from loramix.lora.specs import WeightedFile
 from loramix.models.load import load_pipeline

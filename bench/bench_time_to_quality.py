@@ -21,9 +21,9 @@ import tomllib
 from pathlib import Path
 
 import torch
-
 from bench_single import judged
 from heldout import HELD_OUT, HELD_OUT_SEEDS, TUNE, TUNE_SEEDS
+
 from loramix.cli.quiet import quiet_libraries
 from loramix.lora.specs import WeightedFile
 from loramix.models.load import load_pipeline
