@@ -48,8 +48,13 @@ demo: $(STAMP)
 	$(BIN)/loramix inspect $(DEMO)/composed.safetensors
 	$(BIN)/loramix generate --prompt "a face" -n 16 --seed 0 -o $(DEMO)/faces
 	$(BIN)/loramix judge $(DEMO)/faces
-	$(BIN)/loramix train recipes/mustache.toml --output $(DEMO)/mustache
-	$(BIN)/loramix train recipes/lipstick.toml --output $(DEMO)/lipstick
+	@# The two LoRAs train side by side, a thread each (a toy step on one thread is 0.18 s against 0.15 s on two):
+	@# the lipstick's log goes to a file, the mustache shows its progress here.
+	OMP_NUM_THREADS=1 $(BIN)/loramix train recipes/lipstick.toml --output $(DEMO)/lipstick > $(DEMO)/lipstick.log 2>&1 & \
+	lipstick=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/loramix train recipes/mustache.toml --output $(DEMO)/mustache || { kill $$lipstick; exit 1; }; \
+	wait $$lipstick || { cat $(DEMO)/lipstick.log >&2; exit 1; }; \
+	tail -n 1 $(DEMO)/lipstick.log
 	$(BIN)/loramix inspect $(DEMO)/mustache/mustache.safetensors $(DEMO)/lipstick/lipstick.safetensors
 	$(BIN)/loramix compose $(DEMO)/mustache/mustache.safetensors:0.7 $(DEMO)/lipstick/lipstick.safetensors:0.7 \
 		--prompt "a face with a mustache and lipstick" -n 16 --images $(DEMO)/composed-images
