@@ -82,7 +82,7 @@ class LoraAdapter:
     """A LoRA file's content: modules keyed `<component>.<module path>`, e.g.
     `unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, in diffusers' module names."""
 
-    modules: dict[str, LoraModule]  # or, read from LyCORIS files, the module types of loramix.lycoris
+    modules: dict[str, LoraModule]  # or, read from LyCORIS files, the module types of loramix.lora.lycoris_modules
     metadata: dict[str, str] = field(default_factory=dict)
     source_format: str = "memory"  # "kohya", "diffusers", "peft" or "memory" for one built in code
     base_version: str = ""  # kohya's ss_base_model_version ("sd_v1", "sdxl_base_v1-0", …); "" when not known

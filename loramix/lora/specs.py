@@ -19,7 +19,7 @@ class WeightedFile:
     path: str
     weight: float
     lbw: str | None = None  # block weights as written: comma-separated values or a preset name
-    # The weight over the denoising steps (`:0.8@0.3-1.0`, see loramix.schedule); `weight` is then its peak.
+    # The weight over the denoising steps (`:0.8@0.3-1.0`, see loramix.lora.schedule); `weight` is then its peak.
     # None: `weight` at every step.
     schedule: Schedule | None = None
     mask: str | None = None  # regional composition: the image file of this LoRA's region (`#mask.png`)
@@ -46,7 +46,7 @@ class WeightedFile:
 
 def parse_weight_spec(spec: str) -> WeightedFile:
     """`a.safetensors:0.7` → (a.safetensors, 0.7); without `:` the weight is 1. The weight may be a step
-    schedule (`0.8@0.3-1.0`, `0@0,1@0.4,1@1`: see loramix.schedule). A last part `:lbw=…` gives block weights
+    schedule (`0.8@0.3-1.0`, `0@0,1@0.4,1@1`: see loramix.lora.schedule). A last part `:lbw=…` gives block weights
     (checked against the file's architecture once it is read); they combine with a schedule. A last
     `#mask.png` gives the LoRA's region for regional composition; what comes before it is parsed as above."""
     rest, hash_sign, mask = spec.rpartition(MASK)

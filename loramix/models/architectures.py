@@ -1,10 +1,9 @@
 """The Stable Diffusion architectures loramix knows: their published configs and tokenizers (shipped, no weights),
 and which one a single-file checkpoint holds.
 
-diffusers' `from_single_file` converts the original layout's keys itself, but fetches the pipeline's configs
-and tokenizers from the hub unless it is given them. loramix ships them: a config-only pipeline folder per
-architecture (`loramix/architectures/sd1`, `sd2`, `sdxl`) and CLIP's byte-pair vocabulary, which every Stable
-Diffusion tokenizer shares (SD 2.x's and SDXL's second one pad with "!" instead of the end token).
+The configs are a config-only pipeline folder per architecture (`loramix/architectures/sd1`, `sd2`, `sdxl`); the
+tokenizers are built from CLIP's byte-pair vocabulary, which every Stable Diffusion tokenizer shares (SD 2.x's
+and SDXL's second one pad with "!" instead of the end token).
 
 Which architecture a file holds is read from its header (key names and one shape), never from its tensors:
 
@@ -13,6 +12,7 @@ Which architecture a file holds is read from its header (key names and one shape
     cond_stage_model.model.*                OpenCLIP ViT-H      → SD 2.x (loaded as 2.1: 768 px, v-prediction)
     conditioner.embedders.0.transformer.* + conditioner.embedders.1.model.*   → SDXL base
 """
+
 from __future__ import annotations
 
 import json

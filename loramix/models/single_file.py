@@ -2,16 +2,8 @@
 loaded with no network.
 
 diffusers' `from_single_file` converts the original layout's keys itself, but fetches the pipeline's configs
-and tokenizers from the hub unless it is given them. loramix ships them: a config-only pipeline folder per
-architecture (`loramix/architectures/sd1`, `sd2`, `sdxl`) and CLIP's byte-pair vocabulary, which every Stable
-Diffusion tokenizer shares (SD 2.x's and SDXL's second one pad with "!" instead of the end token).
-
-Which architecture a file holds is read from its header (key names and one shape), never from its tensors:
-
-    model.diffusion_model.*  the UNet: a plain one takes the VAE's latent channels (4), an inpainting one more (9)
-    cond_stage_model.transformer.*          CLIP ViT-L          → SD 1.x
-    cond_stage_model.model.*                OpenCLIP ViT-H      → SD 2.x (loaded as 2.1: 768 px, v-prediction)
-    conditioner.embedders.0.transformer.* + conditioner.embedders.1.model.*   → SDXL base
+and tokenizers from the hub unless it is given them. loramix gives it the ones it ships, for the architecture
+the file's header names (loramix.models.architectures).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LoRAs whose weights follow step schedules, put on the pipeline step by step (see loramix.schedule).
+"""LoRAs whose weights follow step schedules, put on the pipeline step by step (see loramix.lora.schedule).
 
     before the pipeline call     the set at fraction 0 (the prompt is encoded with it)
     after step i (diffusers'     the set at step i+1's fraction, i.e. (i+1)/(n−1), n the steps the pipeline
