@@ -72,9 +72,9 @@ def test_bad_tags_are_one_line_errors_naming_the_tag_and_the_prompt(folder, prom
 
 
 def test_find_reads_no_file():
-    assert find_lora_tags("<lora:a/b:2> c") == ("c", (find_lora_tags("<lora:a/b:2>")[1][0],))
+    assert find_lora_tags("<lora:a/b:2> c") == ("c", (find_lora_tags("d <lora:a/b:2>")[1][0],))
     assert find_lora_tags("<lora:a/b:2> c")[1][0].name == "a/b"
-    assert find_lora_tags("<lora:x>")[1][0].weight == "1"
+    assert find_lora_tags("<lora:x> c")[1][0].weight == "1"
 
 
 def test_a_tag_and_a_lora_naming_one_file_add_their_weights(folder):

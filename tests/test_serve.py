@@ -319,7 +319,7 @@ def test_a_tag_names_one_listed_file():
     from loramix.serve.mix import listed_name
 
     names = ["loras/a.safetensors", "loras/sub/b.safetensors", "changing/b.safetensors"]
-    tag = lambda text: find_lora_tags(text)[1][0]  # noqa: E731
+    tag = lambda text: find_lora_tags("a face " + text)[1][0]  # noqa: E731
     assert listed_name(tag("<lora:a:1>"), names) == "loras/a.safetensors"
     assert listed_name(tag("<lora:sub/b:1>"), names) == "loras/sub/b.safetensors"
     assert listed_name(tag("<lora:changing/b.safetensors>"), names) == "changing/b.safetensors"

@@ -75,8 +75,6 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
         from loramix.render.prompt_tags import add_weights, split_lora_tags
 
         prompt, tagged = split_lora_tags(prompt, list(lora_folders) or ["."])
-        if not prompt:
-            raise LoramixError("--prompt: the prompt is only <lora:…> tags: nothing left to render")
         weighted_files = list(add_weights(tuple(weighted_files), tagged, "--prompt"))
     from loramix.render.regions import check_masks
 

@@ -47,7 +47,10 @@ def find_lora_tags(prompt: str, where: str = "--prompt") -> tuple[str, tuple[Lor
         start = text.lower().index(OPEN)
         raise LoramixError(f"{where}: the tag {text[start:start + 40].strip()!r} is not closed with '>' "
                            f"(write <lora:NAME:WEIGHT>)")
-    return " ".join(text.split()), tuple(tags)
+    text = " ".join(text.split())
+    if tags and not text:
+        raise LoramixError(f"{where}: the prompt is only <lora:…> tags: nothing left to render")
+    return text, tuple(tags)
 
 
 def split_lora_tags(prompt: str, folders: list[str | os.PathLike], where: str = "--prompt"

@@ -275,8 +275,6 @@ def with_prompt_tags(rows: list[PromptRow], folders: list[str | os.PathLike], so
         where = f"{source}:{row.line}" if row.line else "--prompt"
         text, loras = split_lora_tags(row.prompt, folders, where)
         if loras:
-            if not text:
-                raise LoramixError(f"{where}: the prompt is only <lora:…> tags: nothing left to render")
             if row.loras is not None:
                 add_weights(row.loras, loras, where)  # checked now, before anything loads
             row = replace(row, prompt=text, tag_loras=loras)

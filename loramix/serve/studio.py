@@ -108,8 +108,6 @@ class Studio:
         text, tags = find_lora_tags(request.prompt, "prompt")
         if not tags:
             return request
-        if not text:
-            raise LoramixError("prompt: only <lora:…> tags: nothing left to render")
         loras = dict(request.loras)
         names = self.library.names()
         for tag in tags:
