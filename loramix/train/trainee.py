@@ -33,6 +33,11 @@ class Examples:
     # which `text` then follows; None: `captions` alone.
     alternatives: list[tuple[str, ...]] | None = None
 
+    @cached_property
+    def first_rows(self) -> torch.Tensor:
+        """(N,) where each example's alternatives start in their flat list (and in `text`)."""
+        return torch.tensor([0, *itertools.accumulate(len(v) for v in self.alternatives)][:-1])
+
     @property
     def flips(self) -> bool:
         return len(self.latent_mean) == 2 * self.count
@@ -183,10 +188,9 @@ class LoraTrainee:
         has one, so such runs are what they always were), and their rows in the cached text."""
         if examples.alternatives is None:
             return [examples.captions[i] for i in index.tolist()], index
-        starts = torch.tensor([0, *itertools.accumulate(len(v) for v in examples.alternatives)])
         counts = torch.tensor([len(examples.alternatives[i]) for i in index.tolist()])
         picks = (torch.rand(len(index), generator=generator) * counts).long()  # (B,) in [0, count)
-        rows = starts[index] + picks
+        rows = examples.first_rows[index] + picks
         return [examples.alternatives[i][p] for i, p in zip(index.tolist(), picks.tolist())], rows
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
