@@ -3,7 +3,7 @@ bench/heldout.py, judged by the toy judge: how often its attribute shows, how of
 and in all, beside the base's own renders of the same prompts and seeds.
 
     python bench/bench_single.py mustache=runs/mustache/mustache.safetensors --set tune
-    python bench/bench_single.py --set held-out          # trains the shipped recipes into build/single first
+    python bench/bench_single.py --set held-out          # trains the shipped recipes into build/loras first
 
 --set tune (TUNE_SEEDS × TUNE phrasings) is the set recipe choices may be made on; held-out (HELD_OUT_SEEDS ×
 HELD_OUT phrasings) gives the figure once they are made.
@@ -12,12 +12,11 @@ HELD_OUT phrasings) gives the figure once they are made.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_methods import lora_file
 from heldout import HELD_OUT, HELD_OUT_SEEDS, TUNE, TUNE_SEEDS, check_vocabulary
 
 from loramix.cli.quiet import quiet_libraries
@@ -41,15 +40,6 @@ def judged(pipeline, loras, files: tuple[WeightedFile, ...], prompts, seeds, jud
     return judge.verdicts(images).reshape(len(prompts), len(seeds), len(ATTRIBUTES)).float()
 
 
-def trained(name: str, folder: Path) -> Path:
-    path = folder / name / f"{name}.safetensors"
-    if not path.is_file():
-        print(f"training {name} (recipes/{name}.toml) into {path.parent}", flush=True)
-        subprocess.run([sys.executable, "-m", "loramix", "train", str(ROOT / "recipes" / f"{name}.toml"),
-                        "--output", str(path.parent)], check=True)
-    return path
-
-
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,7 +47,8 @@ def main() -> None:
     parser.add_argument("--set", choices=("tune", "held-out"), default="tune")
     parser.add_argument("--attributes", default="mustache,lipstick,glasses")
     parser.add_argument("--weight", type=float, default=1.0)
-    parser.add_argument("--folder", type=Path, default=ROOT / "build" / "single")
+    parser.add_argument("--folder", type=Path, default=ROOT / "build" / "loras",
+                        help="Where the recipes' LoRAs are trained, or found (bench_methods' folder too).")
     parser.add_argument("--per-phrasing", action="store_true", help="A row for every phrasing too.")
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.loras)
@@ -76,7 +67,7 @@ def main() -> None:
     for attribute in attributes:
         prompts = phrasings[attribute]
         column = ATTRIBUTES.index(attribute)
-        path = Path(given[attribute]) if attribute in given else trained(attribute, args.folder)
+        path = Path(given[attribute]) if attribute in given else lora_file(args.folder, attribute)
         rows = (("base", ()), (f"{attribute} ({path.name})", (WeightedFile(str(path), args.weight),)))
         for label, files in rows:
             start = time.perf_counter()
