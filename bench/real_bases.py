@@ -7,10 +7,16 @@ published configs shipped in loramix/architectures and cached outside the reposi
 
 The cache is $LORAMIX_BENCH_CACHE, else ~/.cache/loramix/bench. Each tensor is drawn on its own, in fp16,
 so building SDXL holds one component's weights at a time, never an fp32 model.
+
+    python bench/real_bases.py sd15     builds what is missing and prints the folder and the file, a line each
+
+A benchmark that measures memory builds through that command, in a process of its own, so that it never holds
+a model itself (see measure.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -89,3 +95,14 @@ def _random(name: str, shape: tuple[int, ...], generator: torch.Generator) -> to
         return torch.full(shape, value, dtype=torch.float16)
     fan_in = math.prod(shape[1:]) if "embedding" not in name else 1
     return (torch.randn(shape, generator=generator) * min(0.02 if fan_in == 1 else 1.0, fan_in ** -0.5)).half()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(ARCHITECTURES))
+    for path in real_base(parser.parse_args().name):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

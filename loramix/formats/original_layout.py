@@ -15,6 +15,7 @@ the tests read each file back through it and find every weight bit-identical.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,24 +51,80 @@ _OPENCLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1",
                    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 
 
-def original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[str, torch.Tensor]:
-    """Every weight of the pipeline under its original name, in the dtype it is stored in.
+@dataclass(frozen=True)
+class Source:
+    """Where one weight of a diffusers model lies in the original layout. The table of sources is the one home
+    of the conversion: the writer reads it one way, the single-file loader the other."""
+
+    key: str  # the original name
+    part: int | None = None  # OpenCLIP's fused q, k, v: which third of the stored rows
+    transposed: bool = False  # OpenCLIP's text_projection: stored as the matrix text is multiplied by on the right
+    as_conv: bool = False  # the VAE's mid-block attention: stored as 1×1 convolutions
+
+    def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the original file holds for a weight of `shape`."""
+        if self.part is not None:
+            shape = (3 * shape[0], *shape[1:])
+        if self.transposed:
+            shape = tuple(reversed(shape))
+        return (*shape, 1, 1) if self.as_conv else shape
+
+    def stored(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The diffusers weight as the original file holds it (a part: its third only)."""
+        if self.transposed:
+            tensor = tensor.T.contiguous()
+        return tensor[:, :, None, None] if self.as_conv else tensor
+
+    def read(self, stored: torch.Tensor) -> torch.Tensor:
+        """The diffusers weight from the tensor the original file holds under `key`."""
+        if self.part is not None:
+            stored = stored.chunk(3)[self.part].clone()  # a copy: the other two thirds are not kept alive
+        if self.transposed:
+            stored = stored.T.contiguous()
+        if self.as_conv and stored.dim() == 4:
+            stored = stored[:, :, 0, 0].contiguous()
+        return stored
+
+
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def original_sources(unet, vae, text_encoder, text_encoder_2=None) -> dict[str, dict[str, Source]]:
+    """For each component ("unet", "vae", "text_encoder", "text_encoder_2"), where each of its weights, by its
+    name in the model's state dict, lies in the original layout. The models may be empty (on the meta device):
+    only their configs and names are read.
 
     `text_encoder_2` makes it SDXL; otherwise an OpenCLIP text encoder (exact GELU, where OpenAI's CLIP
     of SD 1.x uses quick_gelu) makes it SD 2.x.
     """
-    xl = text_encoder_2 is not None
+    sources = {"unet": _renamed(unet.state_dict(), _unet_blocks(unet.config), UNET_PREFIX, "UNet"),
+               "vae": _vae_sources(vae)}
+    if text_encoder_2 is not None:
+        sources["text_encoder"] = _clip_sources(text_encoder, SDXL_TEXT_PREFIX)
+        sources["text_encoder_2"] = _openclip_sources(text_encoder_2, SDXL_TEXT_2_PREFIX)
+    elif _is_openclip(text_encoder):
+        sources["text_encoder"] = _openclip_sources(text_encoder, SD2_TEXT_PREFIX)
+    else:
+        sources["text_encoder"] = _clip_sources(text_encoder, SD1_TEXT_PREFIX)
+    return sources
+
+
+def original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[str, torch.Tensor]:
+    """Every weight of the pipeline under its original name, in the dtype it is stored in."""
     _check_fit(unet, text_encoder, text_encoder_2)
     _check_floats(unet, vae, text_encoder, text_encoder_2)
-    tensors = _renamed(unet.state_dict(), _unet_blocks(unet.config), UNET_PREFIX, "UNet")
-    tensors.update(_vae_tensors(vae))
-    if xl:
-        tensors.update(_clip_tensors(text_encoder, SDXL_TEXT_PREFIX))
-        tensors.update(_openclip_tensors(text_encoder_2, SDXL_TEXT_2_PREFIX))
-    elif _is_openclip(text_encoder):
-        tensors.update(_openclip_tensors(text_encoder, SD2_TEXT_PREFIX))
-    else:
-        tensors.update(_clip_tensors(text_encoder, SD1_TEXT_PREFIX))
+    models = dict(zip(COMPONENTS, (unet, vae, text_encoder, text_encoder_2)))
+    tensors: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[int, torch.Tensor]] = {}
+    for component, sources in original_sources(unet, vae, text_encoder, text_encoder_2).items():
+        state = models[component].state_dict()
+        for name, source in sources.items():
+            if source.part is None:
+                tensors[source.key] = source.stored(state[name])
+            else:
+                parts.setdefault(source.key, {})[source.part] = source.stored(state[name])
+    for key, thirds in parts.items():
+        tensors[key] = torch.cat([thirds[part] for part in sorted(thirds)])  # rows q, then k, then v
     return tensors
 
 
@@ -113,10 +170,10 @@ def _check_floats(*models) -> None:
                                    "model has no original layout; load the base unquantized")
 
 
-def _renamed(state: dict[str, torch.Tensor], blocks: Blocks, prefix: str, what: str) -> dict[str, torch.Tensor]:
+def _renamed(state: dict[str, torch.Tensor], blocks: Blocks, prefix: str, what: str) -> dict[str, Source]:
     """Each key's longest module path found in `blocks` is replaced by its original path."""
     renamed = {}
-    for key, tensor in state.items():
+    for key in state:
         parts = key.split(".")
         for end in range(len(parts) - 1, 0, -1):
             module = ".".join(parts[:end])
@@ -124,7 +181,7 @@ def _renamed(state: dict[str, torch.Tensor], blocks: Blocks, prefix: str, what: 
                 original, children = blocks[module]
                 child, _, name = ".".join(parts[end:]).rpartition(".")
                 child = children.get(child, child)
-                renamed[f"{prefix}{original}.{child + '.' if child else ''}{name}"] = tensor
+                renamed[key] = Source(f"{prefix}{original}.{child + '.' if child else ''}{name}")
                 break
         else:
             raise LoramixError(f"{what} weight {key!r} has no place in the original layout: loramix cannot "
@@ -177,14 +234,12 @@ def _unet_blocks(config) -> Blocks:
     return blocks
 
 
-def _vae_tensors(vae) -> dict[str, torch.Tensor]:
-    tensors = _renamed(vae.state_dict(), _vae_blocks(vae.config), VAE_PREFIX, "VAE")
-    # The original mid-block attention projects with 1×1 convolutions where diffusers has Linear layers;
-    # diffusers drops the two trailing 1s when it reads them.
-    for key, tensor in tensors.items():
-        if ".mid.attn_1." in key and key.endswith("weight") and tensor.dim() == 2:
-            tensors[key] = tensor[:, :, None, None]
-    return tensors
+def _vae_sources(vae) -> dict[str, Source]:
+    """The original mid-block attention projects with 1×1 convolutions where diffusers has Linear layers."""
+    sources = _renamed(vae.state_dict(), _vae_blocks(vae.config), VAE_PREFIX, "VAE")
+    state = vae.state_dict()
+    return {name: (Source(source.key, as_conv=True) if ".mid.attn_1." in source.key and name.endswith("weight")
+                   and state[name].dim() == 2 else source) for name, source in sources.items()}
 
 
 def _vae_blocks(config) -> Blocks:
@@ -214,39 +269,38 @@ def _vae_blocks(config) -> Blocks:
     return blocks
 
 
-def _text_state(text_encoder) -> dict[str, torch.Tensor]:
-    """The weights under the `text_model.` names of the original files: transformers ≥ 5.6 dropped that
-    level from CLIPTextModel (not from CLIPTextModelWithProjection)."""
-    state = text_encoder.state_dict()
-    if hasattr(text_encoder, "text_model"):
-        return state
-    return {f"text_model.{key}": tensor for key, tensor in state.items()}
+def _text_names(text_encoder) -> dict[str, str]:
+    """The model's weight names under the `text_model.` names of the original files: transformers ≥ 5.6
+    dropped that level from CLIPTextModel (not from CLIPTextModelWithProjection)."""
+    inner = "" if hasattr(text_encoder, "text_model") else "text_model."
+    return {f"{inner}{name}": name for name in text_encoder.state_dict()}
 
 
 def _is_openclip(text_encoder) -> bool:
     return text_encoder.config.hidden_act == "gelu"
 
 
-def _clip_tensors(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + key: tensor for key, tensor in _text_state(text_encoder).items()}
+def _clip_sources(text_encoder, prefix: str) -> dict[str, Source]:
+    return {name: Source(prefix + full) for full, name in _text_names(text_encoder).items()}
 
 
-def _openclip_tensors(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
+def _openclip_sources(text_encoder, prefix: str) -> dict[str, Source]:
     """OpenCLIP keeps q, k and v in one `in_proj` (rows q, then k, then v) and stores text_projection as
     the matrix text is multiplied by on the right, the transpose of a Linear weight."""
-    state = _text_state(text_encoder)
-    tensors = {prefix + original: state.pop(key) for key, original in _OPENCLIP_TOP.items()}
-    if "text_projection.weight" in state:
-        tensors[prefix + "text_projection"] = state.pop("text_projection.weight").T.contiguous()
+    names = _text_names(text_encoder)
+    sources = {names.pop(full): Source(prefix + original) for full, original in _OPENCLIP_TOP.items()}
+    if "text_projection.weight" in names:
+        sources[names.pop("text_projection.weight")] = Source(prefix + "text_projection", transposed=True)
     for layer in range(text_encoder.config.num_hidden_layers):
         source = f"text_model.encoder.layers.{layer}."
         target = f"{prefix}transformer.resblocks.{layer}."
         for name in ("weight", "bias"):
-            tensors[f"{target}attn.in_proj_{name}"] = torch.cat(
-                [state.pop(f"{source}self_attn.{p}_proj.{name}") for p in "qkv"])  # (3·width, …)
+            for part, projection in enumerate("qkv"):
+                sources[names.pop(f"{source}self_attn.{projection}_proj.{name}")] = Source(
+                    f"{target}attn.in_proj_{name}", part=part)
             for module, original in _OPENCLIP_LAYER.items():
-                tensors[f"{target}{original}.{name}"] = state.pop(f"{source}{module}.{name}")
-    if state:
-        raise LoramixError(f"text encoder weight {next(iter(state))!r} has no place in the OpenCLIP layout: "
+                sources[names.pop(f"{source}{module}.{name}")] = Source(f"{target}{original}.{name}")
+    if names:
+        raise LoramixError(f"text encoder weight {next(iter(names))!r} has no place in the OpenCLIP layout: "
                            "loramix cannot convert this model")
-    return tensors
+    return sources

@@ -72,7 +72,7 @@ def recognise(path: Path) -> Architecture:
             in_channels = f.get_slice(UNET_INPUT).get_shape()[1] if UNET_INPUT in keys else None
             latent_channels = f.get_slice(VAE_MOMENTS).get_shape()[0] // 2 if VAE_MOMENTS in keys else 4
     except (SafetensorError, OSError) as e:
-        raise BaseLoadError(f"base {path}: not a readable safetensors file ({e})") from None
+        raise BaseLoadError(f"base {path}: {_damage(str(e))} ({e})") from None
     if any(".lora_" in key or key.startswith(("lora_", "lycoris_")) for key in keys):
         raise BaseLoadError(f"base {path}: a LoRA, not a base model; give it with --lora")
     if in_channels is None:
@@ -89,6 +89,16 @@ def recognise(path: Path) -> Architecture:
             return architecture
     raise BaseLoadError(f"base {path}: a Stable Diffusion UNet without a text encoder loramix recognises (SD 1.x "
                         "CLIP, SD 2.x OpenCLIP or SDXL's two)")
+
+
+# What safetensors' header errors mean for a file that was cut short or edited.
+_DAMAGE = {"file not fully covered": "truncated or damaged: its data does not end where its header says",
+           "invalid header length": "truncated: it ends inside its header",
+           "invalid shape, data type, or offset": "damaged: its header gives a tensor a shape its data does not hold"}
+
+
+def _damage(error: str) -> str:
+    return next((meaning for said, meaning in _DAMAGE.items() if said in error), "not a readable safetensors file")
 
 
 def tokenizers(architecture: Architecture) -> dict:

@@ -66,7 +66,6 @@ def load_unet_quantized(folder: Path, variant: str | None, mode: str, quantize_c
     progress bar). Returns None when the files' names are not the model's own (an old layout), for the caller
     to load and quantize it whole instead."""
     from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
     from diffusers import UNet2DConditionModel
 
     config = UNet2DConditionModel.load_config(str(folder / "unet"))
@@ -75,18 +74,31 @@ def load_unet_quantized(folder: Path, variant: str | None, mode: str, quantize_c
     reader = _TensorReader(weight_files(folder / "unet", variant))
     if reader.keys() != set(unet.state_dict()):
         return None
-    for name in progress(layers_to_quantize(unet, mode, quantize_convs)):
-        layer = unet.get_submodule(name)
-        layer.weight = nn.Parameter(reader.get(f"{name}.weight", device), requires_grad=False)
+    try:
+        return fill_quantized(unet, lambda key: reader.get(key, device), mode, quantize_convs, compute_dtype,
+                              device, progress)
+    finally:
+        reader.close()
+
+
+def fill_quantized(model: nn.Module, read: Callable[[str], torch.Tensor], mode: str, quantize_convs: bool,
+                   compute_dtype: torch.dtype, device: torch.device,
+                   progress: Callable[[list[str]], object] = iter) -> nn.Module:
+    """Fill a model built on the meta device from `read` (a weight by its state-dict name), quantizing each
+    Linear (and Conv2d, with `quantize_convs`) as it arrives; every other tensor is cast to `compute_dtype`."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    for name in progress(layers_to_quantize(model, mode, quantize_convs)):
+        layer = model.get_submodule(name)
+        layer.weight = nn.Parameter(read(f"{name}.weight").to(device), requires_grad=False)
         if layer.bias is not None:
-            layer.bias = nn.Parameter(reader.get(f"{name}.bias", device), requires_grad=False)
-        replace_layer(unet, name, quantized_layer(layer, mode, compute_dtype))
-    on_meta = [key for key, tensor in unet.state_dict().items() if tensor.device.type == "meta"]
+            layer.bias = nn.Parameter(read(f"{name}.bias").to(device), requires_grad=False)
+        replace_layer(model, name, quantized_layer(layer, mode, compute_dtype))
+    on_meta = [key for key, tensor in model.state_dict().items() if tensor.device.type == "meta"]
     for key in on_meta:
-        set_module_tensor_to_device(unet, key, device, value=reader.get(key, device).to(compute_dtype))
-    reader.close()
-    mark_quantized(unet, mode)
-    return unet.requires_grad_(False).eval()
+        set_module_tensor_to_device(model, key, device, value=read(key).to(compute_dtype))
+    mark_quantized(model, mode)
+    return model.requires_grad_(False).eval()
 
 
 def load_text_encoder_quantized(folder: Path, component: str, variant: str | None, mode: str,
