@@ -227,3 +227,26 @@ def test_samples_can_be_switched_off_entirely(tmp_path):
     assert not (run / "samples").exists()
     with_final = train(recipe(tmp_path / "again", steps=2, sample_every=0))
     assert [p.name for p in (with_final.run / "samples").iterdir()] == ["step-000002.png"]
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, train_text_encoder):
+    """QLoRA's peak: the VAE (and frozen text encoders) encode the dataset before the UNet loads and are
+    dropped then; samples load them again and drop them after."""
+    from types import SimpleNamespace
+
+    from loramix.train.loop import _prepare
+    from loramix.util.progress import Status
+
+    run = recipe(tmp_path, quantize="nf4", train_text_encoder=train_text_encoder, flip=True)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True)
+    model, examples, count = _prepare(run, accelerator, lambda line: None, Status())
+    pipeline = model.pipeline
+    assert count == 36 and examples.latent_mean.shape[0] == 72  # flipped too
+    assert pipeline.vae is None and type(pipeline.unet.conv_in).__name__ == "Conv2dNF4"
+    assert (pipeline.text_encoder is not None) == train_text_encoder
+    assert (examples.text is None) == train_text_encoder
+    model.loss(examples, torch.tensor([0, 1]), torch.Generator().manual_seed(0)).backward()
+    model.save_samples(tmp_path / "samples.png")
+    assert (tmp_path / "samples.png").is_file()
+    assert pipeline.vae is None and (pipeline.text_encoder is not None) == train_text_encoder

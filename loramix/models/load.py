@@ -21,7 +21,7 @@ import torch
 from loramix.errors import BaseLoadError, first_line
 from loramix.formats.safetensors_file import PICKLE_SUFFIXES
 from loramix.models.folder_files import component_dtype, folder_variant, weight_files
-from loramix.models.placement import MODELS, place_models, quantize_loaded
+from loramix.models.placement import MODELS, only_these, place_models, quantize_loaded
 from loramix.util.progress import Status
 
 BUNDLED_BASE = "toy"  # the name of the base that ships inside the package
@@ -79,24 +79,26 @@ def load_base(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dtype |
 
 def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dtype | None = None,
                   quantize: str = "none", quantize_convs: bool = True, device: torch.device | str | None = None,
-                  status: Status | None = None, config: Path | None = None):
+                  status: Status | None = None, config: Path | None = None, skip: tuple[str, ...] = ()):
     """A Stable Diffusion (1.x, 2.x or XL) pipeline for `base`, without safety checker, on `device` (CPU by
     default). `dtype` ("fp32", "fp16", "bf16"; None: what fits the device, see `precision`) is the precision of
     its weights, or with `quantize` ("nf4", "int8") the compute precision of its quantized UNet and text
     encoders, which are then quantized as they load. `status` hears what is happening, a line at a time, and
     gets a progress bar (a tqdm-like callable) for the layer-by-layer loading. `config` is for single files:
-    see `single_file.load_single_file`."""
+    see `single_file.load_single_file`. The models named in `skip` ("unet", "vae", "text_encoder",
+    "text_encoder_2") are not loaded: the pipeline holds None in their place (see `load_models`)."""
     status = status or Status()
     device = torch.device(device or "cpu")
     spec = str(base)
     path = base_path(spec)
     try:
         if spec == BUNDLED_BASE or path.is_dir():
-            pipeline = _load_folder(resolve_folder(spec), spec, dtype, quantize, quantize_convs, device, status)
+            pipeline = _load_folder(resolve_folder(spec), spec, dtype, quantize, quantize_convs, device, status,
+                                    skip)
         elif path.suffix in (".safetensors", *PICKLE_SUFFIXES):
             from loramix.models.single_file import load_single_file
 
-            pipeline = load_single_file(path, dtype, quantize, quantize_convs, device, status, config)
+            pipeline = load_single_file(path, dtype, quantize, quantize_convs, device, status, config, skip)
         elif spec.count("/") == 1 and not path.exists():
             from diffusers import DiffusionPipeline
 
@@ -104,7 +106,7 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dty
             from loramix.models.precision import choose_dtype
 
             dtype = choose_dtype(dtype, [], device)
-            pipeline = DiffusionPipeline.from_pretrained(spec, dtype=dtype)
+            pipeline = DiffusionPipeline.from_pretrained(spec, dtype=dtype, **dict.fromkeys(skip))
             quantize_loaded(pipeline, quantize, quantize_convs, dtype, status)
             pipeline.to(device)
         else:
@@ -117,8 +119,34 @@ def load_pipeline(base: str | os.PathLike = BUNDLED_BASE, dtype: str | torch.dty
     return pipeline
 
 
+def load_models(base: str | os.PathLike, names: tuple[str, ...], dtype: str | torch.dtype | None = None,
+                quantize: str = "none", quantize_convs: bool = True, device: torch.device | str | None = None,
+                status: Status | None = None, config: Path | None = None) -> dict[str, Any]:
+    """Only the models `names` of the base, loaded as `load_pipeline` loads them: for a pipeline that holds
+    some models only while they are needed (training sets the VAE aside once the images are encoded)."""
+    pipeline = load_pipeline(base, dtype, quantize, quantize_convs, device, status, config,
+                             skip=tuple(m for m in MODELS if m not in names))
+    return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
+
+
+def unet_config(base: str | os.PathLike, config: Path | None = None) -> dict:
+    """The base's UNet config, read without its weights."""
+    path = base_path(base)
+    if str(base) == BUNDLED_BASE or path.is_dir():
+        folder = resolve_folder(base)
+    elif path.suffix == ".safetensors":
+        from loramix.models.architectures import architecture_folder, recognise
+
+        folder = Path(config) if config is not None else architecture_folder(recognise(path).folder)
+    else:
+        from diffusers import UNet2DConditionModel
+
+        return dict(UNet2DConditionModel.load_config(str(base), subfolder="unet"))
+    return json.loads((folder / "unet" / "config.json").read_text())
+
+
 def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: bool, device: torch.device,
-                 status: Status):
+                 status: Status, skip: tuple[str, ...] = ()):
     from diffusers import DiffusionPipeline
 
     from loramix.models.precision import choose_dtype, name_of
@@ -126,10 +154,11 @@ def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: 
 
     _refuse_pickled_weights(folder, spec)
     variant = folder_variant(folder)
-    components = [c for c in MODELS if (folder / c).is_dir()]
-    dtype = choose_dtype(dtype, [f for c in components for f in weight_files(folder / c, variant)], device)
+    stored_models = [c for c in MODELS if (folder / c).is_dir()]
+    dtype = choose_dtype(dtype, [f for c in stored_models for f in weight_files(folder / c, variant)], device)
+    components = [c for c in stored_models if c not in skip]
     what = f"{model_name(spec)} in {name_of(dtype)}" + (f", {quantize}" if quantize != "none" else "")
-    status(f"loading {what}" + (f" (its {variant} files)" if variant else ""))
+    status(f"loading {what}" + (f" (its {variant} files)" if variant else "") + only_these(components, skip))
     loaded = {}
     if quantize != "none":
         # Text encoders first: each passes through memory whole, as stored, before it is quantized, and that
@@ -138,16 +167,18 @@ def _load_folder(folder: Path, spec: str, dtype, quantize: str, quantize_convs: 
             if encoder in components:
                 status(f"quantizing the {encoder.replace('_', ' ')} to {quantize}")
                 loaded[encoder] = load_text_encoder_quantized(folder, encoder, variant, quantize, dtype, device)
-        unet = load_unet_quantized(folder, variant, quantize, quantize_convs, dtype, device,
-                                   lambda layers: status.bar(layers, f"quantizing the UNet to {quantize}"))
+        unet = None if "unet" in skip else load_unet_quantized(
+            folder, variant, quantize, quantize_convs, dtype, device,
+            lambda layers: status.bar(layers, f"quantizing the UNet to {quantize}"))
         if unet is not None:
             loaded["unet"] = unet
     # Each model loaded as stored and cast a tensor at a time: diffusers' own casting holds both precisions.
     stored = {c: component_dtype(folder / c, variant) or dtype for c in components}
     pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype={**stored, "default": dtype},
                                                  local_files_only=True, use_safetensors=True, variant=variant,
-                                                 **_no_safety_checker(folder), **loaded)
-    if quantize != "none" and "unet" not in loaded:  # an old file layout: the whole UNet, then quantized
+                                                 **_no_safety_checker(folder),
+                                                 **dict.fromkeys(c for c in skip if c in stored_models), **loaded)
+    if quantize != "none" and "unet" in components and "unet" not in loaded:  # an old layout: the whole UNet, quantized
         quantize_loaded(pipeline, quantize, quantize_convs, dtype, status, only=("unet",))
     return place_models(pipeline, dtype, device, placed=tuple(loaded))
 
@@ -189,7 +220,8 @@ def model_name(base: str | os.PathLike) -> str:
 
 
 def is_sdxl(pipeline) -> bool:
-    return getattr(pipeline, "text_encoder_2", None) is not None
+    """An SDXL pipeline, whether or not its second text encoder is loaded now."""
+    return "text_encoder_2" in pipeline.components
 
 
 def native_resolution(pipeline) -> int:

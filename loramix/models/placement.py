@@ -9,6 +9,7 @@ from loramix.models.precision import cast_floats
 from loramix.util.progress import Status
 
 MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")  # a pipeline's parts that hold weights
+SAID = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder", "text_encoder_2": "second text encoder"}
 
 
 def place_models(pipeline, dtype: torch.dtype, device: torch.device, placed: tuple[str, ...] = ()):
@@ -35,3 +36,11 @@ def quantize_loaded(pipeline, quantize: str, quantize_convs: bool, dtype: torch.
         if model is not None:
             status(f"quantizing the {name.replace('_', ' ')} to {quantize}")
             quantize_in_place(model, quantize, quantize_convs and name == "unet", dtype)
+
+
+def only_these(loaded: list[str], skip: tuple[str, ...]) -> str:
+    """What a status line adds when only some of a base's models load: ": the VAE and text encoder"."""
+    if not skip:
+        return ""
+    names = [SAID[name] for name in loaded]
+    return ": the " + (" and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1])

@@ -23,40 +23,7 @@ from torch import nn
 from loramix.models.folder_files import component_dtype, weight_files
 from loramix.models.precision import cast_floats
 from loramix.models.quantize import layers_to_quantize, mark_quantized, quantize_model, quantized_layer, replace_layer
-
-REOPEN_BYTES = 256 * 2**20  # read this much through one mapping of a file, then map it afresh
-
-
-class _TensorReader:
-    """Tensors by name from one or more safetensors files, read one at a time."""
-
-    def __init__(self, files: list[Path]):
-        from safetensors import safe_open
-
-        self._where: dict[str, Path] = {}
-        for path in files:
-            with safe_open(str(path), framework="pt") as f:
-                self._where.update(dict.fromkeys(f.keys(), path))
-        self._open: tuple[Path, object] | None = None
-        self._read_since_open = 0
-
-    def keys(self) -> set[str]:
-        return set(self._where)
-
-    def get(self, key: str, device: torch.device) -> torch.Tensor:
-        from safetensors import safe_open
-
-        path = self._where[key]
-        if self._open is None or self._open[0] != path or self._read_since_open > REOPEN_BYTES:
-            self.close()
-            self._open = (path, safe_open(str(path), framework="pt"))
-            self._read_since_open = 0
-        tensor = self._open[1].get_tensor(key)
-        self._read_since_open += tensor.numel() * tensor.element_size()
-        return tensor.to(device)
-
-    def close(self) -> None:
-        self._open = None  # the mapping goes with the handle
+from loramix.models.tensor_reader import TensorReader
 
 
 def load_unet_quantized(folder: Path, variant: str | None, mode: str, quantize_convs: bool,
@@ -71,7 +38,7 @@ def load_unet_quantized(folder: Path, variant: str | None, mode: str, quantize_c
     config = UNet2DConditionModel.load_config(str(folder / "unet"))
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
-    reader = _TensorReader(weight_files(folder / "unet", variant))
+    reader = TensorReader(weight_files(folder / "unet", variant))
     if reader.keys() != set(unet.state_dict()):
         return None
     try:
@@ -96,7 +63,8 @@ def fill_quantized(model: nn.Module, read: Callable[[str], torch.Tensor], mode: 
         replace_layer(model, name, quantized_layer(layer, mode, compute_dtype))
     on_meta = [key for key, tensor in model.state_dict().items() if tensor.device.type == "meta"]
     for key in on_meta:
-        set_module_tensor_to_device(model, key, device, value=read(key).to(compute_dtype))
+        # dtype given: accelerate would otherwise cast to the empty model's own (fp32) dtype
+        set_module_tensor_to_device(model, key, device, value=read(key), dtype=compute_dtype)
     mark_quantized(model, mode)
     return model.requires_grad_(False).eval()
 

@@ -23,30 +23,31 @@ from torch import nn
 from loramix.errors import BaseLoadError
 from loramix.formats.original_layout import COMPONENTS, Source, original_sources
 from loramix.models.architectures import Architecture, architecture_folder, recognise, tokenizers
+from loramix.models.placement import SAID, only_these
 from loramix.util.progress import Status
-
-SAID = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder", "text_encoder_2": "second text encoder"}
 
 
 def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, device: torch.device, status: Status,
-                     config: Path | None = None):
+                     config: Path | None = None, skip: tuple[str, ...] = ()):
     """The pipeline a single-file checkpoint holds, offline, each model converted from the file a tensor at a
     time: in `dtype`, or with `quantize` its UNet and text encoders quantized as they are read. `config`, a
     diffusers folder of the same architecture (its weights are not read), gives the model configs and
-    tokenizers instead of the published ones shipped with loramix: for checkpoints of other sizes."""
+    tokenizers instead of the published ones shipped with loramix: for checkpoints of other sizes. The models
+    named in `skip` are not read (None in the pipeline)."""
     from loramix.models.precision import choose_dtype, name_of
-    from loramix.models.quantized_load import _TensorReader
+    from loramix.models.tensor_reader import TensorReader
 
     path = Path(path)
     architecture = recognise(path)
     dtype = choose_dtype(dtype, [path], device)
     folder = Path(config) if config is not None else architecture_folder(architecture.folder)
-    models = _empty_models(folder)
-    sources = original_sources(*(models.get(name) for name in COMPONENTS))
+    empty = _empty_models(folder)
+    sources = original_sources(*(empty.get(name) for name in COMPONENTS))
+    models = {name: model for name, model in empty.items() if name not in skip}
     _check_header(path, architecture, models, sources)
     status(f"loading {path.name} ({architecture.name} single file) in {name_of(dtype)}"
-           + (f", {quantize}" if quantize != "none" else ""))
-    reader = _TensorReader([path])
+           + (f", {quantize}" if quantize != "none" else "") + only_these(list(models), skip))
+    reader = TensorReader([path])
     try:
         # Text encoders first: quantized, they are small before the UNet arrives.
         for number, name in enumerate(sorted(models, key=("text_encoder", "text_encoder_2", "unet", "vae").index)):
@@ -64,7 +65,8 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
                 _fill(models[name], read, dtype, device, progress)
     finally:
         reader.close()
-    return _pipeline(folder, architecture, models, config is not None)
+    return _pipeline(folder, architecture, {**dict.fromkeys(name for name in empty if name in skip), **models},
+                     config is not None)
 
 
 def _empty_models(folder: Path) -> dict[str, nn.Module]:
@@ -122,12 +124,12 @@ def _fill(model: nn.Module, read, dtype: torch.dtype, device: torch.device, prog
     from accelerate.utils import set_module_tensor_to_device
 
     for key in progress(list(model.state_dict())):
-        value = read(key)
-        set_module_tensor_to_device(model, key, device, value=value.to(dtype) if value.is_floating_point() else value)
+        # dtype given: accelerate would otherwise cast to the empty model's own (fp32) dtype; integers stay
+        set_module_tensor_to_device(model, key, device, value=read(key), dtype=dtype)
     model.requires_grad_(False).eval()
 
 
-def _pipeline(folder: Path, architecture: Architecture, models: dict[str, nn.Module], own_tokenizers: bool):
+def _pipeline(folder: Path, architecture: Architecture, models: dict[str, nn.Module | None], own_tokenizers: bool):
     """The pipeline of the filled models, with the scheduler (and tokenizers) of `folder`."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 

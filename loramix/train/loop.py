@@ -16,6 +16,7 @@ averaged across processes before each optimizer step.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import signal
@@ -86,13 +87,21 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
 
 def _prepare(recipe: TrainRecipe, accelerator, report, status: Status) -> tuple[LoraTrainee, object, int]:
     """The base loaded, the LoRA put on it and the dataset encoded once: the trainee, its cached examples and
-    the number of images."""
-    from loramix.models.load import load_pipeline, native_resolution
-    from loramix.train.dataset import load_dataset
+    the number of images.
 
-    pipeline = load_pipeline(recipe.base, recipe.dtype, recipe.quantize, recipe.quantize_convs,
-                             accelerator.device, status if accelerator.is_main_process else None)
-    resolution = native_resolution(pipeline) if recipe.resolution is None else recipe.resolution
+    The models that encode the dataset load first and the UNet after them, so that those no step uses (the
+    VAE, and the text encoders when they do not train) are set aside before the UNet arrives: they are never
+    resident beside it but while samples render (`SetAside`)."""
+    from loramix.models.load import MODELS, load_models, load_pipeline, unet_config
+    from loramix.train.dataset import load_dataset
+    from loramix.train.trainee import SetAside, encode_examples
+    from loramix.util.memory import trim_free_heap
+
+    shown = status if accelerator.is_main_process else None
+    loading = (recipe.base, recipe.dtype, recipe.quantize, recipe.quantize_convs, accelerator.device)
+    pipeline = load_pipeline(*loading, shown, skip=("unet",))
+    native = unet_config(recipe.base)["sample_size"] * pipeline.vae_scale_factor
+    resolution = native if recipe.resolution is None else recipe.resolution
     data = load_dataset(recipe.dataset, resolution, recipe.trigger, recipe.caption_template,
                         recipe.skip_bad_images, masks=recipe.masked_loss, caption_per_line=recipe.caption_per_line)
     if data.uncaptioned:
@@ -103,10 +112,20 @@ def _prepare(recipe: TrainRecipe, accelerator, report, status: Status) -> tuple[
     if data.unmasked:
         report(f"{len(data.unmasked)} of {len(data)} images have no mask: their loss counts everywhere, "
                f"e.g. {data.unmasked[0]}")
-    model = LoraTrainee(pipeline, recipe, accelerator.device)
     status(f"encoding {len(data)} training images" + (" and their mirror images" if recipe.flip else "")
            + ("" if recipe.train_text_encoder else " and captions") + " once")
-    return model, model.cache(data, flip=recipe.flip), len(data)
+    examples = encode_examples(pipeline, data, recipe.flip, not recipe.train_text_encoder, accelerator.device)
+    aside = tuple(name for name in MODELS if getattr(pipeline, name, None) is not None
+                  and (name == "vae" or (name.startswith("text_encoder") and not recipe.train_text_encoder)))
+    for name in aside:
+        setattr(pipeline, name, None)
+    gc.collect()
+    trim_free_heap()
+    pipeline.unet = load_models(recipe.base, ("unet",), *loading[1:], shown)["unet"]
+    model = LoraTrainee(pipeline, recipe, accelerator.device,
+                        SetAside(aside, lambda: load_models(recipe.base, aside, *loading[1:])))
+    model.note_dataset(data)
+    return model, examples, len(data)
 
 
 @dataclass

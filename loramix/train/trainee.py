@@ -4,6 +4,8 @@ its cached training examples, and the denoising loss."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +19,9 @@ from loramix.train.dataset import CaptionedImages
 from loramix.train.recipe import TrainRecipe
 
 SAMPLE_SEEDS = (0, 1, 2, 3)
+# Images (or captions) encoded at once while caching: VAE activations of a batch of 32 at SD's 512 px take
+# gigabytes, and the cache is written once, so small batches cost nothing that counts.
+ENCODE_BATCH = 8
 
 
 @dataclass
@@ -32,6 +37,9 @@ class Examples:
     # Every caption of each example (`caption_per_line`), and where example i's start in the flat list of them,
     # which `text` then follows; None: `captions` alone.
     alternatives: list[tuple[str, ...]] | None = None
+    # How the VAE's latents become the UNet's: (latent − shift) · scaling, from the VAE's config.
+    shift: float = 0.0
+    scaling: float = 1.0
 
     @cached_property
     def first_rows(self) -> torch.Tensor:
@@ -53,17 +61,28 @@ class Examples:
         return torch.tensor(indices)
 
 
+@dataclass(frozen=True)
+class SetAside:
+    """Models of the pipeline that no training step uses (the VAE once the images are encoded; frozen text
+    encoders once the captions are), left out of memory and loaded again only while samples render: so
+    QLoRA's peak holds the quantized UNet and what the step needs, not the whole pipeline."""
+
+    names: tuple[str, ...]
+    load: Callable[[], dict]  # the models of `names`, loaded afresh
+
+
 class LoraTrainee:
-    def __init__(self, pipeline, recipe: TrainRecipe, device: torch.device):
+    def __init__(self, pipeline, recipe: TrainRecipe, device: torch.device, aside: SetAside | None = None):
         from diffusers import DDPMScheduler
 
         from loramix.models.load import is_sdxl
 
-        self.pipeline, self.recipe, self.device = pipeline, recipe, device
+        self.pipeline, self.recipe, self.device, self.aside = pipeline, recipe, device, aside
         self.sdxl = is_sdxl(pipeline)
         self.text_encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)) if e]
         for model in (pipeline.unet, pipeline.vae, *self.text_encoders):
-            model.requires_grad_(False)
+            if model is not None:
+                model.requires_grad_(False)
         from loramix.models.loras import is_quantized
 
         if not is_quantized(pipeline):  # `load_pipeline` quantizes as it loads; a base loaded whole, here
@@ -154,33 +173,16 @@ class LoraTrainee:
 
     # --- data ----------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def cache(self, data: CaptionedImages, flip: bool) -> Examples:
         """Encode every image once (and its mirror image when flipping); with frozen text encoders, every
         caption once too."""
+        self.note_dataset(data)
+        return encode_examples(self.pipeline, data, flip, not self.recipe.train_text_encoder, self.device)
+
+    def note_dataset(self, data: CaptionedImages) -> None:
+        """What samples take from the dataset: its resolution, and its first caption for want of a prompt."""
         self.resolution = data.pixels.shape[-1]
         self.first_caption = data.captions[0]
-        pixels = torch.cat([data.pixels, data.pixels.flip(-1)]) if flip else data.pixels
-        masks = data.masks
-        if masks is not None and flip:
-            masks = torch.cat([masks, masks.flip(-1)])  # a mask flips with its image
-        vae = self.pipeline.vae
-        means, stds = [], []
-        for start in range(0, len(pixels), 32):
-            batch = pixels[start : start + 32].to(self.device, vae.dtype)
-            posterior = vae.encode(batch).latent_dist
-            means.append(posterior.mean.float())
-            stds.append(posterior.std.float())
-        text = None
-        flat = [caption for variants in data.alternatives for caption in variants] if data.alternatives \
-            else data.captions
-        if not self.recipe.train_text_encoder:
-            encoded = [self.encode_text(flat[i : i + 32]) for i in range(0, len(flat), 32)]
-            text = {key: torch.cat([part[key] for part in encoded]) for key in encoded[0]}
-        means = torch.cat(means)
-        latent_masks = None if masks is None else latent_grid(masks, means.shape[-2:]).to(self.device)
-        return Examples(means, torch.cat(stds), list(data.captions), text, len(data), latent_masks,
-                        data.alternatives)
 
     def captions_of(self, examples: Examples, index: torch.Tensor,
                     generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
@@ -195,27 +197,18 @@ class LoraTrainee:
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """The UNet's text conditioning, as the pipeline computes it when it renders."""
-        if not self.sdxl:
-            embeds, _ = self.pipeline.encode_prompt(captions, self.device, 1, False)
-            return {"encoder_hidden_states": embeds}
-        embeds, _, pooled, _ = self.pipeline.encode_prompt(prompt=captions, device=self.device,
-                                                           num_images_per_prompt=1, do_classifier_free_guidance=False)
-        size = self.resolution
-        # SDXL's micro-conditioning: original size, crop corner, target size; the images were not cropped.
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]], device=self.device).repeat(len(captions), 1)
-        return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.to(pooled.dtype)}
+        return text_conditioning(self.pipeline, captions, self.device, self.resolution)
 
     # --- the loss ------------------------------------------------------------------------------------
 
     def loss(self, examples: Examples, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         scheduler = self.noise_scheduler
-        vae_config = self.pipeline.vae.config
         which = index
         if examples.flips:
             which = index + examples.count * (torch.rand(len(index), generator=generator) < 0.5).long()
         mean, std = examples.latent_mean[which], examples.latent_std[which]
         latents = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)  # (B, C, h, w)
-        latents = (latents - (getattr(vae_config, "shift_factor", None) or 0.0)) * vae_config.scaling_factor
+        latents = (latents - examples.shift) * examples.scaling
         noise = torch.randn(latents.shape, generator=generator).to(latents.device)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         timesteps = timesteps.to(latents.device)
@@ -298,12 +291,71 @@ class LoraTrainee:
         for model in models:
             model.eval()
         try:
-            images = render(self.pipeline, settings)
+            with self._set_aside_models_back():
+                images = render(self.pipeline, settings)
         finally:
             for model, mode in zip(models, modes):
                 model.train(mode)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_png(image_grid(images, columns=len(SAMPLE_SEEDS), scale=max(1, 256 // size)), path)
+
+
+    @contextmanager
+    def _set_aside_models_back(self):
+        if self.aside is None:
+            yield
+            return
+        for name, model in self.aside.load().items():
+            setattr(self.pipeline, name, model)
+        try:
+            yield
+        finally:
+            for name in self.aside.names:
+                setattr(self.pipeline, name, None)
+
+
+@torch.no_grad()
+def encode_examples(pipeline, data: CaptionedImages, flip: bool, with_text: bool, device: torch.device) -> Examples:
+    """The training set encoded once by the pipeline's VAE (and mirrored when `flip`); with `with_text`, every
+    caption through its text encoders too."""
+    pixels = torch.cat([data.pixels, data.pixels.flip(-1)]) if flip else data.pixels
+    masks = data.masks
+    if masks is not None and flip:
+        masks = torch.cat([masks, masks.flip(-1)])  # a mask flips with its image
+    vae = pipeline.vae
+    means, stds = [], []
+    for start in range(0, len(pixels), ENCODE_BATCH):
+        batch = pixels[start : start + ENCODE_BATCH].to(device, vae.dtype)
+        posterior = vae.encode(batch).latent_dist
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+    text = None
+    flat = [caption for variants in data.alternatives for caption in variants] if data.alternatives \
+        else data.captions
+    if with_text:
+        size = data.pixels.shape[-1]
+        encoded = [text_conditioning(pipeline, flat[i : i + ENCODE_BATCH], device, size)
+                   for i in range(0, len(flat), ENCODE_BATCH)]
+        text = {key: torch.cat([part[key] for part in encoded]) for key in encoded[0]}
+    means = torch.cat(means)
+    latent_masks = None if masks is None else latent_grid(masks, means.shape[-2:]).to(device)
+    return Examples(means, torch.cat(stds), list(data.captions), text, len(data), latent_masks, data.alternatives,
+                    shift=getattr(vae.config, "shift_factor", None) or 0.0, scaling=vae.config.scaling_factor)
+
+
+def text_conditioning(pipeline, captions: list[str], device: torch.device, size: int) -> dict[str, torch.Tensor]:
+    """The UNet's text conditioning of `captions`, as the pipeline computes it when it renders `size`-pixel
+    images."""
+    from loramix.models.load import is_sdxl
+
+    if not is_sdxl(pipeline):
+        embeds, _ = pipeline.encode_prompt(captions, device, 1, False)
+        return {"encoder_hidden_states": embeds}
+    embeds, _, pooled, _ = pipeline.encode_prompt(prompt=captions, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+    # SDXL's micro-conditioning: original size, crop corner, target size; the images were not cropped.
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], device=device).repeat(len(captions), 1)
+    return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.to(pooled.dtype)}
 
 
 def latent_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

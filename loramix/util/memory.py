@@ -34,10 +34,25 @@ def return_freed_memory_to_the_system() -> None:
     per-layer buffers of loading and quantizing a base are carved from the heap and stay there as holes: SDXL
     quantized as it loads ended at 4.7 GiB resident instead of 1.8. A process-wide setting, so the command line
     makes it once at start; a no-op where the C library is not glibc."""
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def trim_free_heap() -> None:
+    """Give the free pages inside glibc's heap back to the system (malloc_trim): after models are dropped, the
+    holes they leave among small allocations otherwise stay resident. A no-op where the C library is not
+    glibc."""
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+def _glibc(function: str):
+    """A function of glibc, or None where the C library is another."""
     if sys.platform != "linux":
-        return
+        return None
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        return getattr(ctypes.CDLL("libc.so.6"), function)
     except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        return None

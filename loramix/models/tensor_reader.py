@@ -1,0 +1,42 @@
+"""Reading a model's weights from safetensors files one tensor at a time, without the pages read staying
+resident: the files are mapped afresh every few hundred megabytes, so the memory of what was read goes back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+REOPEN_BYTES = 64 * 2**20  # read this much through one mapping of a file, then map it afresh
+
+
+class TensorReader:
+    """Tensors by name from one or more safetensors files, read one at a time."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self._where: dict[str, Path] = {}
+        for path in files:
+            with safe_open(str(path), framework="pt") as f:
+                self._where.update(dict.fromkeys(f.keys(), path))
+        self._open: tuple[Path, object] | None = None
+        self._read_since_open = 0
+
+    def keys(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, key: str, device: torch.device) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path = self._where[key]
+        if self._open is None or self._open[0] != path or self._read_since_open > REOPEN_BYTES:
+            self.close()
+            self._open = (path, safe_open(str(path), framework="pt"))
+            self._read_since_open = 0
+        tensor = self._open[1].get_tensor(key)
+        self._read_since_open += tensor.numel() * tensor.element_size()
+        return tensor.to(device)
+
+    def close(self) -> None:
+        self._open = None  # the mapping goes with the handle
