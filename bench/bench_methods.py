@@ -11,7 +11,9 @@ the base alone, each LoRA alone (exact) and every method in `loramix.choices.REN
 there, so a method added later is benched too; one that needs inputs the bench lacks is skipped with a note;
 sequential, which renders one image at a time, only when --methods names it). merge-svd merges to rank 8;
 ties and dare keep density 0.5. regional gives each LoRA its attribute's box (below) as its mask: the region a
-user would paint for it.
+user would paint for it. fusion (`compose --method fusion`) records each LoRA's layer inputs from its
+attribute's TUNE phrasings of bench/heldout.py and renders the fused whole differences. The first rows are the
+ceiling: a LoRA trained on faces wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loramix.choices import RENDER_METHODS, SEQUENTIAL
+from loramix.choices import FUSION, RENDER_METHODS, SEQUENTIAL
 from loramix.cli.quiet import quiet_libraries
 from loramix.errors import LoramixError
 from loramix.lora.specs import WeightedFile
@@ -161,6 +163,30 @@ def render_all(pipeline, loras: PipelineLoras, files: tuple[WeightedFile, ...], 
     return Rendered(images, (time.perf_counter() - start) / len(jobs))
 
 
+def fusion_file(pipeline, loras: PipelineLoras, files: dict[str, WeightedFile], names: tuple[str, ...],
+                folder: Path) -> tuple[WeightedFile, float]:
+    """The LoRAs of `names` fused by activation matching (`compose --method fusion`), their layer inputs recorded
+    from each attribute's TUNE phrasings (bench/heldout.py: none is a phrasing measured here), written as whole
+    differences: (the file at weight 1, the seconds recording and solving took)."""
+    from heldout import TUNE
+
+    from loramix.formats.read import read_weighted
+    from loramix.formats.write import write_adapter
+    from loramix.lora.fusion import compose_fusion, fusable_keys
+    from loramix.render.activations import FusionPrompts, record_fusion_grams
+
+    start = time.perf_counter()
+    ordered = [files[name] for name in names]
+    weighted = read_weighted(ordered)
+    prompts = [FusionPrompts(TUNE[name], "bench/heldout.py TUNE") for name in names]
+    grams = record_fusion_grams(pipeline, loras, ordered, prompts, fusable_keys(weighted), DEFAULT_STEPS,
+                                DEFAULT_GUIDANCE, SIZE)
+    fused, _ = compose_fusion(weighted, grams, names=[f.path for f in ordered])
+    path = folder / f"fusion-{'+'.join(names)}.safetensors"
+    write_adapter(fused, path, format="full-diff")
+    return WeightedFile(str(path), 1.0), time.perf_counter() - start
+
+
 def composition_of(method: str) -> Composition:
     return Composition(method, rank=8 if method == "merge-svd" else None)
 
@@ -181,7 +207,7 @@ def main() -> None:
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",
                         help="Weight of each LoRA, the same for every method.")
     parser.add_argument("--seeds", default="1000-1031", help="Seeds, e.g. 1000-1127 or 1000,1002.")
-    parser.add_argument("--methods", default=",".join(m for m in RENDER_METHODS if m not in UNBATCHED))
+    parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED), FUSION]))
     parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
     parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
@@ -223,7 +249,11 @@ def main() -> None:
         rows += [(method, "/".join(f"{files[n].weight:g}" for n in names),
                   tuple(replace(files[n], mask=masks[n]) if method == "regional" else files[n] for n in names),
                   method, names)
-                 for method in methods]
+                 for method in methods if method != FUSION]
+        if FUSION in methods:
+            fused, seconds = fusion_file(pipeline, loras, files, names, scratch)
+            print(f"(fusion: layer inputs recorded and solved in {seconds:.0f} s)", flush=True)
+            rows.append((FUSION, "/".join(f"{files[n].weight:g}" for n in names), (fused,), "exact", names))
         for label, weight_text, row_files, method, region_names in rows:
             try:
                 result = base if label == "base" else render_all(pipeline, loras, row_files, composition_of(method),
@@ -242,7 +272,7 @@ def main() -> None:
                 top, outside = (f"{figure:.1f}" for figure in figures)
             print(f"| {label} | {weight_text} | {' | '.join(shown)} | {every:.0%} | {face:.0%} | {top} | {outside} | "
                   f"{result.seconds_per_image:.3f} |", flush=True)
-            if args.grid and label in ("base", args.grid_method):
+            if args.grid and label in ("base", "joint LoRA (the ceiling)", args.grid_method):
                 grid_rows.append(result.images[: min(GRID_SEEDS, len(seeds))])  # the first phrasing's
                 grid_labels.append(f"{len(names)} LoRAs, {label}" if label != "base" else f"base ({len(names)})")
     if args.grid and grid_rows:

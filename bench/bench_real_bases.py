@@ -107,7 +107,7 @@ def switching(folder: Path, switches: int) -> dict[str, float]:
             write_adapter(random_adapter(shapes, 16, 16.0, seed), files[-1])
         loras = PipelineLoras(pipeline)
         loras.apply([WeightedFile(files[0], 0.8)])
-        layers = [loras._layer(key) for key in shapes]
+        layers = [loras.layer(key) for key in shapes]
         loras.apply([])
         originals = [layer.weight.detach().clone() for layer in layers]  # for the drift check only
         touched = sum(w.numel() * w.element_size() for w in originals)

@@ -16,6 +16,8 @@ DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 # Methods that turn weighted LoRAs into one LoRA (a file, or a fused update).
 PRUNING_MERGES = ("ties", "dare", "dare_ties")  # peft's merges of the full ΔWᵢ: not additive by design
 FILE_METHODS = ("exact", "merge-svd", *PRUNING_MERGES)
+# Activation-matched fusion: a file method that needs the base, to record each LoRA's layer inputs.
+FUSION = "fusion"
 # Methods that keep the LoRAs apart while rendering.
 GENERATION_METHODS = ("switch", "composite", "regional")
 SEQUENTIAL = "sequential"

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from loramix.choices import DEFAULT_FORMAT, DTYPES, FILE_METHODS, GENERATION_METHODS, OUTPUT_FORMATS, QUANTIZE_MODES
+from loramix.choices import (
+    DEFAULT_FORMAT,
+    DTYPES,
+    FILE_METHODS,
+    FUSION,
+    GENERATION_METHODS,
+    OUTPUT_FORMATS,
+    QUANTIZE_MODES,
+)
 from loramix.cli.options import TAGS_HELP, image_size_options, lora_folders_option
 from loramix.errors import LoramixError
 from loramix.lora.specs import parse_weight_spec
@@ -16,10 +24,15 @@ from loramix.render.scheduled import check_method
 @click.command()
 @click.argument("specs", nargs=-1, required=True, metavar="FILE[:WEIGHT]...")
 @click.option("-o", "--output", type=click.Path(), help="Write the composed LoRA file here.")
-@click.option("--method", type=click.Choice(FILE_METHODS + GENERATION_METHODS), default="exact", show_default=True,
+@click.option("--method", type=click.Choice((*FILE_METHODS, FUSION, *GENERATION_METHODS)), default="exact",
+              show_default=True,
               help="exact: Σ wᵢ·ΔWᵢ. merge-svd: its best rank-R approximation. ties/dare/dare_ties: peft's merges "
-                   "of the full ΔWᵢ (not additive). switch/composite: combine the LoRAs while denoising "
-                   "(rendering only).")
+                   "of the full ΔWᵢ (not additive). fusion: the update that does what each LoRA does to the layer "
+                   "inputs of its own prompts (Mix-of-Show; renders with the base to record them; needs -o). "
+                   "switch/composite/regional: combine the LoRAs while denoising (rendering only).")
+@click.option("--lora-prompt", "lora_prompts", multiple=True, metavar="NAME=PROMPT",
+              help="fusion: a prompt that calls up the LoRA NAME (its file name without .safetensors), to record "
+                   "its layer inputs from; repeat for more prompts or LoRAs. Default: the file's trigger words.")
 @click.option("--rank", type=click.IntRange(min=1),
               help="Reduce to this rank by truncated SVD and report the error. Default: exact keeps the sum of "
                    "ranks, merge-svd takes the largest input rank, ties/dare the sum of ranks.")
@@ -59,9 +72,9 @@ from loramix.render.scheduled import check_method
               help="--sequential: how much of each image a stage may change.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=Path("composed"),
               show_default=True, help="Folder for the rendered PNGs and grid.png.")
-def compose(specs, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, prompt, lora_folders,
-            count, negative_prompt, steps, guidance, width, height, base, base_dtype, quantize, every, batch_size,
-            sequential, strength, images) -> None:
+def compose(specs, output, method, lora_prompts, rank, density, seed, file_format, dtype, allow_nonfinite, prompt,
+            lora_folders, count, negative_prompt, steps, guidance, width, height, base, base_dtype, quantize, every,
+            batch_size, sequential, strength, images) -> None:
     """Combine LoRA files with weights: `loramix compose a.safetensors:0.7 b.safetensors:0.5 -o ab.safetensors`,
     and with --prompt render the combination. `a.safetensors:0.8:lbw=INS` adds per-block weights; with --prompt a
     weight may follow a step schedule: `a.safetensors:0.8@0.3-1` (0.8 from 30% of the steps to the end) or
@@ -79,18 +92,25 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
     from loramix.render.regions import check_masks
 
     check_masks(weighted_files, "sequential" if sequential else method)
+    given_prompts = _lora_prompts(lora_prompts, method)
+    if method == FUSION and output is None:
+        raise LoramixError("--method fusion writes a file: give -o FILE (--prompt then renders it)")
     if method in GENERATION_METHODS and output is not None:
         raise LoramixError(f"--method {method} combines LoRAs while denoising, so there is no file to write: "
                            "drop -o, or use exact, merge-svd, ties or dare")
     if method in GENERATION_METHODS and prompt is None:
         raise LoramixError(f"--method {method} combines LoRAs while rendering: give --prompt")
-    if prompt is not None:
+    if prompt is not None and method != FUSION:
         check_method(weighted_files, "sequential" if sequential else method)
     if sequential and prompt is None:
         raise LoramixError("--sequential renders: give --prompt")
     if output is None and prompt is None:
         raise LoramixError("nothing to do: give -o FILE to write the composition, --prompt to render it, or both")
-    if output is not None:
+    if method == FUSION:
+        grams = _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize)
+        _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, grams)
+        weighted_files, method = [parse_weight_spec(str(output))], "exact"  # --prompt renders the fused file
+    elif output is not None:
         _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite)
     if prompt is not None:
         from loramix.render.core import Composition
@@ -101,11 +121,45 @@ def compose(specs, output, method, rank, density, seed, file_format, dtype, allo
                 base, base_dtype, quantize, batch_size, images)
 
 
-def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite) -> None:
+def _lora_prompts(options: tuple[str, ...], method: str) -> dict[str, list[str]]:
+    """`--lora-prompt NAME=PROMPT` options → {NAME: [PROMPT, …]}, for the one method that uses them."""
+    if options and method != FUSION:
+        raise LoramixError(f"--lora-prompt: --method {method} does not use per-LoRA prompts (only fusion does)")
+    given: dict[str, list[str]] = {}
+    for option in options:
+        name, equals, text = option.partition("=")
+        if not equals or not name.strip() or not text.strip():
+            raise LoramixError(f"--lora-prompt {option!r}: write NAME=PROMPT, e.g. mustache='a face with a mustache'")
+        given.setdefault(name.strip(), []).append(text.strip())
+    return given
+
+
+def _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize) -> list[dict]:
+    """Each LoRA's layer-input Gram matrices, rendered on the base with it alone (see render.activations)."""
+    from loramix.cli.quiet import quiet_libraries
+    from loramix.cli.status import TerminalStatus
+    from loramix.formats.read import read_weighted
+    from loramix.lora.fusion import fusable_keys
+    from loramix.models.load import load_base
+    from loramix.models.loras import PipelineLoras
+    from loramix.render.activations import fusion_prompts, record_fusion_grams
+
+    quiet_libraries()
+    status = TerminalStatus()
+    loaded = load_base(base, base_dtype, quantize, status=status)
+    loras = PipelineLoras(loaded.pipeline)
+    prompts = fusion_prompts(weighted_files, given_prompts, loras.read)
+    keys = fusable_keys(read_weighted(weighted_files))
+    return record_fusion_grams(loaded.pipeline, loras, weighted_files, prompts, keys, steps or loaded.steps,
+                               loaded.guidance, loaded.size, status)
+
+
+def _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite,
+                grams=None) -> None:
     from loramix.jobs.compose_file import write_composition
 
     written = write_composition(weighted_files, output, method, rank, density, seed, file_format, dtype,
-                                allow_nonfinite)
+                                allow_nonfinite, grams)
     ranks = f"rank {', '.join(map(str, written.ranks))}" if written.ranks else "whole differences"
     click.echo(f"wrote {output}: {written.modules} modules, {ranks}, "
                f"{file_format} naming, {str(written.dtype).removeprefix('torch.')}")

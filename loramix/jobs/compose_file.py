@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from loramix.choices import DEFAULT_FORMAT
+from loramix.choices import DEFAULT_FORMAT, FUSION
+from loramix.errors import LoramixError
 from loramix.lora.compose import SvdReport, compose_by_method
 from loramix.lora.specs import WeightedFile
 from loramix.models.precision import BY_NAME
@@ -26,18 +27,30 @@ class WrittenComposition:
 def write_composition(files: list[WeightedFile], output: str | os.PathLike, method: str = "exact",
                       rank: int | None = None, density: float = 0.5, seed: int = 0,
                       file_format: str = DEFAULT_FORMAT, dtype: str | None = None,
-                      allow_nonfinite: bool = False) -> WrittenComposition:
+                      allow_nonfinite: bool = False, grams: list[dict] | None = None) -> WrittenComposition:
     """Read `files` (with their block weights), compose them by `method` and write the result atomically,
     recording its inputs (paths as given, with their weights) and method in the header. `full-diff` writes each
-    module's whole ΔW, which LyCORIS modules need to be summed exactly."""
+    module's whole ΔW, which LyCORIS modules need to be summed exactly. `fusion` needs each file's Gram
+    matrices (`grams`, from loramix.render.activations) and is written at `rank` (default: the sum of the
+    input ranks) unless `full-diff`."""
     from loramix.formats.metadata import composition_metadata
     from loramix.formats.read import read_weighted
     from loramix.formats.write import write_adapter
 
     weighted = read_weighted(files)
     adapters = [a for a, _ in weighted]
-    result, report = compose_by_method(weighted, method, rank, density, seed, [wf.path for wf in files],
-                                       allow_nonfinite, dense=file_format == "full-diff")
+    names = [wf.path for wf in files]
+    if method == FUSION:
+        from loramix.lora.fusion import compose_fusion
+
+        if grams is None:
+            raise LoramixError("fusion needs the Gram matrices of each LoRA's layer inputs: record them first")
+        whole = file_format == "full-diff"
+        result, report = compose_fusion(weighted, grams, None if whole else rank or sum(
+            max(a.ranks or [1]) for a in adapters), names)
+    else:
+        result, report = compose_by_method(weighted, method, rank, density, seed, names, allow_nonfinite,
+                                           dense=file_format == "full-diff")
     out_dtype = output_dtype(dtype, adapters)
     result.modules = {key: module.to(out_dtype) for key, module in result.modules.items()}
     recipe = " ".join(wf.spec for wf in files)

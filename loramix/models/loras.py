@@ -148,7 +148,7 @@ class PipelineLoras:
         from loramix.models.fuse import fuse_reversibly
 
         for key, module in adapter.modules.items():
-            self._fused[key] = fuse_reversibly(self._layer(key), module, name=key)
+            self._fused[key] = fuse_reversibly(self.layer(key), module, name=key)
 
     def restore_bytes(self) -> int:
         """Memory kept to take the fused set out again (factors and the weights rounding moved)."""
@@ -160,7 +160,7 @@ class PipelineLoras:
     def _apply_dora(self, adapter: LoraAdapter, weight: float) -> None:
         for key, module in adapter.modules.items():
             if module.kind == "DoRA":
-                layer = self._layer(key)
+                layer = self.layer(key)
                 if key not in self._before_dora:  # not additive, so not undone by subtracting: a copy
                     self._before_dora[key] = layer.weight.detach().clone()
                 layer.weight.copy_(module.scaled(weight).applied(layer.weight))
@@ -170,13 +170,14 @@ class PipelineLoras:
         from loramix.models.fuse import unfuse
 
         for key, before in self._before_dora.items():  # DoRA went on last, onto the sum: it comes off first
-            self._layer(key).weight.copy_(before)
+            self.layer(key).weight.copy_(before)
         self._before_dora.clear()
         for key, update in self._fused.items():
-            unfuse(self._layer(key), update)
+            unfuse(self.layer(key), update)
         self._fused.clear()
 
-    def _layer(self, key: str) -> torch.nn.Module:
+    def layer(self, key: str) -> torch.nn.Module:
+        """The pipeline's layer that the module key names (`unet.down_blocks.0…to_q`), inside peft's wrapper."""
         from loramix.models.fuse import resolve_module
 
         if key not in self._layers:  # peft may wrap the layer later; the wrapper's weight is this layer's
