@@ -31,7 +31,7 @@ from loramix.lora.adapter import LoraAdapter
 from loramix.lora.compose import Weighted, _check, _dense_sums, _stacked_factors, compose_svd
 from loramix.lora.lycoris_modules import FullModule
 
-DEFAULT_RIDGE = 1e-3
+DEFAULT_RIDGE = 0.03  # chosen on the TUNE seeds and phrasings: 1e-3 kept 15% of pairs, 0.03 46%, 0.3 35%
 
 
 def fused_delta(deltas: list[torch.Tensor], grams: list[torch.Tensor], ridge: float = DEFAULT_RIDGE) -> torch.Tensor:

@@ -35,7 +35,7 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     tokenizers instead of the published ones shipped with loramix: for checkpoints of other sizes. The models
     named in `skip` are not read (None in the pipeline)."""
     from loramix.models.precision import choose_dtype, name_of
-    from loramix.models.tensor_reader import TensorReader
+    from loramix.models.tensor_reader import REOPEN_BYTES, REOPEN_BYTES_UNQUANTIZED, TensorReader
 
     path = Path(path)
     architecture = recognise(path)
@@ -47,7 +47,7 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     _check_header(path, architecture, models, sources)
     status(f"loading {path.name} ({architecture.name} single file) in {name_of(dtype)}"
            + (f", {quantize}" if quantize != "none" else "") + only_these(list(models), skip))
-    reader = TensorReader([path])
+    reader = TensorReader([path], REOPEN_BYTES if quantize != "none" else REOPEN_BYTES_UNQUANTIZED)
     try:
         # Text encoders first: quantized, they are small before the UNet arrives.
         for number, name in enumerate(sorted(models, key=("text_encoder", "text_encoder_2", "unet", "vae").index)):
