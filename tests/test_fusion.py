@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from loramix.cli import main
 from loramix.lora.adapter import LoraAdapter, LoraModule
-from loramix.lora.fusion import compose_fusion, fused_delta, fusable_keys
+from loramix.lora.fusion import compose_fusion, fusable_keys, fused_delta
 from loramix.render.activations import input_grams
 from loramix.testing import assert_clean_error
 
@@ -44,7 +44,8 @@ def test_loras_reading_disjoint_inputs_each_keep_their_effect_where_the_sum_adds
     alone and the other's change does not leak in; the exact sum gives LoRA 2's change to LoRA 1's inputs."""
     generator = torch.Generator().manual_seed(1)
     basis = torch.linalg.qr(torch.randn(12, 12, generator=generator))[0]
-    inputs = [basis[:, :5] @ torch.randn(5, 40, generator=generator), basis[:, 5:] @ torch.randn(7, 40, generator=generator)]
+    inputs = [basis[:, :5] @ torch.randn(5, 40, generator=generator),
+              basis[:, 5:] @ torch.randn(7, 40, generator=generator)]
     deltas = [torch.randn(8, 12, generator=generator) for _ in range(2)]
     fused = fused_delta(deltas, [x @ x.T / 40 for x in inputs], ridge=1e-6)
     for delta, x in zip(deltas, inputs):
