@@ -120,6 +120,31 @@ def test_a_dropped_task_never_runs_and_a_failing_one_does_not_stop_the_worker():
         worker.stop()
 
 
+def test_a_ctrl_c_between_taking_a_task_and_running_it_still_answers_its_caller_on_stop():
+    """The server's main thread takes a task from the queue and is interrupted before running it: stop must
+    fail that task's future, or its caller (a web thread) waits forever and the process never exits."""
+    from loramix.serve.worker import WorkerStopped
+
+    worker = RenderWorker()
+    taken = worker.submit(("t", "a"), lambda: "never runs")
+    waiting = worker.submit(("t", "b"), lambda: "never runs either")
+
+    original = worker._waiting.popitem
+
+    def pop_then_interrupt(last=True):  # the Ctrl-C lands right after the task left the queue
+        item = original(last=last)
+        item[1][1].set_running_or_notify_cancel()
+        raise KeyboardInterrupt
+
+    worker._waiting.popitem = pop_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        worker.run()
+    worker.stop()
+    for future in (taken, waiting):
+        with pytest.raises(WorkerStopped):
+            future.result(1)
+
+
 def test_a_ctrl_c_while_a_result_is_handed_over_ends_the_loop_as_a_ctrl_c():
     """The server renders on its main thread, where Ctrl-C lands: arriving while a finished task's caller is
     woken (its future's callbacks run), it must stop the loop as a KeyboardInterrupt, which serve turns into a

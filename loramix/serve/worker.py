@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 from loramix.errors import LoramixError
@@ -43,6 +43,9 @@ class WorkerStats:
 class RenderWorker:
     def __init__(self):
         self._waiting: OrderedDict[tuple[str, str], tuple[Callable[[], object], Future]] = OrderedDict()
+        # Every future handed out and not yet resolved, so that `stop` can fail one a Ctrl-C caught between
+        # leaving the queue and running: its caller would otherwise wait forever, and so would the exit.
+        self._unresolved: set[Future] = set()
         self._condition = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -90,6 +93,8 @@ class RenderWorker:
                 old[1].set_exception(Superseded("a newer request took this one's place"))
                 self.stats.superseded += 1
             self._waiting[slot] = (task, future)
+            self._unresolved.add(future)
+            future.add_done_callback(self._unresolved.discard)
             self.stats.most_waiting = max(self.stats.most_waiting, len(self._waiting))
             self._condition.notify()
         return future
@@ -116,10 +121,17 @@ class RenderWorker:
         """Let the running task finish, fail the waiting ones, and end the loop (and its thread, if `start`ed)."""
         with self._condition:
             self._stopping = True
-            for _, future in self._waiting.values():
-                if future.set_running_or_notify_cancel():
-                    future.set_exception(WorkerStopped("the server is stopping"))
             self._waiting.clear()
+            elsewhere = self._thread is not None and self._thread is not threading.current_thread() \
+                and self._thread.is_alive()
+            for future in list(self._unresolved):
+                if future.running() and elsewhere:
+                    continue  # the task running on the worker's own thread resolves it
+                if future.running() or future.set_running_or_notify_cancel():
+                    try:
+                        future.set_exception(WorkerStopped("the server is stopping"))
+                    except InvalidStateError:  # resolved meanwhile by the task's own thread
+                        pass
             self._condition.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
