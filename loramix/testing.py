@@ -84,10 +84,13 @@ CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver: nothing is d
 CHROMIUM = "/usr/bin/chromium"
 
 
-def start_server(folders: list[str], cwd, log, base: str = "toy", env: dict | None = None):
+def start_server(folders: list[str], cwd, log, base: str = "toy", env: dict | None = None,
+                 sigint_ignored: bool = False):
     """`loramix serve` on 127.0.0.1 and a free port, started in its own process with its stderr going to the
-    file `log`: (process, url). The caller stops it (`stop_server`)."""
+    file `log`: (process, url). The caller stops it (`stop_server`). `sigint_ignored` starts it as a shell
+    starts a background job, with SIGINT ignored."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -95,8 +98,11 @@ def start_server(folders: list[str], cwd, log, base: str = "toy", env: dict | No
     for folder in folders:
         command += ["--loras", str(folder)]
     with open(log, "w") as errors:
+        # PYTHONFAULTHANDLER: a server that will not stop dumps every thread's stack into `log` (stop_server)
         process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=errors, text=True,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
+                                   preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                                   if sigint_ignored else None)
     line = process.stdout.readline()  # the address, printed once the socket is bound; "" if it died
     if not line.startswith("loramix serve: http://"):
         process.kill()
@@ -114,8 +120,12 @@ def stop_server(process) -> int:
     try:
         return process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
+        process.send_signal(signal.SIGABRT)  # the stacks of its threads go to its log (PYTHONFAULTHANDLER)
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
 
 
 def headless_chromium(download_dir=None, width: int = 1280, height: int = 1400):

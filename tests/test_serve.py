@@ -241,6 +241,15 @@ def server(tmp_path_factory):
         assert stop_server(process) == 0  # Ctrl-C stops it cleanly
 
 
+def test_a_server_started_as_a_background_job_still_stops_on_ctrl_c(tmp_path):
+    """`loramix serve &` inherits SIGINT ignored from the shell; the server takes it back, so Ctrl-C (SIGINT)
+    stops it cleanly all the same."""
+    process, url = start_server(["."], cwd=tmp_path, log=tmp_path / "server.log", env={"OMP_NUM_THREADS": "1"},
+                                sigint_ignored=True)
+    assert call(url, "/")[0] == 200  # serving, past its start-up
+    assert stop_server(process) == 0, (tmp_path / "server.log").read_text()[-2000:]
+
+
 def call(url: str, path: str, body: dict | None = None, timeout: float = TIMEOUT) -> tuple[int, dict | bytes]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url.rstrip("/") + path, data=data, method="GET" if data is None else "POST",

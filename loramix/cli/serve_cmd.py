@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -38,6 +39,9 @@ def serve(base, folders, host, port) -> None:
     from loramix.serve.worker import RenderWorker
 
     quiet_libraries()
+    # A shell starts background jobs (`loramix serve &`) with SIGINT ignored, and Python then leaves it
+    # ignored: the server could not be stopped the way the line below promises.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     library = LoraLibrary(list(folders) or ["."])
     listener = listen(host, port)
     worker = RenderWorker()
