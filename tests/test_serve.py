@@ -241,6 +241,7 @@ def server(tmp_path_factory):
         assert stop_server(process) == 0  # Ctrl-C stops it cleanly
 
 
+@pytest.mark.slow  # a server process of its own, loaded and stopped
 def test_a_server_started_as_a_background_job_still_stops_on_ctrl_c(tmp_path):
     """`loramix serve &` inherits SIGINT ignored from the shell; the server takes it back, so Ctrl-C (SIGINT)
     stops it cleanly all the same."""
