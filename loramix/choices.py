@@ -2,6 +2,7 @@
 and the library checks against the same tuples. Imports nothing."""
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # the parts of a pipeline a LoRA can change
+MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")  # a pipeline's parts that hold weights
 QUANTIZE_MODES = ("nf4", "int8", "none")
 # LoRA file namings loramix writes. kohya's is the default: A1111, ComfyUI, kohya and diffusers all load it,
 # while ComfyUI drops the UNet attention projections of diffusers/peft names.

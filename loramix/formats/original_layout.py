@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from loramix.choices import MODELS
 from loramix.errors import LoramixError
 from loramix.formats.metadata import SAFETENSORS_FORMAT
 from loramix.util.atomic import atomic_path
@@ -86,9 +87,6 @@ class Source:
         return stored
 
 
-COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-
-
 def original_sources(unet, vae, text_encoder, text_encoder_2=None) -> dict[str, dict[str, Source]]:
     """For each component ("unet", "vae", "text_encoder", "text_encoder_2"), where each of its weights, by its
     name in the model's state dict, lies in the original layout. The models may be empty (on the meta device):
@@ -113,7 +111,7 @@ def original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[st
     """Every weight of the pipeline under its original name, in the dtype it is stored in."""
     _check_fit(unet, text_encoder, text_encoder_2)
     _check_floats(unet, vae, text_encoder, text_encoder_2)
-    models = dict(zip(COMPONENTS, (unet, vae, text_encoder, text_encoder_2)))
+    models = dict(zip(MODELS, (unet, vae, text_encoder, text_encoder_2)))
     tensors: dict[str, torch.Tensor] = {}
     parts: dict[str, dict[int, torch.Tensor]] = {}
     for component, sources in original_sources(unet, vae, text_encoder, text_encoder_2).items():

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from loramix.choices import MODELS
 from loramix.models.precision import cast_floats
 from loramix.util.progress import Status
 
-MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")  # a pipeline's parts that hold weights
 SAID = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder", "text_encoder_2": "second text encoder"}
 
 

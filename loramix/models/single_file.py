@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from loramix.errors import BaseLoadError
-from loramix.formats.original_layout import COMPONENTS, Source, original_sources
+from loramix.formats.original_layout import Source, original_sources
 from loramix.models.architectures import Architecture, architecture_folder, recognise, tokenizers
-from loramix.models.placement import SAID, only_these
+from loramix.models.placement import MODELS, SAID, only_these
 from loramix.util.progress import Status
 
 
@@ -42,7 +42,7 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     dtype = choose_dtype(dtype, [path], device)
     folder = Path(config) if config is not None else architecture_folder(architecture.folder)
     empty = _empty_models(folder)
-    sources = original_sources(*(empty.get(name) for name in COMPONENTS))
+    sources = original_sources(*(empty.get(name) for name in MODELS))
     models = {name: model for name, model in empty.items() if name not in skip}
     _check_header(path, architecture, models, sources)
     status(f"loading {path.name} ({architecture.name} single file) in {name_of(dtype)}"
@@ -78,7 +78,7 @@ def _empty_models(folder: Path) -> dict[str, nn.Module]:
     index = json.loads((folder / "model_index.json").read_text())
     models = {}
     with init_empty_weights():
-        for name in COMPONENTS:
+        for name in MODELS:
             if name not in index:
                 continue
             library, class_name = index[name]
