@@ -28,7 +28,7 @@ import torch
 
 from loramix.errors import LoramixError
 from loramix.lora.adapter import LoraAdapter
-from loramix.lora.compose import Weighted, _check, _dense_sums, _stacked_factors, compose_svd
+from loramix.lora.compose import Weighted, _check, _dense_sums, compose_svd
 from loramix.lora.lycoris_modules import FullModule
 
 DEFAULT_RIDGE = 0.03  # chosen on the TUNE seeds and phrasings: 1e-3 kept 15% of pairs, 0.03 46%, 0.3 35%
@@ -66,16 +66,13 @@ def compose_fusion(weighted: Weighted, grams: list[dict[str, torch.Tensor]], ran
     if len(grams) != len(weighted):
         raise LoramixError(f"fusion: Gram matrices for {len(grams)} LoRAs, {len(weighted)} LoRAs given")
     solved = fusable_keys(weighted)
-    factors = _stacked_factors(weighted, solved)
     modules = {}
     for key in solved:
         missing = [name for name, recorded in zip(names, grams) if key not in recorded]
         if missing:
             raise LoramixError(f"fusion: no inputs were recorded for module {key} while {missing[0]} rendered")
-        down, up = factors[key]
-        width = down.shape[1]
-        deltas = [(w * a.modules[key].delta()) if key in a.modules else torch.zeros(up.shape[0], width)
-                  for a, w in weighted]
+        shape = next(a.modules[key].flat_shape for a, _ in weighted if key in a.modules)
+        deltas = [(w * a.modules[key].delta()) if key in a.modules else torch.zeros(shape) for a, w in weighted]
         modules[key] = FullModule(fused_delta(deltas, [recorded[key] for recorded in grams], ridge))
     others = [key for adapter, _ in weighted for key in adapter.modules if key not in solved]
     for key, delta in _dense_sums(weighted, list(dict.fromkeys(others))).items():

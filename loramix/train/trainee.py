@@ -75,10 +75,7 @@ class LoraTrainee:
     def __init__(self, pipeline, recipe: TrainRecipe, device: torch.device, aside: SetAside | None = None):
         from diffusers import DDPMScheduler
 
-        from loramix.models.load import is_sdxl
-
         self.pipeline, self.recipe, self.device, self.aside = pipeline, recipe, device, aside
-        self.sdxl = is_sdxl(pipeline)
         self.text_encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)) if e]
         for model in (pipeline.unet, pipeline.vae, *self.text_encoders):
             if model is not None:
