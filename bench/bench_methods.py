@@ -172,16 +172,14 @@ def fusion_file(pipeline, loras: PipelineLoras, files: dict[str, WeightedFile], 
 
     from loramix.formats.read import read_weighted
     from loramix.formats.write import write_adapter
-    from loramix.lora.fusion import compose_fusion, fusable_keys
+    from loramix.lora.fusion import compose_fusion
     from loramix.render.activations import FusionPrompts, record_fusion_grams
 
     start = time.perf_counter()
     ordered = [files[name] for name in names]
-    weighted = read_weighted(ordered)
     prompts = [FusionPrompts(TUNE[name], "bench/heldout.py TUNE") for name in names]
-    grams = record_fusion_grams(pipeline, loras, ordered, prompts, fusable_keys(weighted), DEFAULT_STEPS,
-                                DEFAULT_GUIDANCE, SIZE)
-    fused, _ = compose_fusion(weighted, grams, names=[f.path for f in ordered])
+    grams = record_fusion_grams(pipeline, loras, ordered, prompts, DEFAULT_STEPS, DEFAULT_GUIDANCE, SIZE)
+    fused, _ = compose_fusion(read_weighted(ordered), grams, names=[f.path for f in ordered])
     path = folder / f"fusion-{'+'.join(names)}.safetensors"
     write_adapter(fused, path, format="full-diff")
     return WeightedFile(str(path), 1.0), time.perf_counter() - start

@@ -138,8 +138,6 @@ def _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quant
     """Each LoRA's layer-input Gram matrices, rendered on the base with it alone (see render.activations)."""
     from loramix.cli.quiet import quiet_libraries
     from loramix.cli.status import TerminalStatus
-    from loramix.formats.read import read_weighted
-    from loramix.lora.fusion import fusable_keys
     from loramix.models.load import load_base
     from loramix.models.loras import PipelineLoras
     from loramix.render.activations import fusion_prompts, record_fusion_grams
@@ -149,8 +147,7 @@ def _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quant
     loaded = load_base(base, base_dtype, quantize, status=status)
     loras = PipelineLoras(loaded.pipeline)
     prompts = fusion_prompts(weighted_files, given_prompts, loras.read)
-    keys = fusable_keys(read_weighted(weighted_files))
-    return record_fusion_grams(loaded.pipeline, loras, weighted_files, prompts, keys, steps or loaded.steps,
+    return record_fusion_grams(loaded.pipeline, loras, weighted_files, prompts, steps or loaded.steps,
                                loaded.guidance, loaded.size, status)
 
 

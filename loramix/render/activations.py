@@ -75,10 +75,14 @@ def input_grams(layers: dict[str, torch.nn.Module], run: Callable[[], object]) -
     return {key: sums[key] / counts[key] for key in sums}
 
 
-def record_fusion_grams(pipeline, loras, files: list[WeightedFile], prompts: list[FusionPrompts], keys: list[str],
-                        steps: int, guidance: float, size: int, status=None) -> list[dict[str, torch.Tensor]]:
-    """Each LoRA's Gram matrices at the layers `keys`, recorded while it alone renders its prompts at
-    `RECORD_SEEDS` (`loras` is the pipeline's `PipelineLoras`; it is left with no LoRA on)."""
+def record_fusion_grams(pipeline, loras, files: list[WeightedFile], prompts: list[FusionPrompts], steps: int,
+                        guidance: float, size: int, status=None) -> list[dict[str, torch.Tensor]]:
+    """Each LoRA's Gram matrices at the layers fusion solves (`lora.fusion.fusable_keys`), recorded while it
+    alone renders its prompts at `RECORD_SEEDS` (`loras` is the pipeline's `PipelineLoras`, which has read the
+    files once; it is left with no LoRA on)."""
+    from loramix.lora.fusion import fusable_keys
+
+    keys = fusable_keys([(loras.read(wf.path), wf.weight) for wf in files])
     layers = {key: loras.layer(key) for key in keys}
     grams = []
     try:
