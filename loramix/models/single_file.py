@@ -44,10 +44,10 @@ def load_single_file(path: Path, dtype, quantize: str, quantize_convs: bool, dev
     empty = _empty_models(folder)
     sources = original_sources(*(empty.get(name) for name in MODELS))
     models = {name: model for name, model in empty.items() if name not in skip}
-    _check_header(path, architecture, models, sources)
+    reader = TensorReader([path], REOPEN_BYTES if quantize != "none" else REOPEN_BYTES_UNQUANTIZED)
+    _check_header(path, architecture, models, sources, reader.shapes())
     status(f"loading {path.name} ({architecture.name} single file) in {name_of(dtype)}"
            + (f", {quantize}" if quantize != "none" else "") + only_these(list(models), skip))
-    reader = TensorReader([path], REOPEN_BYTES if quantize != "none" else REOPEN_BYTES_UNQUANTIZED)
     try:
         # Text encoders first: quantized, they are small before the UNet arrives.
         for number, name in enumerate(sorted(models, key=("text_encoder", "text_encoder_2", "unet", "vae").index)):
@@ -92,13 +92,9 @@ def _empty_models(folder: Path) -> dict[str, nn.Module]:
 
 
 def _check_header(path: Path, architecture: Architecture, models: dict[str, nn.Module],
-                  sources: dict[str, dict[str, Source]]) -> None:
-    """Every weight the models need is in the file at the shape their configs give, read from the header
-    alone: a checkpoint that is incomplete or of other sizes is refused before any model is filled."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                  sources: dict[str, dict[str, Source]], stored: dict[str, tuple[int, ...]]) -> None:
+    """Every weight the models need is in the file at the shape their configs give (`stored`, from the header
+    alone): a checkpoint that is incomplete or of other sizes is refused before any model is filled."""
     for name, model in models.items():
         for weight, tensor in model.state_dict().items():
             source = sources[name][weight]

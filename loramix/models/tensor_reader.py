@@ -21,15 +21,22 @@ class TensorReader:
         from safetensors import safe_open
 
         self._where: dict[str, Path] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         for path in files:
             with safe_open(str(path), framework="pt") as f:
-                self._where.update(dict.fromkeys(f.keys(), path))
+                for key in f.keys():
+                    self._where[key] = path
+                    self._shapes[key] = tuple(f.get_slice(key).get_shape())
         self._open: tuple[Path, object] | None = None
         self._read_since_open = 0
         self._reopen_bytes = reopen_bytes
 
     def keys(self) -> set[str]:
         return set(self._where)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape, as the headers give it (read once, when the reader was made)."""
+        return dict(self._shapes)
 
     def get(self, key: str, device: torch.device) -> torch.Tensor:
         from safetensors import safe_open
