@@ -11,6 +11,7 @@ import copy
 import torch
 
 from loramix.lora.adapter import CLIP_LEVEL, LoraAdapter, LoraModule
+from loramix.util.progress import Status
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -36,6 +37,21 @@ def tiny_clip(seed: int = 0, hidden_size: int = 32):
                             num_attention_heads=4, max_position_embeddings=16, projection_dim=hidden_size,
                             bos_token_id=0, eos_token_id=1, pad_token_id=1)
     return CLIPTextModel(config).eval()
+
+
+class RecordingStatus(Status):
+    """A loader's status that keeps what it was told: its lines, and each bar's label and length."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.bars: list[tuple[str, int]] = []
+
+    def __call__(self, text: str) -> None:
+        self.lines.append(text)
+
+    def bar(self, items, what):
+        self.bars.append((what, len(items)))
+        return items
 
 
 def weight_shapes(model, component: str, kinds: tuple[str, ...]) -> dict[str, tuple[int, ...]]:

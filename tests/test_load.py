@@ -12,7 +12,7 @@ import torch
 
 from loramix.errors import BaseLoadError
 from loramix.models.load import bundled_base_path, load_pipeline
-from loramix.util.progress import Status
+from loramix.testing import RecordingStatus
 
 
 def pixels(pipeline) -> np.ndarray:
@@ -22,22 +22,10 @@ def pixels(pipeline) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-class Recorder(Status):
-    def __init__(self):
-        self.lines, self.bars = [], []
-
-    def __call__(self, text: str) -> None:
-        self.lines.append(text)
-
-    def bar(self, items, what):
-        self.bars.append((what, len(items)))
-        return items
-
-
 def test_quantizing_as_the_weights_load_gives_the_base_quantized_after_loading():
     from loramix.models.quantize import quantize_pipeline
 
-    status = Recorder()
+    status = RecordingStatus()
     as_loaded = load_pipeline("toy", quantize="nf4", status=status)
     after = load_pipeline("toy")
     quantize_pipeline(after, "nf4")
@@ -77,7 +65,7 @@ def test_a_folder_of_fp16_variant_files_loads(tmp_path):
     shutil.copytree(bundled_base_path(), folder)
     for weights in folder.glob("*/*.safetensors"):
         weights.rename(weights.with_name(f"{weights.stem}.fp16.safetensors"))
-    status = Recorder()
+    status = RecordingStatus()
     pipeline = load_pipeline(folder, status=status)
     assert status.lines == ["loading base in fp32 (its fp16 files)"]
     assert (pixels(pipeline) == pixels(load_pipeline("toy"))).all()

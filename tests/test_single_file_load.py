@@ -14,22 +14,9 @@ from loramix.cli import main
 from loramix.errors import BaseLoadError
 from loramix.formats.original_layout import save_single_file
 from loramix.models.load import bundled_base_path, load_pipeline
-from loramix.testing import assert_clean_error
-from loramix.util.progress import Status
+from loramix.testing import RecordingStatus, assert_clean_error
 
 UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
-
-
-class Recorder(Status):
-    def __init__(self):
-        self.lines, self.bars = [], []
-
-    def __call__(self, text: str) -> None:
-        self.lines.append(text)
-
-    def bar(self, items, what):
-        self.bars.append((what, len(items)))
-        return items
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +25,7 @@ def toy_file(tmp_path_factory):
 
 
 def test_quantized_from_the_file_is_quantized_from_the_folder_and_each_model_says_so(toy_file):
-    status = Recorder()
+    status = RecordingStatus()
     from_file = load_pipeline(toy_file, quantize="nf4", config=bundled_base_path(), status=status)
     from_folder = load_pipeline("toy", quantize="nf4")
     for name in ("unet", "vae", "text_encoder"):
@@ -55,7 +42,7 @@ def test_quantized_from_the_file_is_quantized_from_the_folder_and_each_model_say
 
 
 def test_unquantized_the_unet_converts_under_a_progress_bar(toy_file):
-    status = Recorder()
+    status = RecordingStatus()
     pipeline = load_pipeline(toy_file, config=bundled_base_path(), status=status)
     assert status.bars == [("converting the UNet", len(pipeline.unet.state_dict()))]
 
@@ -97,7 +84,7 @@ def test_a_file_missing_a_weight_is_refused_before_any_model_is_filled(toy_file,
     del tensors[missing]
     path = tmp_path / "incomplete.safetensors"
     save_file(tensors, str(path))
-    status = Recorder()
+    status = RecordingStatus()
     with pytest.raises(BaseLoadError) as error:
         load_pipeline(path, config=bundled_base_path(), status=status)
     assert str(error.value) == (f"base {path}: holds no {missing}, which the SD 1.x VAE needs: not a whole SD 1.x "
