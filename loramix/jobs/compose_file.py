@@ -10,7 +10,7 @@ import torch
 
 from loramix.choices import DEFAULT_FORMAT, FUSION
 from loramix.errors import LoramixError
-from loramix.lora.compose import SvdReport, compose_by_method
+from loramix.lora.compose import SvdReport, compose_by_method, summed_rank
 from loramix.lora.specs import WeightedFile
 from loramix.models.precision import BY_NAME
 
@@ -46,8 +46,7 @@ def write_composition(files: list[WeightedFile], output: str | os.PathLike, meth
         if grams is None:
             raise LoramixError("fusion needs the Gram matrices of each LoRA's layer inputs: record them first")
         whole = file_format == "full-diff"
-        result, report = compose_fusion(weighted, grams, None if whole else rank or sum(
-            max(a.ranks or [1]) for a in adapters), names)
+        result, report = compose_fusion(weighted, grams, None if whole else rank or summed_rank(weighted), names)
     else:
         result, report = compose_by_method(weighted, method, rank, density, seed, names, allow_nonfinite,
                                            dense=file_format == "full-diff")

@@ -145,9 +145,14 @@ def compose_by_method(weighted: Weighted, method: str, rank: int | None = None, 
     if method in ("exact", "merge-svd"):
         return compose_svd(weighted, rank or max(max(a.ranks or [1]) for a, _ in weighted), names, allow_nonfinite)
     if method in PRUNING_MERGES:
-        return compose_merge(weighted, method, rank or sum(max(a.ranks or [1]) for a, _ in weighted), density, seed,
+        return compose_merge(weighted, method, rank or summed_rank(weighted), density, seed,
                              names)
     raise LoramixError(f"unknown method {method!r}: choose one of {', '.join(FILE_METHODS)}")
+
+
+def summed_rank(weighted: Weighted) -> int:
+    """The sum of the inputs' largest ranks: the default rank of a merge that keeps every input's."""
+    return sum(max(a.ranks or [1]) for a, _ in weighted)
 
 
 def truncated_product_svd(up: torch.Tensor, down: torch.Tensor, rank: int):
