@@ -3,10 +3,10 @@ bench/heldout.py, judged by the toy judge: how often its attribute shows, how of
 and in all, beside the base's own renders of the same prompts and seeds.
 
     python bench/bench_single.py mustache=runs/mustache/mustache.safetensors --set tune
-    python bench/bench_single.py --set held-out          # trains the shipped recipes into build/loras first
+    python bench/bench_single.py --set fresh             # trains the shipped recipes into build/loras first
 
---set tune (TUNE_SEEDS × TUNE phrasings) is the set recipe choices may be made on; held-out (HELD_OUT_SEEDS ×
-HELD_OUT phrasings) gives the figure once they are made.
+--set tune (TUNE_SEEDS × TUNE phrasings) and held-out (HELD_OUT_SEEDS × HELD_OUT phrasings) are the sets recipe
+choices have been made on; fresh (FRESH_SEEDS × FRESH phrasings) gives the figure once they are made.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from bench_methods import lora_file
-from heldout import HELD_OUT, HELD_OUT_SEEDS, TUNE, TUNE_SEEDS, check_vocabulary
+from heldout import SETS, check_vocabulary
 
 from loramix.cli.quiet import quiet_libraries
 from loramix.lora.specs import WeightedFile
@@ -44,7 +44,7 @@ def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("loras", nargs="*", help="ATTRIBUTE=FILE; unnamed attributes train their recipe")
-    parser.add_argument("--set", choices=("tune", "held-out"), default="tune")
+    parser.add_argument("--set", choices=tuple(SETS), default="tune")
     parser.add_argument("--attributes", default="mustache,lipstick,glasses")
     parser.add_argument("--weight", type=float, default=1.0)
     parser.add_argument("--folder", type=Path, default=ROOT / "build" / "loras",
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.loras)
     attributes = [a for a in args.attributes.split(",") if a in given] if given else args.attributes.split(",")
-    phrasings, seeds = (TUNE, TUNE_SEEDS) if args.set == "tune" else (HELD_OUT, HELD_OUT_SEEDS)
+    phrasings, seeds = SETS[args.set]
 
     judge = load_judge()
     pipeline = load_pipeline("toy")

@@ -2,7 +2,7 @@
 the seconds of its whole `loramix train` command, at several step counts; then loramix's training loop against
 a plain one written here with diffusers and peft alone, on the same model, data, batch, quantization and loss.
 
-    python bench/bench_time_to_quality.py                       # held-out set, the recipes' own step counts
+    python bench/bench_time_to_quality.py                       # fresh set, the recipes' own step counts
     python bench/bench_time_to_quality.py --steps 150,300,600 --set tune --recipes mustache
     python bench/bench_time_to_quality.py --loop-only           # steps per second, loramix ÷ plain
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_single import judged
-from heldout import HELD_OUT, HELD_OUT_SEEDS, TUNE, TUNE_SEEDS
+from heldout import SETS
 
 from loramix.cli.quiet import quiet_libraries
 from loramix.lora.specs import WeightedFile
@@ -52,7 +52,7 @@ def timed_run(name: str, steps: int, folder: Path) -> tuple[Path, float]:
 
 
 def quality(args) -> None:
-    phrasings, seeds = (TUNE, TUNE_SEEDS) if args.set == "tune" else (HELD_OUT, HELD_OUT_SEEDS)
+    phrasings, seeds = SETS[args.set]
     judge = load_judge()
     pipeline = load_pipeline("toy")
     loras = PipelineLoras(pipeline)
@@ -187,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="mustache,lipstick,glasses")
     parser.add_argument("--steps", help="Step counts to train, e.g. 150,300,600 (default: each recipe's own).")
-    parser.add_argument("--set", choices=("tune", "held-out"), default="held-out")
+    parser.add_argument("--set", choices=tuple(SETS), default="fresh")
     parser.add_argument("--folder", type=Path, default=ROOT / "build" / "time-to-quality")
     parser.add_argument("--loop-steps", type=int, default=60)
     parser.add_argument("--loop-only", action="store_true")

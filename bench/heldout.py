@@ -1,17 +1,20 @@
 """The phrasings and seeds a single LoRA is judged on, written before any recipe was tuned, and never a training
 caption (each is checked against every caption `loramix faces` can write).
 
-Two sets per attribute: TUNE, which recipe choices may be measured on, and HELD_OUT, measured once the choices
-are made. Both vary what the training captions never vary: colours and styles named or not, other attributes
-named beside it, word order, a lone word and a long sentence, and the words people type beside the caption
-vocabulary (portrait, person, man, woman, drawing). Every word is one token of the toy base's tokenizer
-(`check_vocabulary`). Seeds: TUNE_SEEDS for tuning, HELD_OUT_SEEDS (the composition bench's) for the figure.
+Three sets per attribute: TUNE, which recipe choices may be measured on; HELD_OUT, measured once the choices
+were made; and FRESH, written before the recipes were tuned a second time, on HELD_OUT's per-phrasing figures
+as well (HELD_OUT is then a tuning set too, and FRESH the one the singles' figure is read from). All vary what
+the training captions never vary: colours and styles named or not, other attributes named beside it, word
+order, a lone word and a long sentence, and the words people type beside the caption vocabulary (portrait,
+person, man, woman, drawing, photo). Every word is one token of the toy base's tokenizer (`check_vocabulary`).
+Seeds: TUNE_SEEDS and HELD_OUT_SEEDS (the composition bench's) for tuning, FRESH_SEEDS for the figure.
 """
 
 from __future__ import annotations
 
 TUNE_SEEDS = range(2000, 2032)
 HELD_OUT_SEEDS = range(1000, 1128)
+FRESH_SEEDS = range(5000, 5128)
 
 TUNE = {
     "mustache": (
@@ -70,6 +73,38 @@ HELD_OUT = {
     ),
 }
 
+FRESH = {
+    "mustache": (
+        "a photo of a man with a dark brown mustache",
+        "mustache, surprised face, orange background, short grey hair",
+        "a woman with curly black hair and a mustache",
+        "a person with a handlebar mustache and pink lipstick on a green background",
+        "portrait, black mustache",
+        "a drawing of a neutral face with blue eyes, glasses and a grey pencil mustache",
+        "a smiling person with red hair in a bun and a mustache on a grey background",
+    ),
+    "lipstick": (
+        "a photo of a woman with dark red lipstick",
+        "lipstick, smiling face, teal background, long black hair",
+        "a man with short blonde hair and lipstick",
+        "a person with pink lipstick and round glasses on a grey background",
+        "portrait, purple lipstick",
+        "a drawing of a surprised face with brown eyes, a mustache and dark red lipstick",
+        "a sad person with curly red hair and lipstick on a teal background",
+    ),
+    "glasses": (
+        "a photo of a man with dark black glasses",
+        "glasses, neutral face, yellow background, curly blonde hair",
+        "a woman with long brown hair and glasses",
+        "a person with round glasses and a black mustache on a blue background",
+        "portrait, red glasses",
+        "a drawing of a sad face with green eyes, lipstick and square grey glasses",
+        "a surprised person with grey hair in a bun and sunglasses",
+    ),
+}
+
+SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS)}
+
 
 def words(prompts) -> set[str]:
     return {word.strip(",") for prompt in prompts for word in prompt.split()}
@@ -77,7 +112,7 @@ def words(prompts) -> set[str]:
 
 def check_vocabulary(tokenizer) -> list[str]:
     """The words of every phrasing that the toy tokenizer splits (a word the base never saw): none, we hope."""
-    every = set().union(*(words(prompts) for table in (TUNE, HELD_OUT) for prompts in table.values()))
+    every = set().union(*(words(prompts) for table in (TUNE, HELD_OUT, FRESH) for prompts in table.values()))
     return sorted(word for word in every if len(tokenizer.tokenize(word)) != 1)
 
 
@@ -85,7 +120,7 @@ def check_not_training_captions(faces: int = 20_000) -> list[str]:
     """Phrasings that are a caption the generator writes (for any of the first `faces` seeds, any attributes)."""
     from loramix.toy.face_spec import caption, sample_face
 
-    every = {prompt for table in (TUNE, HELD_OUT) for prompts in table.values() for prompt in prompts}
+    every = {prompt for table in (TUNE, HELD_OUT, FRESH) for prompts in table.values() for prompt in prompts}
     captions = {caption(sample_face(seed, *flags)) for seed in range(faces)
                 for flags in ((True, False, False), (False, True, False), (False, False, True))}
     return sorted(every & captions)
