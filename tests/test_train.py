@@ -250,3 +250,24 @@ def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, t
     model.save_samples(tmp_path / "samples.png")
     assert (tmp_path / "samples.png").is_file()
     assert pipeline.vae is None and (pipeline.text_encoder is not None) == train_text_encoder
+
+
+def test_captions_tokenized_once_condition_exactly_as_the_pipeline_does(tmp_path):
+    """The step's text conditioning (token ids cached per caption) against diffusers' `encode_prompt`, with the
+    text encoder's LoRA trained away from zero so it counts."""
+    from loramix.models.load import load_pipeline
+    from loramix.train.trainee import LoraTrainee, text_conditioning
+
+    pipeline = load_pipeline("toy")
+    trainee = LoraTrainee(pipeline, recipe(tmp_path, train_text_encoder=True, quantize="none"), torch.device("cpu"))
+    with torch.no_grad():
+        for parameter in trainee.text_parameters():
+            parameter.normal_(std=0.05)
+    captions = ["a face with a mustache", "a sad face on a blue background", "a face with a mustache"]
+    expected, _ = pipeline.encode_prompt(captions, torch.device("cpu"), 1, False)
+    with torch.no_grad():
+        assert torch.equal(trainee.encode_text(captions)["encoder_hidden_states"], expected)
+        assert torch.equal(trainee.encode_text(captions[::-1])["encoder_hidden_states"], expected.flip(0))
+        assert torch.equal(text_conditioning(pipeline, captions, torch.device("cpu"), 64)["encoder_hidden_states"],
+                           expected)
+    assert set(trainee._token_ids) == set(captions)

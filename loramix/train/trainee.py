@@ -102,6 +102,7 @@ class LoraTrainee:
             encoder.train(recipe.train_text_encoder)
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.resolution = 0
+        self._token_ids: dict[str, torch.Tensor] = {}  # caption → its token ids (SD 1.x and 2.x)
         self.first_caption = ""  # what samples show when the recipe names no prompt and no trigger
 
     def _add_lora(self, model, targets: list[str], what: str) -> None:
@@ -193,8 +194,16 @@ class LoraTrainee:
         return [examples.alternatives[i][p] for i, p in zip(index.tolist(), picks.tolist())], rows
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """The UNet's text conditioning, as the pipeline computes it when it renders."""
-        return text_conditioning(self.pipeline, captions, self.device, self.resolution)
+        """The UNet's text conditioning, as the pipeline computes it when it renders. SD 1.x and 2.x captions are
+        tokenized once a run, not at every step (the pipeline's `encode_prompt` tokenizes each twice a call: a
+        tenth of a toy step)."""
+        if not tokenized_alone(self.pipeline):
+            return text_conditioning(self.pipeline, captions, self.device, self.resolution)
+        missing = [caption for caption in dict.fromkeys(captions) if caption not in self._token_ids]
+        if missing:
+            self._token_ids.update(zip(missing, token_ids(self.pipeline, missing)))
+        ids = torch.stack([self._token_ids[caption] for caption in captions])
+        return {"encoder_hidden_states": clip_hidden_states(self.pipeline, ids, self.device)}
 
     # --- the loss ------------------------------------------------------------------------------------
 
@@ -345,6 +354,8 @@ def text_conditioning(pipeline, captions: list[str], device: torch.device, size:
     images."""
     from loramix.models.load import is_sdxl
 
+    if tokenized_alone(pipeline):
+        return {"encoder_hidden_states": clip_hidden_states(pipeline, token_ids(pipeline, captions), device)}
     if not is_sdxl(pipeline):
         embeds, _ = pipeline.encode_prompt(captions, device, 1, False)
         return {"encoder_hidden_states": embeds}
@@ -353,6 +364,29 @@ def text_conditioning(pipeline, captions: list[str], device: torch.device, size:
     # SDXL's micro-conditioning: original size, crop corner, target size; the images were not cropped.
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], device=device).repeat(len(captions), 1)
     return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids.to(pooled.dtype)}
+
+
+def tokenized_alone(pipeline) -> bool:
+    """Whether a caption's conditioning is its token ids through one text encoder, with no attention mask (SD 1.x
+    and 2.x); SDXL's two encoders and the rare masked encoder go through `encode_prompt`."""
+    from loramix.models.load import is_sdxl
+
+    return not is_sdxl(pipeline) and not getattr(pipeline.text_encoder.config, "use_attention_mask", False)
+
+
+def token_ids(pipeline, captions: list[str]) -> torch.Tensor:
+    """(N, max length) token ids of SD 1.x / 2.x captions, padded and truncated as `encode_prompt` does."""
+    tokenizer = pipeline.tokenizer
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def clip_hidden_states(pipeline, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The text encoder's last hidden states of token ids, as SD 1.x / 2.x pipelines' `encode_prompt` computes
+    them without clip skip, textual inversion or a LoRA scale (none of which training uses) for an encoder
+    without an attention mask."""
+    encoder = pipeline.text_encoder
+    return encoder(ids.to(device))[0].to(encoder.dtype)
 
 
 def latent_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
