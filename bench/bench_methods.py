@@ -12,8 +12,9 @@ there, so a method added later is benched too; one that needs inputs the bench l
 sequential, which renders one image at a time, only when --methods names it). merge-svd merges to rank 8;
 ties and dare keep density 0.5. regional gives each LoRA its attribute's box (below) as its mask: the region a
 user would paint for it. fusion (`compose --method fusion`) records each LoRA's layer inputs from its
-attribute's TUNE phrasings of bench/heldout.py and renders the fused whole differences. The first rows are the
-ceiling: a LoRA trained on faces wearing every attribute of the set.
+attribute's TUNE phrasings of bench/heldout.py and renders the fused whole differences. orthogonal is the exact
+sum of the same recipes trained in orthogonal adaptation's slots (mustache 0, lipstick 1, glasses 2), each
+shown alone too. The first rows are the ceiling: a LoRA trained on faces wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -91,14 +92,23 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def lora_file(folder: Path, name: str) -> Path:
-    path = folder / f"{name}.safetensors"
+# The exact sum of LoRAs trained by the same recipes in orthogonal adaptation's slots, one slot an attribute.
+ORTHOGONAL = "orthogonal"
+ATTRIBUTE_SLOTS = {"mustache": 0, "lipstick": 1, "glasses": 2}
+
+
+def lora_file(folder: Path, name: str, orthogonal_slot: int | None = None) -> Path:
+    """The shipped recipe's LoRA, trained into `folder` unless it is there; with `orthogonal_slot`, the same
+    recipe trained in that slot of orthogonal adaptation (`orthogonal_slot` recipe key)."""
+    label = name if orthogonal_slot is None else f"{name}-slot{orthogonal_slot}"
+    path = folder / f"{label}.safetensors"
     if not path.is_file():
-        print(f"training {name} (recipes/{name}.toml) into {folder}", flush=True)
-        run = folder / f"{name}-run"
+        print(f"training {label} (recipes/{name}.toml) into {folder}", flush=True)
+        run = folder / f"{label}-run"
+        slot = [] if orthogonal_slot is None else ["--orthogonal-slot", str(orthogonal_slot)]
         subprocess.run([sys.executable, "-m", "loramix", "train", str(ROOT / "recipes" / f"{name}.toml"),
-                        "--output", str(run)], check=True)
-        (run / f"{name}.safetensors").replace(path)
+                        "--output", str(run), "--name", label, *slot], check=True)
+        (run / f"{label}.safetensors").replace(path)
     return path
 
 
@@ -205,7 +215,8 @@ def main() -> None:
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",
                         help="Weight of each LoRA, the same for every method.")
     parser.add_argument("--seeds", default="1000-1031", help="Seeds, e.g. 1000-1127 or 1000,1002.")
-    parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED), FUSION]))
+    parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED), FUSION,
+                                                       ORTHOGONAL]))
     parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
     parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
@@ -247,7 +258,13 @@ def main() -> None:
         rows += [(method, "/".join(f"{files[n].weight:g}" for n in names),
                   tuple(replace(files[n], mask=masks[n]) if method == "regional" else files[n] for n in names),
                   method, names)
-                 for method in methods if method != FUSION]
+                 for method in methods if method not in (FUSION, ORTHOGONAL)]
+        if ORTHOGONAL in methods:
+            slotted = {n: WeightedFile(str(lora_file(args.loras, n, ATTRIBUTE_SLOTS[n])), weights[n]) for n in names}
+            rows += [(f"{n} alone, slot {ATTRIBUTE_SLOTS[n]}", f"{weights[n]:g}", (slotted[n],), "exact", (n,))
+                     for n in names]
+            rows.append((ORTHOGONAL, "/".join(f"{weights[n]:g}" for n in names), tuple(slotted.values()), "exact",
+                         names))
         if FUSION in methods:
             fused, seconds = fusion_file(pipeline, loras, files, names, scratch)
             print(f"(fusion: layer inputs recorded and solved in {seconds:.0f} s)", flush=True)

@@ -17,6 +17,7 @@ META_TARGETS, META_BASE, META_TRIGGER = "loramix_targets", "loramix_base_model",
 META_RECIPE, META_STEPS = "loramix_recipe", "loramix_steps"
 META_DATASET_SIZE, META_FINAL_LOSS = "loramix_dataset_size", "loramix_final_loss"
 META_COMPOSED_FROM, META_COMPOSE_METHOD = "loramix_composed_from", "loramix_compose_method"
+META_ORTHOGONAL_SLOT = "loramix_orthogonal_slot"  # the slot of orthogonal adaptation it trained in, if any
 
 # kohya's keys, as its scripts write them.
 SS_NETWORK_MODULE, SS_NETWORK_DIM, SS_NETWORK_ALPHA = "ss_network_module", "ss_network_dim", "ss_network_alpha"
@@ -37,7 +38,8 @@ SAFETENSORS_FORMAT = "format"
 def training_metadata(recipe: dict, name: str, base: str, trigger: str, steps: int, dataset_size: int,
                       final_loss: float, learning_rate: float) -> dict[str, str]:
     """What a trained LoRA records of its run, in loramix's keys and kohya's."""
-    return {
+    slot = recipe.get("orthogonal_slot")
+    return {**({} if slot is None else {META_ORTHOGONAL_SLOT: str(slot)}),
         META_RECIPE: json.dumps(recipe, sort_keys=True), META_BASE: base, META_TRIGGER: trigger,
         META_STEPS: str(steps), META_DATASET_SIZE: str(dataset_size), META_FINAL_LOSS: f"{final_loss:.6g}",
         SS_OUTPUT_NAME: name, SS_STEPS: str(steps), SS_NUM_TRAIN_IMAGES: str(dataset_size),
@@ -48,6 +50,13 @@ def training_metadata(recipe: dict, name: str, base: str, trigger: str, steps: i
 def composition_metadata(sources: str, method: str) -> dict[str, str]:
     """What a composed LoRA records: its inputs with their weights (`a.safetensors:0.7 …`) and the method."""
     return {META_COMPOSED_FROM: sources, META_COMPOSE_METHOD: method}
+
+
+def orthogonal_slot(metadata: dict[str, str]) -> int | None:
+    """The orthogonal-adaptation slot a LoRA file says it trained in; None when it says none (or nothing
+    readable: such a file is summed as any LoRA is)."""
+    value = metadata.get(META_ORTHOGONAL_SLOT, "")
+    return int(value) if value.isdigit() else None
 
 
 def is_kohya_key(key: str) -> bool:

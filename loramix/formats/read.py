@@ -18,11 +18,12 @@ from loramix.choices import COMPONENTS
 from loramix.errors import AdapterFileError
 from loramix.formats import diffusers as dfs
 from loramix.formats import kohya, lycoris
-from loramix.formats.metadata import DIFFUSERS_LORA_CONFIG, SS_BASE_MODEL_VERSION
+from loramix.formats.metadata import DIFFUSERS_LORA_CONFIG, SS_BASE_MODEL_VERSION, orthogonal_slot
 from loramix.formats.safetensors_file import load_safetensors
 from loramix.formats.write import SDXL_VERSION, version_from_shapes
 from loramix.lora.adapter import CLIP_LEVEL, LoraAdapter, LoraModule, canonical_path
 from loramix.lora.blocks import with_block_weights
+from loramix.lora.orthogonal import check_distinct_slots
 from loramix.lora.schedule import refuse_schedules
 from loramix.lora.specs import WeightedFile
 
@@ -65,7 +66,9 @@ def read_weighted(files: list[WeightedFile]) -> list[tuple[LoraAdapter, float]]:
     """Each file read, with its block weights applied, beside its weight: for writing a file or a checkpoint,
     which take one weight per LoRA."""
     refuse_schedules(files, "a written file")
-    return [(with_block_weights(read_adapter(wf.path), wf.lbw, wf.path), wf.weight) for wf in files]
+    adapters = [read_adapter(wf.path) for wf in files]
+    check_distinct_slots([(wf.path, orthogonal_slot(a.metadata)) for wf, a in zip(files, adapters)])
+    return [(with_block_weights(adapter, wf.lbw, wf.path), wf.weight) for wf, adapter in zip(files, adapters)]
 
 
 def _refuse_other_types(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -23,11 +23,12 @@ import torch
 
 from loramix.choices import COMPONENTS
 from loramix.errors import IncompatibleAdaptersError, LoramixError
-from loramix.formats.metadata import short_hash
+from loramix.formats.metadata import orthogonal_slot, short_hash
 from loramix.lora.adapter import LoraAdapter, component_of, path_of
 from loramix.lora.blocks import with_block_weights
 from loramix.lora.compose import compose_by_method
 from loramix.lora.lycoris_modules import flat
+from loramix.lora.orthogonal import check_distinct_slots
 from loramix.lora.specs import WeightedFile
 from loramix.models.fuse import FusedUpdate
 
@@ -89,6 +90,7 @@ class PipelineLoras:
             return 0.0
         start = time.perf_counter()
         adapters = [(with_block_weights(self.read(wf.path), wf.lbw, wf.path), wf.weight) for wf in loras]
+        self.check_sum(loras)
         if self.fuse:
             self._restore()
             if self._peft_names:  # named adapters loaded for a generation-time method stay out of the way
@@ -115,6 +117,10 @@ class PipelineLoras:
         seconds = time.perf_counter() - start
         self.switch_seconds.append(seconds)
         return seconds
+
+    def check_sum(self, loras: tuple[WeightedFile, ...]) -> None:
+        """Refuse a set that puts two LoRAs trained in one orthogonal slot together."""
+        check_distinct_slots([(wf.path, orthogonal_slot(self.read(wf.path).metadata)) for wf in loras])
 
     def load_named(self, paths: list[str]) -> list[str]:
         """Load each file as a named, unfused peft adapter (for methods that switch during denoising)."""

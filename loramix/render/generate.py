@@ -88,13 +88,15 @@ class GenerateResult:
 
 
 def check_loras(loras: PipelineLoras, jobs: list[ImageJob]) -> None:
-    """Every LoRA file of the plan is readable and fits the base, and all of them fit in memory, before any
-    image is rendered."""
+    """Every LoRA file of the plan is readable and fits the base, all of them fit in memory, and no set puts
+    two LoRAs of one orthogonal slot together, before any image is rendered."""
     paths = lora_files(jobs)
     check_memory(paths)
     for path in paths:
         loras.read(path)
         loras.hash_of(path)
+    for files in dict.fromkeys(job.loras for job in jobs):
+        loras.check_sum(files)
 
 
 def generate(base: LoadedBase, jobs: list[ImageJob], output: str | os.PathLike, batch_size: int = 8,

@@ -87,6 +87,11 @@ class TrainRecipe:
     text_encoder_targets: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_ATTENTION), metadata={
         "help": "The text encoder modules that get a LoRA when train_text_encoder is true."})
     rank: int = field(default=8, metadata={"help": "The LoRA's rank r, the inner size of B·A."})
+    orthogonal_slot: int | None = field(default=None, metadata={"help": (
+        "Orthogonal adaptation (Po et al. 2023): fix every LoRA layer's down-projection A to this slot's rows of "
+        "a random orthogonal basis all loramix LoRAs share, and train only B; LoRAs trained in different slots "
+        "read disjoint input directions, so their sum interferes less. Give each LoRA meant to be summed its "
+        "own slot (0, 1, 2 …); unset: A trains as usual.")})
     alpha: float | None = field(default=None, metadata={"help": (
         "Scales the LoRA's update by alpha/rank; unset: equal to rank, so the scale is 1.")})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path's input, in [0, 1)."})
@@ -154,6 +159,9 @@ class TrainRecipe:
         for key in ("rank", "batch_size", "gradient_accumulation", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        if self.orthogonal_slot is not None and self.orthogonal_slot < 0:
+            raise RecipeError(f"orthogonal_slot: must be 0 or more, got {self.orthogonal_slot}; leave it out to "
+                              "train A as usual")
         for key in ("warmup_steps", "sample_every", "checkpoint_every", "max_grad_norm"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"{key}: must not be negative, got {getattr(self, key)}")

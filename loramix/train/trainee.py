@@ -124,6 +124,8 @@ class LoraTrainee:
         for parameter in model.parameters():  # the LoRA factors train in fp32 whatever the base's dtype
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
+        if recipe.orthogonal_slot is not None:
+            fix_orthogonal_downs(model, recipe.rank, recipe.orthogonal_slot, what)
 
     # --- parameters and state ------------------------------------------------------------------------
 
@@ -347,6 +349,26 @@ def encode_examples(pipeline, data: CaptionedImages, flip: bool, with_text: bool
     latent_masks = None if masks is None else latent_grid(masks, means.shape[-2:]).to(device)
     return Examples(means, torch.cat(stds), list(data.captions), text, len(data), latent_masks, data.alternatives,
                     shift=getattr(vae.config, "shift_factor", None) or 0.0, scaling=vae.config.scaling_factor)
+
+
+def fix_orthogonal_downs(model, rank: int, slot: int, what: str) -> None:
+    """Orthogonal adaptation: every LoRA layer's down-projection A set to `slot`'s rows of the shared basis of
+    its input size, and frozen (`loramix.lora.orthogonal`)."""
+    from peft.tuners.lora import LoraLayer
+
+    from loramix.lora.orthogonal import slot_count, slot_down
+
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        for down in layer.lora_A.values():
+            size = down.weight[0].numel()  # a convolution's A reads in_channels × its kernel
+            if slot >= slot_count(size, rank):
+                raise TraineeError(f"orthogonal_slot {slot}: the {what}'s {name} reads {size} features, room for "
+                                   f"{slot_count(size, rank)} slots of rank {rank} (0 to {slot_count(size, rank) - 1})")
+            with torch.no_grad():
+                down.weight.copy_(slot_down(size, rank, slot).reshape(down.weight.shape))
+            down.weight.requires_grad_(False)
 
 
 def text_conditioning(pipeline, captions: list[str], device: torch.device, size: int) -> dict[str, torch.Tensor]:
