@@ -129,6 +129,33 @@ def test_a_mask_confines_the_edit(pipeline, files):
     assert np.abs(blended - round_trip)[far_right].mean() < diff_free[far_right].mean() / 4
 
 
+def test_each_lora_with_its_own_mask_edits_only_its_region(pipeline, files, tmp_path):
+    """Stage 1 keeps the right half, stage 2 the left half; a LoRA without a mask falls back to --mask."""
+    start = base_render(pipeline, seed=5)
+    left, right = Image.new("L", (64, 64), 0), Image.new("L", (64, 64), 0)
+    left.paste(255, (0, 0, 32, 64))
+    right.paste(255, (32, 0, 64, 64))
+    left.save(tmp_path / "left.png")
+    right.save(tmp_path / "right.png")
+    loras = [WeightedFile(files["a"], 1.0, mask=str(tmp_path / "left.png")),
+             WeightedFile(files["b"], 1.0, mask=str(tmp_path / "right.png")), WeightedFile(files["a"], 1.0)]
+    stages = edit(pipeline, loras, image=start, mask=right)
+    halves = (slice(None), slice(0, 32)), (slice(None), slice(32, 64))
+    first, second, third = (np.abs(pixels(b.image) - pixels(a.image)) for a, b in zip(stages, stages[1:]))
+    assert first[halves[1]].max() == 0 and first[halves[0]].mean() > 2
+    assert second[halves[0]].max() == 0 and second[halves[1]].mean() > 2
+    assert third[halves[0]].max() == 0  # the edit's own --mask
+
+
+def test_a_lora_mask_that_cannot_be_used_is_named(pipeline, files, tmp_path):
+    Image.new("L", (32, 32), 255).save(tmp_path / "small.png")
+    Image.new("L", (64, 64), 0).save(tmp_path / "black.png")
+    with pytest.raises(LoramixError, match=r"small.png is 32×32 but the base's text-to-image is 64×64"):
+        edit(pipeline, [WeightedFile(files["a"], 1.0, mask=str(tmp_path / "small.png"))])
+    with pytest.raises(LoramixError, match=r"black.png is all black"):
+        edit(pipeline, [WeightedFile(files["a"], 1.0, mask=str(tmp_path / "black.png"))])
+
+
 def test_a_lora_trigger_word_starts_its_stage_prompt(pipeline, files):
     z, a = WeightedFile(files["z"], 1.0), WeightedFile(files["a"], 1.0)
     assert [s.settings.prompt for s in edit(pipeline, [z, a])] == [PROMPT, f"zq {PROMPT}", PROMPT]

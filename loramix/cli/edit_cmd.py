@@ -23,7 +23,8 @@ from loramix.lora.specs import parse_weight_spec
 @click.option("--guidance", type=float, help="Classifier-free guidance scale. Default: the base's.")
 @click.option("--negative-prompt", default="", help="What to steer away from.")
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path),
-              help="Confine the edits: white is edited, black kept. The size of IMAGE (or the base's, without).")
+              help="Confine the edits: white is edited, black kept. The size of IMAGE (or the base's, without). "
+                   "A LoRA with its own mask (FILE:WEIGHT#MASK.png) confines its stage to that one instead.")
 @click.option("--trigger/--no-trigger", default=True, show_default=True,
               help="Put each LoRA's trigger words (from its metadata) before the prompt of its stage.")
 @image_size_options
@@ -49,7 +50,7 @@ def edit(arguments, prompt, strength, seed, steps, guidance, negative_prompt, ma
 
     image_path, specs = split_image(arguments)
     loras = [parse_weight_spec(s) for s in specs]
-    check_masks(loras, "edit (its --mask is the edit's region)")
+    check_masks(loras, "sequential")
     image = open_image(image_path, "image") if image_path else None
     mask_image = open_image(mask, "mask") if mask else None
     if image is not None and mask_image is not None and mask_image.size != image.size:

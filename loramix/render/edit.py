@@ -6,7 +6,9 @@
 Unlike a composition (Σ wᵢ·ΔWᵢ in one render), no two LoRAs ever act together: each edits what the ones
 before it made, so the order matters. Stage 0 uses no LoRA, so every LoRA gets a stage of its own.
 
-A mask (white: edit, black: keep; grey: a soft edge) confines every stage. diffusers' inpainting pipeline
+A mask (white: edit, black: keep; grey: a soft edge) confines every stage; a LoRA given its own
+(`lora.safetensors:1#mask.png`) confines its stage to that region instead, so each stage changes its own
+attribute's place and keeps what the stages before it drew. diffusers' inpainting pipeline
 only takes UNets of 4 (SD) or 9 (SD-inpainting) input channels and the toy base's latents have 8, so the
 mask is applied as diffusers does it for a non-inpainting UNet, through the img2img pipeline: after each
 step the latents outside the mask are put back to the previous stage's latents, noised to the next step's
@@ -30,6 +32,7 @@ from loramix.lora.specs import WeightedFile
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, render
 from loramix.render.images import a1111_parameters, image_grid, save_png
+from loramix.render.regions import read_mask
 from loramix.render.scheduled import StepWeights
 
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength
@@ -97,9 +100,12 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
     for wf in loras:
         trigger = adapters.read(wf.path).metadata.get(META_TRIGGER, "").strip() if triggers else ""
         prompts.append(f"{trigger} {prompt}".strip() if trigger and trigger not in prompt else prompt)
+    what = "the input image" if image is not None else "the base's text-to-image"
+    expected = image.size if image is not None else size
     if mask is not None:
-        what = "the input image" if image is not None else "the base's text-to-image"
-        mask = _check_mask(mask, image.size if image is not None else size, what, size)
+        mask = _check_mask(mask, expected, what, size)
+    stage_masks = [mask if wf.mask is None else _check_mask(read_mask(wf.mask), expected, what, size, wf.mask)
+                   for wf in loras]
 
     base_settings = RenderSettings(prompt, seed, steps, guidance, *size, negative_prompt)
     img2img = _img2img_pipeline(pipeline)
@@ -109,14 +115,14 @@ def edit_sequence(pipeline, loras: list[WeightedFile], prompt: str, image: Image
             stages = [Stage(render(pipeline, [base_settings])[0], base_settings, "text-to-image")]
         else:
             stages = [Stage(_fit(image.convert("RGB"), size), base_settings, "input")]
-        for wf, stage_prompt in zip(loras, prompts):
+        for wf, stage_prompt, stage_mask in zip(loras, prompts, stage_masks):
             step_weights = StepWeights(adapters, (wf,))  # a schedule runs over the steps the stage denoises
             step_weights.start()
             settings = RenderSettings(stage_prompt, seed, steps, guidance, *size, negative_prompt)
-            edited = _img2img(img2img, stages[-1].image, settings, strength, mask,
+            edited = _img2img(img2img, stages[-1].image, settings, strength, stage_mask,
                               step_weights if wf.schedule else None)
-            if mask is not None:
-                edited = Image.composite(edited, stages[-1].image, mask)
+            if stage_mask is not None:
+                edited = Image.composite(edited, stages[-1].image, stage_mask)
             stages.append(Stage(edited, settings, "img2img", wf, adapters.hash_of(wf.path), strength))
     finally:
         adapters.apply([])
@@ -155,13 +161,14 @@ def strip_image(stages: list[Stage], scale: int = 2, gap: int = 2) -> Image.Imag
     return strip
 
 
-def _check_mask(mask: Image.Image, expected: tuple[int, int], what: str, size: tuple[int, int]) -> Image.Image:
+def _check_mask(mask: Image.Image, expected: tuple[int, int], what: str, size: tuple[int, int],
+                name: str = "mask") -> Image.Image:
     if mask.size != expected:
-        raise LoramixError(f"mask is {mask.width}×{mask.height} but {what} is {expected[0]}×{expected[1]}: "
+        raise LoramixError(f"{name} is {mask.width}×{mask.height} but {what} is {expected[0]}×{expected[1]}: "
                            "they must be the same size")
     mask = _fit(mask.convert("L"), size)
     if mask.getextrema()[1] == 0:
-        raise LoramixError("mask is all black: it leaves nothing to edit (white marks what to edit)")
+        raise LoramixError(f"{name} is all black: it leaves nothing to edit (white marks what to edit)")
     return mask
 
 

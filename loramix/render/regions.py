@@ -81,6 +81,9 @@ def load_mask(path: str, width: int, height: int, scale: int) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(pixels, scale)[0]  # (h, w)
 
 
+MASKED_METHODS = ("regional", "sequential")
+
+
 def read_mask(path: str):
     """The mask image as greyscale (white: the region), or an error naming the file."""
     from loramix.util.imagefile import open_image
@@ -89,12 +92,13 @@ def read_mask(path: str):
 
 
 def check_masks(files: list[WeightedFile], method: str) -> None:
-    """Before anything renders: regional composition's masks can be read, and no other method is given one (it
-    would be ignored)."""
-    if method != "regional":
+    """Before anything renders: the masks of regional composition (each LoRA's region) and of sequential
+    editing (each stage's region) can be read, and no other method is given one (it would be ignored)."""
+    if method not in MASKED_METHODS:
         masked = [f for f in files if f.mask is not None]
         if masked:
-            raise LoramixError(f"{masked[0].spec}: only --method regional uses masks, not {method}")
+            raise LoramixError(f"{masked[0].spec}: only --method {' and '.join(MASKED_METHODS)} use masks, "
+                               f"not {method}")
         return
     for f in files:
         if f.mask is not None:
