@@ -11,10 +11,12 @@ the base alone, each LoRA alone (exact) and every method in `loramix.choices.REN
 there, so a method added later is benched too; one that needs inputs the bench lacks is skipped with a note;
 sequential, which renders one image at a time, only when --methods names it). merge-svd merges to rank 8;
 ties and dare keep density 0.5. regional gives each LoRA its attribute's box (below) as its mask: the region a
-user would paint for it. fusion (`compose --method fusion`) records each LoRA's layer inputs from its
-attribute's TUNE phrasings of bench/heldout.py and renders the fused whole differences. orthogonal is the exact
-sum of the same recipes trained in orthogonal adaptation's slots (mustache 0, lipstick 1, glasses 2), each
-shown alone too. The first rows are the ceiling: a LoRA trained on faces wearing every attribute of the set.
+user would paint for it; sequential gives it to each LoRA's stage, and reports per stage the change against
+the stage before, outside the box and inside it, and how often the stage's attribute shows. fusion (`compose
+--method fusion`) records each LoRA's layer inputs from its attribute's TUNE phrasings of bench/heldout.py
+and renders the fused whole differences. orthogonal is the exact sum of the same recipes trained in orthogonal
+adaptation's slots (mustache 0, lipstick 1, glasses 2), each shown alone too. The first rows are the
+ceiling: a LoRA trained on faces wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -38,7 +40,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -72,6 +74,8 @@ PHRASINGS = {  # every word is one token of the toy base's tokenizer (checked wh
 }
 TOP_ROWS = round(0.4 * SIZE)
 BATCH = 16
+# The methods given each attribute's box as its LoRA's mask: regional's regions, sequential's stage regions.
+MASKED = ("regional", SEQUENTIAL)
 # Rendered one image at a time (a text-to-image, then an img2img per LoRA): left out unless --methods names it.
 UNBATCHED = (SEQUENTIAL,)
 GRID_SEEDS = 8
@@ -81,6 +85,7 @@ GRID_SEEDS = 8
 class Rendered:
     images: list  # PIL images, in the order of the jobs
     seconds_per_image: float
+    stages: list = field(default_factory=list)  # sequential: each job's stages, stage 0 the base's render
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -169,8 +174,23 @@ def render_all(pipeline, loras: PipelineLoras, files: tuple[WeightedFile, ...], 
     jobs = [ImageJob("", 0, prompt, "", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, SIZE, SIZE, files)
             for prompt in prompts for seed in seeds]
     start = time.perf_counter()
-    images = [image for batch in render_jobs(pipeline, loras, jobs, composition, BATCH) for image in batch.images]
-    return Rendered(images, (time.perf_counter() - start) / len(jobs))
+    batches = list(render_jobs(pipeline, loras, jobs, composition, BATCH))
+    images = [image for batch in batches for image in batch.images]
+    return Rendered(images, (time.perf_counter() - start) / len(jobs), [s for batch in batches for s in batch.stages])
+
+
+def stage_report(result: Rendered, names: tuple[str, ...], judge) -> list[str]:
+    """Per stage of a sequential render: the mean |Δ pixel| against the stage before, outside the stage's
+    attribute box and inside it, and how often the stage's attribute shows (markdown rows)."""
+    rows = []
+    for i, name in enumerate(names, 1):
+        before, after = (pixels([stages[k].image for stages in result.stages]) for k in (i - 1, i))
+        change = (after - before).abs().mean(dim=1)  # (N, 64, 64)
+        box = attribute_regions((name,))
+        shown = judge.verdicts([stages[i].image for stages in result.stages])[:, ATTRIBUTES.index(name)]
+        rows.append(f"| … stage {i}: {name} | Δ outside its box {float(change[:, ~box].mean()):.2f} | "
+                    f"Δ inside {float(change[:, box].mean()):.1f} | {name} {shown.float().mean():.0%} |")
+    return rows
 
 
 def fusion_file(pipeline, loras: PipelineLoras, files: dict[str, WeightedFile], names: tuple[str, ...],
@@ -256,7 +276,7 @@ def main() -> None:
         rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
         masks = region_masks(names, scratch)
         rows += [(method, "/".join(f"{files[n].weight:g}" for n in names),
-                  tuple(replace(files[n], mask=masks[n]) if method == "regional" else files[n] for n in names),
+                  tuple(replace(files[n], mask=masks[n]) if method in MASKED else files[n] for n in names),
                   method, names)
                  for method in methods if method not in (FUSION, ORTHOGONAL)]
         if ORTHOGONAL in methods:
@@ -287,6 +307,8 @@ def main() -> None:
                 top, outside = (f"{figure:.1f}" for figure in figures)
             print(f"| {label} | {weight_text} | {' | '.join(shown)} | {every:.0%} | {face:.0%} | {top} | {outside} | "
                   f"{result.seconds_per_image:.3f} |", flush=True)
+            if result.stages:
+                print("\n".join(stage_report(result, names, judge)), flush=True)
             if args.grid and label in ("base", "joint LoRA (the ceiling)", args.grid_method):
                 grid_rows.append(result.images[: min(GRID_SEEDS, len(seeds))])  # the first phrasing's
                 grid_labels.append(f"{len(names)} LoRAs, {label}" if label != "base" else f"base ({len(names)})")
