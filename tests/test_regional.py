@@ -192,6 +192,46 @@ def test_compose_renders_regions_and_names_them(lora_files, masks, tmp_path):
     assert f"<lora:first:0.8#{masks['left']}>" in parameters and parameters.endswith("Composition: regional")
 
 
+def test_a_lora_with_its_own_prompt_is_conditioned_on_it_and_the_base_keeps_the_images(pipeline, loras, lora_files,
+                                                                                      masks):
+    """Composite with one LoRA given its own prompt renders what the image's prompt set to that one renders; in
+    regional, the base's call keeps the image's prompt, so over a half mask the own prompt changes only what
+    the LoRA's call predicts."""
+    from loramix.render.multi import denoise_multi
+
+    own = "a sad face on a blue background"
+    mine = [WeightedFile(lora_files[0], 0.8, prompt=own)]
+    as_prompt = [RenderSettings(own, seed, STEPS, 4.0, 64, 64) for seed in range(2)]
+    assert torch.equal(denoise_multi(pipeline, loras, mine, settings(), "composite"),
+                       denoise_multi(pipeline, loras, [WeightedFile(lora_files[0], 0.8)], as_prompt, "composite"))
+    one_step = settings(steps=1)
+    half = WeightedFile(lora_files[0], 0.8, mask=masks["left"])
+    plain = denoise_multi(pipeline, loras, [half], one_step, "regional")
+    prompted = denoise_multi(pipeline, loras, [WeightedFile(half.path, 0.8, mask=half.mask, prompt=own)], one_step,
+                             "regional")
+    assert torch.equal(prompted[..., 4:], plain[..., 4:])  # the base's half: the image's prompt either way
+    assert not torch.allclose(prompted[..., :4], plain[..., :4])
+
+
+def test_compose_takes_one_prompt_per_lora_and_writes_them(lora_files, masks, tmp_path):
+    out = tmp_path / "images"
+    result = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.8#{masks['left']}",
+                                       f"{lora_files[1]}:0.8#{masks['right']}", "--method", "regional",
+                                       "--lora-prompt", "first=a face with a mustache", "--prompt", "a face", "-n",
+                                       "1", "--steps", "2", "--images", str(out)])
+    assert result.exit_code == 0, result.output
+    parameters = Image.open(out / "00000-0.png").text["parameters"]
+    assert parameters.endswith('Composition: regional, LoRA prompts: "first: a face with a mustache"')
+    twice = ["--lora-prompt", "first=a", "--lora-prompt", "first=b"]
+    result = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.8", "--method", "composite", *twice,
+                                       "--prompt", "a face", "--images", str(tmp_path / "x")])
+    assert_clean_error(result, "--lora-prompt first: given 2 times; --method composite conditions each LoRA on one")
+    result = CliRunner().invoke(main, ["compose", f"{lora_files[0]}:0.8", "--method", "switch", "--lora-prompt",
+                                       "third=a", "--prompt", "a face", "--images", str(tmp_path / "x")])
+    assert_clean_error(result, "--lora-prompt third: no LoRA being composed is named third")
+    assert not (tmp_path / "x").exists()
+
+
 REGIONAL = ["--method", "regional", "--prompt", "a face", "-n", "1", "--steps", "1"]
 
 

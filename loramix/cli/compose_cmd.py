@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -17,7 +18,7 @@ from loramix.choices import (
 )
 from loramix.cli.options import TAGS_HELP, image_size_options, lora_folders_option
 from loramix.errors import LoramixError
-from loramix.lora.specs import parse_weight_spec
+from loramix.lora.specs import WeightedFile, parse_weight_spec
 from loramix.render.scheduled import check_method
 
 
@@ -32,7 +33,9 @@ from loramix.render.scheduled import check_method
                    "switch/composite/regional: combine the LoRAs while denoising (rendering only).")
 @click.option("--lora-prompt", "lora_prompts", multiple=True, metavar="NAME=PROMPT",
               help="fusion: a prompt that calls up the LoRA NAME (its file name without .safetensors), to record "
-                   "its layer inputs from; repeat for more prompts or LoRAs. Default: the file's trigger words.")
+                   "its layer inputs from; repeat for more prompts or LoRAs. Default: the file's trigger words. "
+                   "switch, composite, regional: the prompt NAME's own calls are conditioned on (its text-encoder "
+                   "LoRA encoding it), once per LoRA; the base's call keeps --prompt. Default: --prompt.")
 @click.option("--rank", type=click.IntRange(min=1),
               help="Reduce to this rank by truncated SVD and report the error. Default: exact keeps the sum of "
                    "ranks, merge-svd takes the largest input rank, ties/dare the sum of ranks.")
@@ -106,6 +109,8 @@ def compose(specs, output, method, lora_prompts, rank, density, seed, file_forma
         raise LoramixError("--sequential renders: give --prompt")
     if output is None and prompt is None:
         raise LoramixError("nothing to do: give -o FILE to write the composition, --prompt to render it, or both")
+    if method in GENERATION_METHODS and given_prompts:
+        weighted_files = _with_own_prompts(weighted_files, given_prompts, method)
     if method == FUSION:
         grams = _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize)
         _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, grams)
@@ -122,9 +127,10 @@ def compose(specs, output, method, lora_prompts, rank, density, seed, file_forma
 
 
 def _lora_prompts(options: tuple[str, ...], method: str) -> dict[str, list[str]]:
-    """`--lora-prompt NAME=PROMPT` options → {NAME: [PROMPT, …]}, for the one method that uses them."""
-    if options and method != FUSION:
-        raise LoramixError(f"--lora-prompt: --method {method} does not use per-LoRA prompts (only fusion does)")
+    """`--lora-prompt NAME=PROMPT` options → {NAME: [PROMPT, …]}, for the methods that use them."""
+    if options and method != FUSION and method not in GENERATION_METHODS:
+        raise LoramixError(f"--lora-prompt: --method {method} does not use per-LoRA prompts (fusion, "
+                           f"{', '.join(GENERATION_METHODS)} do)")
     given: dict[str, list[str]] = {}
     for option in options:
         name, equals, text = option.partition("=")
@@ -132,6 +138,19 @@ def _lora_prompts(options: tuple[str, ...], method: str) -> dict[str, list[str]]
             raise LoramixError(f"--lora-prompt {option!r}: write NAME=PROMPT, e.g. mustache='a face with a mustache'")
         given.setdefault(name.strip(), []).append(text.strip())
     return given
+
+
+def _with_own_prompts(files: list[WeightedFile], given: dict[str, list[str]], method: str) -> list[WeightedFile]:
+    """Each LoRA named by a `--lora-prompt` conditioned on that prompt while it renders."""
+    names = {wf.name for wf in files}
+    for name, prompts in given.items():
+        if name not in names:
+            raise LoramixError(f"--lora-prompt {name}: no LoRA being composed is named {name} (give the file name "
+                               f"without .safetensors: {', '.join(sorted(names))})")
+        if len(prompts) > 1:
+            raise LoramixError(f"--lora-prompt {name}: given {len(prompts)} times; --method {method} conditions "
+                               "each LoRA on one prompt")
+    return [replace(wf, prompt=given[wf.name][0]) if wf.name in given else wf for wf in files]
 
 
 def _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize) -> list[dict]:

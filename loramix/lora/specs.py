@@ -23,6 +23,9 @@ class WeightedFile:
     # None: `weight` at every step.
     schedule: Schedule | None = None
     mask: str | None = None  # regional composition: the image file of this LoRA's region (`#mask.png`)
+    # switch, composite and regional: the prompt this LoRA's own calls are conditioned on (`--lora-prompt`);
+    # None: the image's prompt.
+    prompt: str | None = None
 
     @property
     def spec(self) -> str:

@@ -162,7 +162,9 @@ def job_parameters(job: ImageJob, base: LoadedBase, loras: PipelineLoras,
              "density": composition.density if method in PRUNING_MERGES else None,
              "seed": composition.seed if method.startswith("dare") else None,
              "every": composition.every if method == "switch" else None}
-    return text + ", Composition: " + " ".join([method] + [f"{k} {v:g}" for k, v in knobs.items() if v is not None])
+    text += ", Composition: " + " ".join([method] + [f"{k} {v:g}" for k, v in knobs.items() if v is not None])
+    own = [f"{wf.name}: {wf.prompt}" for wf in job.loras if wf.prompt is not None]
+    return text + (', LoRA prompts: "' + "; ".join(own) + '"' if own else "")
 
 
 def is_done(path: Path, parameters: str) -> bool:

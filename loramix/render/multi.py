@@ -8,7 +8,10 @@ adding the LoRAs' weights, both methods keep each LoRA whole and combine them du
     regional:   ε_t = ε̃(x_t) + Σ_k m_k·(ε̃(x_t | LoRA_k) − ε̃(x_t))            n + 1 UNet calls per step
 
 where ε̃ is the classifier-free-guided prediction, uncond + g·(cond − uncond), made with LoRA_k active (and
-with LoRA_k's text conditioning when it changes the text encoder). Each LoRA acts at its own weight.
+with LoRA_k's text conditioning when it changes the text encoder). Each LoRA acts at its own weight. A LoRA
+given its own prompt (`WeightedFile.prompt`, `--lora-prompt`) is conditioned on that prompt, encoded with its
+own text-encoder LoRA, while the base's call keeps the image's prompt (Mix-of-Show's regional sampling, Gu et
+al. 2023; ComfyUI's hooked conditionings).
 Regional composition (see loramix.render.regions) adds each LoRA's change of the prediction inside its mask
 m_k at latent resolution to the base's prediction, with no LoRA: it skips the base's call when the masks sum
 to exactly 1 at every latent pixel, and a LoRA's call when its mask is empty.
@@ -69,11 +72,13 @@ def denoise_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], set
     weights = [f.weight for f in files]
     pipeline.enable_lora()
     try:
+        prompts = [f.prompt for f in files]
         if method != "regional":
-            return _denoise(pipeline, names, weights, settings, method, every, None)
+            return _denoise(pipeline, names, weights, settings, method, every, None, prompts=prompts)
         shape = (first.width, first.height, pipeline.vae_scale_factor, len(settings))
         found = find_regions(pipeline, loras, files, names, settings) if any(f.mask is None for f in files) else {}
-        return _denoise(pipeline, names, weights, settings, method, every, regions_of(files, *shape, found))
+        return _denoise(pipeline, names, weights, settings, method, every, regions_of(files, *shape, found),
+                        prompts=prompts)
     finally:
         pipeline.disable_lora()
 
@@ -100,7 +105,7 @@ def find_regions(pipeline, loras: PipelineLoras, files: list[WeightedFile], name
 @torch.no_grad()
 def _denoise(pipeline, names: list[str], weights: list[float], settings: list[RenderSettings], method: str,
              every: int, regions: Regions | None, recorder: TriggerAttention | None = None,
-             stop_after: int | None = None) -> torch.Tensor:
+             stop_after: int | None = None, prompts: list[str | None] | None = None) -> torch.Tensor:
     first = settings[0]
     device = pipeline._execution_device
     guided = first.guidance > 1
@@ -117,11 +122,12 @@ def _denoise(pipeline, names: list[str], weights: list[float], settings: list[Re
         if enabled:
             pipeline.set_adapters([names[k]], adapter_weights=[weights[k]])
 
+    own = prompts or [None] * len(names)
     conditioning = []
     for k in range(len(names) + (regions is not None)):
         activate(k)
-        positive, negative = pipeline.encode_prompt([s.prompt for s in settings], device, 1, guided,
-                                                    [s.negative_prompt for s in settings])
+        texts = [s.prompt if k == base or own[k] is None else own[k] for s in settings]
+        positive, negative = pipeline.encode_prompt(texts, device, 1, guided, [s.negative_prompt for s in settings])
         conditioning.append(torch.cat([negative, positive]) if guided else positive)  # (2B, T, D) or (B, T, D)
 
     def predict(k: int, latents: torch.Tensor, t) -> torch.Tensor:
