@@ -15,8 +15,10 @@ user would paint for it; sequential gives it to each LoRA's stage, and reports p
 the stage before, outside the box and inside it, and how often the stage's attribute shows. fusion (`compose
 --method fusion`) records each LoRA's layer inputs from its attribute's TUNE phrasings of bench/heldout.py
 and renders the fused whole differences. orthogonal is the exact sum of the same recipes trained in orthogonal
-adaptation's slots (mustache 0, lipstick 1, glasses 2), each shown alone too. The first rows are the
-ceiling: a LoRA trained on faces wearing every attribute of the set.
+adaptation's slots (mustache 0, lipstick 1, glasses 2), each shown alone too. regional-own-prompts is
+regional with each LoRA's calls conditioned on a prompt naming its attribute alone (`--lora-prompt`,
+LORA_PROMPTS below). The first rows are the ceiling: a LoRA trained on faces wearing every attribute of the
+set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -100,6 +102,10 @@ def parse_seeds(text: str) -> list[int]:
 # The exact sum of LoRAs trained by the same recipes in orthogonal adaptation's slots, one slot an attribute.
 ORTHOGONAL = "orthogonal"
 ATTRIBUTE_SLOTS = {"mustache": 0, "lipstick": 1, "glasses": 2}
+# regional with a prompt per LoRA (`--lora-prompt`): each LoRA's region conditioned on its attribute alone.
+OWN_PROMPTS = "regional-own-prompts"
+LORA_PROMPTS = {"mustache": "a face with a mustache", "lipstick": "a face with lipstick",
+                "glasses": "a face with glasses"}
 
 
 def lora_file(folder: Path, name: str, orthogonal_slot: int | None = None) -> Path:
@@ -236,7 +242,7 @@ def main() -> None:
                         help="Weight of each LoRA, the same for every method.")
     parser.add_argument("--seeds", default="1000-1031", help="Seeds, e.g. 1000-1127 or 1000,1002.")
     parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED), FUSION,
-                                                       ORTHOGONAL]))
+                                                       ORTHOGONAL, OWN_PROMPTS]))
     parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
     parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
@@ -278,7 +284,11 @@ def main() -> None:
         rows += [(method, "/".join(f"{files[n].weight:g}" for n in names),
                   tuple(replace(files[n], mask=masks[n]) if method in MASKED else files[n] for n in names),
                   method, names)
-                 for method in methods if method not in (FUSION, ORTHOGONAL)]
+                 for method in methods if method not in (FUSION, ORTHOGONAL, OWN_PROMPTS)]
+        if OWN_PROMPTS in methods:
+            rows.append((OWN_PROMPTS, "/".join(f"{files[n].weight:g}" for n in names),
+                         tuple(replace(files[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",
+                         names))
         if ORTHOGONAL in methods:
             slotted = {n: WeightedFile(str(lora_file(args.loras, n, ATTRIBUTE_SLOTS[n])), weights[n]) for n in names}
             rows += [(f"{n} alone, slot {ATTRIBUTE_SLOTS[n]}", f"{weights[n]:g}", (slotted[n],), "exact", (n,))
