@@ -280,7 +280,7 @@ def _train_step(model, examples, recipe, step, world, rank, accelerator, optimiz
             loss = model.loss(examples, index, generator) / recipe.gradient_accumulation
         loss.backward()
         total += loss.detach()
-    params = model.trainable_parameters()
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # not a walk over the whole UNet
     if world > 1:  # average the LoRA gradients across processes, as DDP would
         flat = torch.cat([p.grad.flatten() for p in params])
         flat = accelerator.reduce(flat, reduction="mean")
@@ -311,7 +311,7 @@ def _optimizer(recipe: TrainRecipe, model):
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, weight_decay=1e-2)
-    return torch.optim.AdamW(groups, weight_decay=1e-2)
+    return torch.optim.AdamW(groups, weight_decay=1e-2, foreach=True)  # one kernel over all factors, CPUs too
 
 
 def _schedule(optimizer, recipe: TrainRecipe, total_steps: int):
