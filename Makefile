@@ -69,9 +69,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 # The quick loop while editing: everything but the tests marked slow (subprocesses, kills, the toy-base build,
-# end-to-end training and the many-image judge checks), under 2 minutes on 2 shared cores. `make test` runs all.
+# end-to-end training and the many-image judge checks), about a minute on 2 cores. `make test` runs all.
+# --dist loadfile keeps a file's tests on one worker, so its module fixtures (a trained run, a loaded base)
+# are built once rather than once on each worker.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=10
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check loramix tests bench samples scripts

@@ -57,7 +57,7 @@ def test_the_adapter_has_its_metadata_and_only_the_unet_attention(nf4_run):
     recipe_saved = json.loads(metadata["loramix_recipe"])
     assert recipe_saved["rank"] == 4 and recipe_saved["quantize"] == "nf4"
     assert metadata["loramix_trigger_words"] == "mustache" and metadata["loramix_steps"] == "4"
-    assert metadata["loramix_dataset_size"] == "36" and float(metadata["loramix_final_loss"]) == pytest.approx(
+    assert metadata["loramix_dataset_size"] == "72" and float(metadata["loramix_final_loss"]) == pytest.approx(
         result.final_loss, rel=1e-5)
     assert metadata["ss_network_dim"] == "4"
     assert keys and all(k.startswith("lora_unet_") for k in keys)  # kohya naming, which every loader reads
@@ -106,6 +106,7 @@ def test_training_the_text_encoder_too_without_quantization(tmp_path):
     assert any(k.startswith("lora_unet_") for k in keys)
 
 
+@pytest.mark.slow  # it must train: 30 steps are what it takes for the loss to fall clear of its noise
 def test_the_loss_goes_down_on_a_repeated_batch(tmp_path):
     """Sanity of the whole loop: one image, many steps, a high learning rate."""
     data = tmp_path / "one"
@@ -218,6 +219,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, 61))
 
 
+@pytest.mark.slow  # two whole runs, the second rendering its final sample grid: what is switched off is the run's
 def test_samples_can_be_switched_off_entirely(tmp_path):
     """sample_every = 0 renders none during the run, and final_samples = false none at its end: a short run on
     a large base is not spent on a sample grid."""
@@ -229,6 +231,7 @@ def test_samples_can_be_switched_off_entirely(tmp_path):
     assert [p.name for p in (with_final.run / "samples").iterdir()] == ["step-000002.png"]
 
 
+@pytest.mark.slow  # a whole run that samples mid-way: the models come back only for a real sample grid
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, train_text_encoder):
     """QLoRA's peak: the VAE (and frozen text encoders) encode the dataset before the UNet loads and are
@@ -242,7 +245,7 @@ def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, t
     accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True)
     model, examples, count = _prepare(run, accelerator, lambda line: None, Status())
     pipeline = model.pipeline
-    assert count == 36 and examples.latent_mean.shape[0] == 72  # flipped too
+    assert count == 72 and examples.latent_mean.shape[0] == 144  # flipped too
     assert pipeline.vae is None and type(pipeline.unet.conv_in).__name__ == "Conv2dNF4"
     assert (pipeline.text_encoder is not None) == train_text_encoder
     assert (examples.text is None) == train_text_encoder
