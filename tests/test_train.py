@@ -57,7 +57,7 @@ def test_the_adapter_has_its_metadata_and_only_the_unet_attention(nf4_run):
     recipe_saved = json.loads(metadata["loramix_recipe"])
     assert recipe_saved["rank"] == 4 and recipe_saved["quantize"] == "nf4"
     assert metadata["loramix_trigger_words"] == "mustache" and metadata["loramix_steps"] == "4"
-    assert metadata["loramix_dataset_size"] == "72" and float(metadata["loramix_final_loss"]) == pytest.approx(
+    assert metadata["loramix_dataset_size"] == "36" and float(metadata["loramix_final_loss"]) == pytest.approx(
         result.final_loss, rel=1e-5)
     assert metadata["ss_network_dim"] == "4"
     assert keys and all(k.startswith("lora_unet_") for k in keys)  # kohya naming, which every loader reads
@@ -245,7 +245,7 @@ def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, t
     accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True)
     model, examples, count = _prepare(run, accelerator, lambda line: None, Status())
     pipeline = model.pipeline
-    assert count == 72 and examples.latent_mean.shape[0] == 144  # flipped too
+    assert count == 36 and examples.latent_mean.shape[0] == 72  # flipped too
     assert pipeline.vae is None and type(pipeline.unet.conv_in).__name__ == "Conv2dNF4"
     assert (pipeline.text_encoder is not None) == train_text_encoder
     assert (examples.text is None) == train_text_encoder
