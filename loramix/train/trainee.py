@@ -358,16 +358,20 @@ def fix_orthogonal_downs(model, rank: int, slot: int, what: str) -> None:
 
     from loramix.lora.orthogonal import slot_count, slot_down
 
+    downs: dict[int, torch.Tensor] = {}  # input size → its slot's rows: one QR a size, not one a layer
     for name, layer in model.named_modules():
         if not isinstance(layer, LoraLayer):
             continue
         for down in layer.lora_A.values():
             size = down.weight[0].numel()  # a convolution's A reads in_channels × its kernel
-            if slot >= slot_count(size, rank):
+            room = slot_count(size, rank)
+            if slot >= room:
                 raise TraineeError(f"orthogonal_slot {slot}: the {what}'s {name} reads {size} features, room for "
-                                   f"{slot_count(size, rank)} slots of rank {rank} (0 to {slot_count(size, rank) - 1})")
+                                   f"{room} slots of rank {rank} (0 to {room - 1})")
+            if size not in downs:
+                downs[size] = slot_down(size, rank, slot)
             with torch.no_grad():
-                down.weight.copy_(slot_down(size, rank, slot).reshape(down.weight.shape))
+                down.weight.copy_(downs[size].reshape(down.weight.shape))
             down.weight.requires_grad_(False)
 
 
