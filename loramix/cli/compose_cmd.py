@@ -18,7 +18,7 @@ from loramix.choices import (
 )
 from loramix.cli.options import TAGS_HELP, image_size_options, lora_folders_option
 from loramix.errors import LoramixError
-from loramix.lora.specs import WeightedFile, parse_weight_spec
+from loramix.lora.specs import WeightedFile, check_prompt_names, parse_weight_spec
 from loramix.render.scheduled import check_method
 
 
@@ -141,16 +141,14 @@ def _lora_prompts(options: tuple[str, ...], method: str) -> dict[str, list[str]]
 
 
 def _with_own_prompts(files: list[WeightedFile], given: dict[str, list[str]], method: str) -> list[WeightedFile]:
-    """Each LoRA named by a `--lora-prompt` conditioned on that prompt while it renders."""
-    names = {wf.name for wf in files}
+    """Each LoRA named by a `--lora-prompt` (its name or its path, as fusion takes them) conditioned on that
+    prompt while it renders."""
+    check_prompt_names(files, given)
     for name, prompts in given.items():
-        if name not in names:
-            raise LoramixError(f"--lora-prompt {name}: no LoRA being composed is named {name} (give the file name "
-                               f"without .safetensors: {', '.join(sorted(names))})")
         if len(prompts) > 1:
             raise LoramixError(f"--lora-prompt {name}: given {len(prompts)} times; --method {method} conditions "
                                "each LoRA on one prompt")
-    return [replace(wf, prompt=given[wf.name][0]) if wf.name in given else wf for wf in files]
+    return [replace(wf, prompt=mine[0]) if (mine := given.get(wf.path) or given.get(wf.name)) else wf for wf in files]
 
 
 def _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize) -> list[dict]:

@@ -78,3 +78,11 @@ def parse_weight_spec(spec: str) -> WeightedFile:
         return WeightedFile(path, schedule.peak, schedule=schedule)
     return WeightedFile(path, finite_number(text, "weight", spec))
 
+
+def check_prompt_names(files: list[WeightedFile], given: dict[str, list[str]]) -> None:
+    """Refuse a `--lora-prompt NAME=…` whose NAME no file has: not its name (as in `<lora:NAME>`), not its path."""
+    known = {wf.name for wf in files} | {wf.path for wf in files}
+    unknown = sorted(name for name in given if name not in known)
+    if unknown:
+        raise LoramixError(f"--lora-prompt {unknown[0]}: no LoRA being composed is named {unknown[0]} (give the "
+                           f"file's name without .safetensors, or its path)")

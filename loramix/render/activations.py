@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from loramix.errors import LoramixError
-from loramix.lora.specs import WeightedFile
+from loramix.lora.specs import WeightedFile, check_prompt_names
 from loramix.render.core import RenderSettings, render
 
 RECORD_SEEDS = (0, 1, 2, 3)  # images rendered per prompt while recording
@@ -36,11 +36,7 @@ def fusion_prompts(files: list[WeightedFile], given: dict[str, list[str]], read)
     trigger words (`read(path)` gives its adapter); a file with neither is refused, as is a name no file has."""
     from loramix.formats.metadata import META_TRIGGER
 
-    known = {wf.name for wf in files} | {wf.path for wf in files}
-    unknown = sorted(name for name in given if name not in known)
-    if unknown:
-        raise LoramixError(f"--lora-prompt {unknown[0]}: no LoRA being composed is named {unknown[0]} (give the "
-                           f"file's name without .safetensors, or its path)")
+    check_prompt_names(files, given)
     chosen = []
     for wf in files:
         mine = given.get(wf.path) or given.get(wf.name)
