@@ -89,8 +89,8 @@ class PipelineLoras:
         if request == self._applied:
             return 0.0
         start = time.perf_counter()
-        adapters = [(with_block_weights(self.read(wf.path), wf.lbw, wf.path), wf.weight) for wf in loras]
         self.check_sum(loras)
+        adapters = [(with_block_weights(self.read(wf.path), wf.lbw, wf.path), wf.weight) for wf in loras]
         if self.fuse:
             self._restore()
             if self._peft_names:  # named adapters loaded for a generation-time method stay out of the way
