@@ -59,6 +59,7 @@ from loramix.render.core import Composition
 from loramix.render.images import labelled_grid
 from loramix.render.loop import render_jobs
 from loramix.render.prompts import ImageJob
+from loramix.render.regions import MASKED_METHODS
 from loramix.toy import faces
 from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from loramix.toy.judge import ATTRIBUTES, SIZE, load_judge, to_tensor
@@ -76,8 +77,6 @@ PHRASINGS = {  # every word is one token of the toy base's tokenizer (checked wh
 }
 TOP_ROWS = round(0.4 * SIZE)
 BATCH = 16
-# The methods given each attribute's box as its LoRA's mask: regional's regions, sequential's stage regions.
-MASKED = ("regional", SEQUENTIAL)
 # Rendered one image at a time (a text-to-image, then an img2img per LoRA): left out unless --methods names it.
 UNBATCHED = (SEQUENTIAL,)
 GRID_SEEDS = 8
@@ -269,6 +268,7 @@ def main() -> None:
         prompts = PHRASINGS[names]
         files = {name: WeightedFile(str(lora_file(args.loras, name)), weights[name]) for name in names}
         columns = [ATTRIBUTES.index(name) for name in names]
+        together = "/".join(f"{weights[n]:g}" for n in names)  # the weights of a row that composes them all
         print(f"\n{' + '.join(f'{n}:{weights[n]:g}' for n in names)}: seeds {seeds[0]}…{seeds[-1]} ({len(seeds)}) "
               f"× {len(prompts)} phrasings = {len(seeds) * len(prompts)} images per row, {DEFAULT_STEPS} steps, "
               f"guidance {DEFAULT_GUIDANCE:g}\n")
@@ -281,24 +281,23 @@ def main() -> None:
         rows += [("joint LoRA (the ceiling)", "1", (joint,), "exact", names)]
         rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
         masks = region_masks(names, scratch)
-        rows += [(method, "/".join(f"{files[n].weight:g}" for n in names),
-                  tuple(replace(files[n], mask=masks[n]) if method in MASKED else files[n] for n in names),
+        rows += [(method, together,
+                  tuple(replace(files[n], mask=masks[n]) if method in MASKED_METHODS else files[n] for n in names),
                   method, names)
                  for method in methods if method not in (FUSION, ORTHOGONAL, OWN_PROMPTS)]
         if OWN_PROMPTS in methods:
-            rows.append((OWN_PROMPTS, "/".join(f"{files[n].weight:g}" for n in names),
+            rows.append((OWN_PROMPTS, together,
                          tuple(replace(files[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",
                          names))
         if ORTHOGONAL in methods:
             slotted = {n: WeightedFile(str(lora_file(args.loras, n, ATTRIBUTE_SLOTS[n])), weights[n]) for n in names}
             rows += [(f"{n} alone, slot {ATTRIBUTE_SLOTS[n]}", f"{weights[n]:g}", (slotted[n],), "exact", (n,))
                      for n in names]
-            rows.append((ORTHOGONAL, "/".join(f"{weights[n]:g}" for n in names), tuple(slotted.values()), "exact",
-                         names))
+            rows.append((ORTHOGONAL, together, tuple(slotted.values()), "exact", names))
         if FUSION in methods:
             fused, seconds = fusion_file(pipeline, loras, files, names, scratch)
             print(f"(fusion: layer inputs recorded and solved in {seconds:.0f} s)", flush=True)
-            rows.append((FUSION, "/".join(f"{files[n].weight:g}" for n in names), (fused,), "exact", names))
+            rows.append((FUSION, together, (fused,), "exact", names))
         for label, weight_text, row_files, method, region_names in rows:
             try:
                 result = base if label == "base" else render_all(pipeline, loras, row_files, composition_of(method),
