@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from loramix.errors import TrainError, TrainInterrupted
+from loramix.train.checkpoint import Checkpoint
 from loramix.train.recipe import TrainRecipe
 from loramix.train.trainee import LoraTrainee
 from loramix.util.atomic import atomic_path
@@ -67,13 +68,15 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
     folder = recipe.run_folder
     if accelerator.is_main_process:
         _check_writable(folder)
+    # a checkpoint that is missing or from another recipe is an error before minutes of loading, not after
+    checkpoint = _checkpoint_to_resume(resume, folder / "checkpoints", recipe) if resume else None
     model, examples, dataset_size = _prepare(recipe, accelerator, report, status)
     per_step = recipe.batch_size * recipe.gradient_accumulation * accelerator.num_processes
     total_steps = recipe.steps if recipe.steps is not None else recipe.epochs * math.ceil(dataset_size / per_step)
     optimizer = _optimizer(recipe, model)
     run = _Run(recipe, folder, model, examples, optimizer, _schedule(optimizer, recipe, total_steps), accelerator,
                started)
-    loss_value = run.train_steps(run.begin(resume), total_steps, progress)
+    loss_value = run.train_steps(run.begin(checkpoint), total_steps, progress)
     if accelerator.num_processes > 1:
         _check_processes_agree(model, accelerator)
     adapter_path = folder / f"{recipe.adapter_name}.safetensors"
@@ -143,11 +146,10 @@ class _Run:
     started: float
     log_rows: list[dict] = field(default_factory=list)
 
-    def begin(self, resume: str | None) -> int:
+    def begin(self, checkpoint: tuple[Path, Checkpoint] | None) -> int:
         """The first step to train: after the checkpoint resumed from, else 0 (and the old run's log goes)."""
-        if resume:
-            start_step, self.log_rows = _resume(resume, self.folder / "checkpoints", self.model, self.optimizer,
-                                                self.schedule, self.recipe, self.folder)
+        if checkpoint:
+            start_step, self.log_rows = _resume(*checkpoint, self.model, self.optimizer, self.schedule, self.folder)
             return start_step
         if self.accelerator.is_main_process and (self.folder / "train_log.jsonl").exists():
             (self.folder / "train_log.jsonl").unlink()  # a fresh run replaces the old run's log
@@ -187,7 +189,7 @@ class _Run:
         return loss_value
 
     def checkpoint(self, step: int) -> Path:
-        from loramix.train.checkpoint import Checkpoint, save_checkpoint
+        from loramix.train.checkpoint import save_checkpoint
 
         return save_checkpoint(self.folder / "checkpoints",
                                Checkpoint(step, self.model.trainable_state(), self.optimizer.state_dict(),
@@ -327,8 +329,9 @@ def _schedule(optimizer, recipe: TrainRecipe, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _resume(resume: str, checkpoints: Path, model, optimizer, schedule, recipe: TrainRecipe,
-            run: Path) -> tuple[int, list[dict]]:
+def _checkpoint_to_resume(resume: str, checkpoints: Path, recipe: TrainRecipe) -> tuple[Path, Checkpoint]:
+    """The checkpoint `--resume` names ("latest": the newest in `checkpoints`), read and checked against the
+    recipe."""
     from loramix.train.checkpoint import list_checkpoints, load_checkpoint
 
     if resume == "latest":
@@ -344,6 +347,10 @@ def _resume(resume: str, checkpoints: Path, model, optimizer, schedule, recipe: 
                if k in saved and saved[k] != now[k]]
     if changed:
         raise TrainError(f"--resume {path}: the recipe changed {', '.join(changed)} since this checkpoint")
+    return path, checkpoint
+
+
+def _resume(path: Path, checkpoint: Checkpoint, model, optimizer, schedule, run: Path) -> tuple[int, list[dict]]:
     model.load_trainable_state(checkpoint.trainable, str(path))
     optimizer.load_state_dict(checkpoint.optimizer)
     schedule.load_state_dict(checkpoint.schedule)
