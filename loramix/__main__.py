@@ -1,4 +1,4 @@
-from loramix.cli import main
+from loramix.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()
