@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 from collections.abc import Mapping, Sequence
 
 import pytest
-import torch
 
-from loramix.testing import CLIP_ATTENTION, UNET_ATTENTION, random_adapter, tiny_clip, tiny_unet, weight_shapes
+# torch and the models import inside the fixtures: the xdist controller, which runs no test, then starts its
+# workers without first spending two seconds on imports only the workers use.
+
+
+def pytest_configure(config):
+    # Each xdist worker ends holding every model its tests built: skip the collector's walk over them at exit
+    # (1-3 s a worker), as the `loramix` command does.
+    atexit.register(gc.freeze)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """One torch thread for the whole session. The tiny models gain nothing from a second, and where the CPU
     is shared two threads spinning against other processes make a toy step many times slower."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -25,6 +35,7 @@ def toy_attention_shapes() -> dict[str, tuple[int, ...]]:
     """The shipped toy UNet's attention weight shapes, read from its config (no weights loaded)."""
     from loramix.models.load import bundled_base_path
     from loramix.models.shapes import load_base_shapes
+    from loramix.testing import UNET_ATTENTION
 
     ends = tuple("." + kind for kind in UNET_ATTENTION)
     return {key: shape for key, shape in load_base_shapes(bundled_base_path()).weight_shapes.items()
@@ -40,6 +51,7 @@ def toy_loras(toy_attention_shapes, tmp_path_factory):
     writes the same files; `rank` is one rank for all or one per name, `alpha` defaults to the rank (scale 1).
     """
     from loramix.formats.write import write_adapter
+    from loramix.testing import random_adapter
 
     def make(names: Sequence[str], rank: int | Sequence[int] = 4, alpha: float | None = None,
              metadata: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
@@ -61,21 +73,29 @@ def toy_loras(toy_attention_shapes, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def unet():
+    from loramix.testing import tiny_unet
+
     return tiny_unet()
 
 
 @pytest.fixture(scope="session")
 def clip():
+    from loramix.testing import tiny_clip
+
     return tiny_clip()
 
 
 @pytest.fixture(scope="session")
 def unet_attention_shapes(unet):
+    from loramix.testing import UNET_ATTENTION, weight_shapes
+
     return weight_shapes(unet, "unet", UNET_ATTENTION)
 
 
 @pytest.fixture(scope="session")
 def clip_attention_shapes(clip):
+    from loramix.testing import CLIP_ATTENTION, weight_shapes
+
     return weight_shapes(clip, "text_encoder", CLIP_ATTENTION)
 
 

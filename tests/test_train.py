@@ -100,7 +100,8 @@ def test_resume_continues_bit_for_bit(nf4_run, tmp_path):
 
 
 def test_training_the_text_encoder_too_without_quantization(tmp_path):
-    result = train(recipe(tmp_path, steps=2, quantize="none", train_text_encoder=True, rank=2, format="kohya"))
+    result = train(recipe(tmp_path, steps=2, quantize="none", train_text_encoder=True, rank=2, format="kohya",
+                          final_samples=False))
     keys = list(load_file(str(result.adapter)))
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
     assert any(k.startswith("lora_unet_") for k in keys)
@@ -121,7 +122,7 @@ def test_the_loss_goes_down_on_a_repeated_batch(tmp_path):
 
 def test_cli_flags_override_the_recipe_and_errors_are_one_line(tmp_path):
     recipe_file = tmp_path / "r.toml"
-    recipe_file.write_text(f'dataset = "{MUSTACHE}"\nsteps = 100\nrank = 16\n')
+    recipe_file.write_text(f'dataset = "{MUSTACHE}"\nsteps = 100\nrank = 16\nfinal_samples = false\n')
     runner = CliRunner()
     result = runner.invoke(main, ["train", str(recipe_file), "--steps", "1", "--rank", "2", "--quantize", "none",
                                   "--output", str(tmp_path / "out"), "--targets", "to_q,to_v"])
