@@ -19,6 +19,9 @@ PRUNING_MERGES = ("ties", "dare", "dare_ties")  # peft's merges of the full Î”Wá
 FILE_METHODS = ("exact", "merge-svd", *PRUNING_MERGES)
 # Activation-matched fusion: a file method that needs the base, to record each LoRA's layer inputs.
 FUSION = "fusion"
+# ZipLoRA's learned merger coefficients, from the same recorded inputs.
+ZIPLORA = "ziplora"
+RECORDED_METHODS = (FUSION, ZIPLORA)
 # Methods that keep the LoRAs apart while rendering.
 GENERATION_METHODS = ("switch", "composite", "regional")
 SEQUENTIAL = "sequential"

@@ -113,10 +113,28 @@ def test_compose_fusion_writes_a_file_and_renders_it(pair, tmp_path):
     assert len(list((tmp_path / "images").glob("*.png"))) == 3  # two images and the grid
 
 
+def test_compose_ziplora_writes_a_low_rank_file_and_renders_it(pair, tmp_path):
+    from loramix.formats.read import read_adapter
+
+    output = tmp_path / "zipped.safetensors"
+    result = CliRunner().invoke(main, [
+        "compose", f"{pair['mst']}:1", f"{pair['lip']}:0.5", "--method", "ziplora", "-o", str(output),
+        "--lora-prompt", "lip=a face with lipstick", "--steps", "2", "--prompt", "a face", "-n", "1",
+        "--images", str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(output), framework="pt") as f:
+        assert f.metadata()["loramix_compose_method"] == "ziplora"
+    assert "truncation error" not in result.output  # the columns' sum is rank Σ rᵢ exactly: no SVD
+    assert set(read_adapter(output).ranks) == {8}
+    assert len(list((tmp_path / "images").glob("*.png"))) == 2  # the image and the grid
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--method", "fusion"], "--method fusion writes a file: give -o FILE"),
-    (["--method", "fusion", "-o", "OUT"], "fusion records each LoRA's layer inputs from prompts that call it up, "
-                                          "and this file names no trigger words: give --lora-prompt lip=PROMPT"),
+    (["--method", "ziplora"], "--method ziplora writes a file: give -o FILE"),
+    (["--method", "fusion", "-o", "OUT"], "fusion and ziplora record each LoRA's layer inputs from prompts that "
+                                          "call it up, and this file names no trigger words: give --lora-prompt "
+                                          "lip=PROMPT"),
     (["-o", "OUT", "--lora-prompt", "lip=lipstick"], "--lora-prompt: --method exact does not use per-LoRA prompts"),
     (["--method", "fusion", "-o", "OUT", "--lora-prompt", "lipstick"], "--lora-prompt 'lipstick': write NAME=PROMPT"),
     (["--method", "fusion", "-o", "OUT", "--lora-prompt", "lips=x"],

@@ -11,10 +11,10 @@ from loramix.choices import (
     DEFAULT_FORMAT,
     DTYPES,
     FILE_METHODS,
-    FUSION,
     GENERATION_METHODS,
     OUTPUT_FORMATS,
     QUANTIZE_MODES,
+    RECORDED_METHODS,
 )
 from loramix.cli.options import TAGS_HELP, image_size_options, lora_folders_option
 from loramix.errors import LoramixError
@@ -25,15 +25,17 @@ from loramix.render.scheduled import check_method
 @click.command()
 @click.argument("specs", nargs=-1, required=True, metavar="FILE[:WEIGHT]...")
 @click.option("-o", "--output", type=click.Path(), help="Write the composed LoRA file here.")
-@click.option("--method", type=click.Choice((*FILE_METHODS, FUSION, *GENERATION_METHODS)), default="exact",
+@click.option("--method", type=click.Choice((*FILE_METHODS, *RECORDED_METHODS, *GENERATION_METHODS)), default="exact",
               show_default=True,
               help="exact: Σ wᵢ·ΔWᵢ. merge-svd: its best rank-R approximation. ties/dare/dare_ties: peft's merges "
                    "of the full ΔWᵢ (not additive). fusion: the update that does what each LoRA does to the layer "
                    "inputs of its own prompts (Mix-of-Show; renders with the base to record them; needs -o). "
+                   "ziplora: each LoRA's columns scaled by learned coefficients (ZipLoRA), from the same inputs. "
                    "switch/composite/regional: combine the LoRAs while denoising (rendering only).")
 @click.option("--lora-prompt", "lora_prompts", multiple=True, metavar="NAME=PROMPT",
-              help="fusion: a prompt that calls up the LoRA NAME (its file name without .safetensors), to record "
-                   "its layer inputs from; repeat for more prompts or LoRAs. Default: the file's trigger words. "
+              help="fusion, ziplora: a prompt that calls up the LoRA NAME (its file name without .safetensors), "
+                   "to record its layer inputs from; repeat for more prompts or LoRAs. Default: the file's trigger "
+                   "words. "
                    "switch, composite, regional: the prompt NAME's own calls are conditioned on (its text-encoder "
                    "LoRA encoding it), once per LoRA; the base's call keeps --prompt. Default: --prompt.")
 @click.option("--rank", type=click.IntRange(min=1),
@@ -96,14 +98,14 @@ def compose(specs, output, method, lora_prompts, rank, density, seed, file_forma
 
     check_masks(weighted_files, "sequential" if sequential else method)
     given_prompts = _lora_prompts(lora_prompts, method)
-    if method == FUSION and output is None:
-        raise LoramixError("--method fusion writes a file: give -o FILE (--prompt then renders it)")
+    if method in RECORDED_METHODS and output is None:
+        raise LoramixError(f"--method {method} writes a file: give -o FILE (--prompt then renders it)")
     if method in GENERATION_METHODS and output is not None:
         raise LoramixError(f"--method {method} combines LoRAs while denoising, so there is no file to write: "
                            "drop -o, or use exact, merge-svd, ties or dare")
     if method in GENERATION_METHODS and prompt is None:
         raise LoramixError(f"--method {method} combines LoRAs while rendering: give --prompt")
-    if prompt is not None and method != FUSION:
+    if prompt is not None and method not in RECORDED_METHODS:
         check_method(weighted_files, "sequential" if sequential else method)
     if sequential and prompt is None:
         raise LoramixError("--sequential renders: give --prompt")
@@ -111,10 +113,10 @@ def compose(specs, output, method, lora_prompts, rank, density, seed, file_forma
         raise LoramixError("nothing to do: give -o FILE to write the composition, --prompt to render it, or both")
     if method in GENERATION_METHODS and given_prompts:
         weighted_files = _with_own_prompts(weighted_files, given_prompts, method)
-    if method == FUSION:
+    if method in RECORDED_METHODS:
         grams = _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize)
         _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, grams)
-        weighted_files, method = [parse_weight_spec(str(output))], "exact"  # --prompt renders the fused file
+        weighted_files, method = [parse_weight_spec(str(output))], "exact"  # --prompt renders the written file
     elif output is not None:
         _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite)
     if prompt is not None:
@@ -128,9 +130,9 @@ def compose(specs, output, method, lora_prompts, rank, density, seed, file_forma
 
 def _lora_prompts(options: tuple[str, ...], method: str) -> dict[str, list[str]]:
     """`--lora-prompt NAME=PROMPT` options → {NAME: [PROMPT, …]}, for the methods that use them."""
-    if options and method != FUSION and method not in GENERATION_METHODS:
-        raise LoramixError(f"--lora-prompt: --method {method} does not use per-LoRA prompts (fusion, "
-                           f"{', '.join(GENERATION_METHODS)} do)")
+    if options and method not in RECORDED_METHODS and method not in GENERATION_METHODS:
+        raise LoramixError(f"--lora-prompt: --method {method} does not use per-LoRA prompts "
+                           f"({', '.join((*RECORDED_METHODS, *GENERATION_METHODS))} do)")
     given: dict[str, list[str]] = {}
     for option in options:
         name, equals, text = option.partition("=")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loramix.choices import DEFAULT_FORMAT, FUSION
+from loramix.choices import DEFAULT_FORMAT, FUSION, RECORDED_METHODS
 from loramix.errors import LoramixError
 from loramix.lora.compose import SvdReport, compose_by_method, summed_rank
 from loramix.lora.specs import WeightedFile
@@ -30,9 +30,9 @@ def write_composition(files: list[WeightedFile], output: str | os.PathLike, meth
                       allow_nonfinite: bool = False, grams: list[dict] | None = None) -> WrittenComposition:
     """Read `files` (with their block weights), compose them by `method` and write the result atomically,
     recording its inputs (paths as given, with their weights) and method in the header. `full-diff` writes each
-    module's whole ΔW, which LyCORIS modules need to be summed exactly. `fusion` needs each file's Gram
-    matrices (`grams`, from loramix.render.activations) and is written at `rank` (default: the sum of the
-    input ranks) unless `full-diff`."""
+    module's whole ΔW, which LyCORIS modules need to be summed exactly. `fusion` and `ziplora` need each
+    file's Gram matrices (`grams`, from loramix.render.activations); fusion is written at `rank` (default: the
+    sum of the input ranks) unless `full-diff`, ziplora at rank Σ rᵢ unless `rank` is given."""
     from loramix.formats.metadata import composition_metadata
     from loramix.formats.read import read_weighted
     from loramix.formats.write import write_adapter
@@ -40,13 +40,17 @@ def write_composition(files: list[WeightedFile], output: str | os.PathLike, meth
     weighted = read_weighted(files)
     adapters = [a for a, _ in weighted]
     names = [wf.path for wf in files]
+    if method in RECORDED_METHODS and grams is None:
+        raise LoramixError(f"{method} needs the Gram matrices of each LoRA's layer inputs: record them first")
     if method == FUSION:
         from loramix.lora.fusion import compose_fusion
 
-        if grams is None:
-            raise LoramixError("fusion needs the Gram matrices of each LoRA's layer inputs: record them first")
         whole = file_format == "full-diff"
         result, report = compose_fusion(weighted, grams, None if whole else rank or summed_rank(weighted), names)
+    elif method in RECORDED_METHODS:
+        from loramix.lora.ziplora import compose_ziplora
+
+        result, report = compose_ziplora(weighted, grams, rank, names)
     else:
         result, report = compose_by_method(weighted, method, rank, density, seed, names, allow_nonfinite,
                                            dense=file_format == "full-diff")

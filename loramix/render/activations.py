@@ -42,8 +42,9 @@ def fusion_prompts(files: list[WeightedFile], given: dict[str, list[str]], read)
         mine = given.get(wf.path) or given.get(wf.name)
         trigger = "" if mine else read(wf.path).metadata.get(META_TRIGGER, "").strip()
         if not mine and not trigger:
-            raise LoramixError(f"{wf.path}: fusion records each LoRA's layer inputs from prompts that call it up, and "
-                               f"this file names no trigger words: give --lora-prompt {wf.name}=PROMPT")
+            raise LoramixError(f"{wf.path}: fusion and ziplora record each LoRA's layer inputs from prompts that "
+                               "call it up, and this file names no trigger words: give --lora-prompt "
+                               f"{wf.name}=PROMPT")
         chosen.append(FusionPrompts(tuple(mine), "--lora-prompt") if mine
                       else FusionPrompts((trigger,), "its trigger words"))
     return chosen
