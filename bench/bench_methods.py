@@ -6,19 +6,18 @@ attribute, is it still a face, and what else did the LoRAs change?
                                   [--grid docs/methods.png --grid-method exact]
 
 For the pair mustache + lipstick and for all three LoRAs (with glasses), renders every seed with each of three
-phrasings of a prompt naming every attribute (seeds and phrasings that no LoRA was trained or tuned on), by
-the base alone, each LoRA alone (exact) and every method in `loramix.choices.RENDER_METHODS` (read from
-there, so a method added later is benched too; one that needs inputs the bench lacks is skipped with a note;
-sequential, which renders one image at a time, only when --methods names it). merge-svd merges to rank 8;
-ties and dare keep density 0.5. regional gives each LoRA its attribute's box (below) as its mask: the region a
-user would paint for it; sequential gives it to each LoRA's stage, and reports per stage the change against
-the stage before, outside the box and inside it, and how often the stage's attribute shows. fusion (`compose
---method fusion`) records each LoRA's layer inputs from its attribute's TUNE phrasings of bench/heldout.py
-and renders the fused whole differences. orthogonal is the exact sum of the same recipes trained in orthogonal
-adaptation's slots (mustache 0, lipstick 1, glasses 2), each shown alone too. regional-own-prompts is
-regional with each LoRA's calls conditioned on a prompt naming its attribute alone (`--lora-prompt`,
-LORA_PROMPTS below). The first rows are the ceiling: a LoRA trained on faces wearing every attribute of the
-set.
+phrasings of a prompt naming every attribute (seeds and phrasings that no LoRA was trained or tuned on), by the base
+alone, each LoRA alone (exact) and every method in `loramix.choices.RENDER_METHODS` (read from there, so a method
+added later is benched too; one that needs inputs the bench lacks is skipped with a note; sequential, which renders
+one image at a time, only when --methods names it). merge-svd merges to rank 8; ties and dare keep density 0.5.
+regional gives each LoRA its attribute's box (below) as its mask: the region a user would paint for it; sequential
+gives it to each LoRA's stage, and reports per stage the change against the stage before, outside the box and inside
+it, and how often the stage's attribute shows. fusion and ziplora (`compose --method fusion`, `--method ziplora`)
+record each LoRA's layer inputs from its attribute's TUNE phrasings of bench/heldout.py and render the composed
+whole differences. orthogonal is the exact sum of the same recipes trained in orthogonal adaptation's slots
+(mustache 0, lipstick 1, glasses 2), each shown alone too. regional-own-prompts is regional with each LoRA's calls
+conditioned on a prompt naming its attribute alone (`--lora-prompt`, LORA_PROMPTS below). The first rows are the
+ceiling: a LoRA trained on faces wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -49,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loramix.choices import FUSION, RENDER_METHODS, SEQUENTIAL
+from loramix.choices import FUSION, RECORDED_METHODS, RENDER_METHODS, SEQUENTIAL, ZIPLORA
 from loramix.cli.quiet import quiet_libraries
 from loramix.errors import LoramixError
 from loramix.lora.specs import WeightedFile
@@ -198,25 +197,28 @@ def stage_report(result: Rendered, names: tuple[str, ...], judge) -> list[str]:
     return rows
 
 
-def fusion_file(pipeline, loras: PipelineLoras, files: dict[str, WeightedFile], names: tuple[str, ...],
-                folder: Path) -> tuple[WeightedFile, float]:
-    """The LoRAs of `names` fused by activation matching (`compose --method fusion`), their layer inputs recorded
-    from each attribute's TUNE phrasings (bench/heldout.py: none is a phrasing measured here), written as whole
-    differences: (the file at weight 1, the seconds recording and solving took)."""
+def recorded_file(method: str, pipeline, loras: PipelineLoras, files: dict[str, WeightedFile],
+                  names: tuple[str, ...], folder: Path) -> tuple[WeightedFile, float]:
+    """The LoRAs of `names` composed by a method that records their layer inputs (`compose --method fusion` or
+    `ziplora`), the inputs recorded from each attribute's TUNE phrasings (bench/heldout.py: none is a phrasing
+    measured here), written as whole differences: (the file at weight 1, the seconds recording and solving
+    took)."""
     from heldout import TUNE
 
     from loramix.formats.read import read_weighted
     from loramix.formats.write import write_adapter
     from loramix.lora.fusion import compose_fusion
+    from loramix.lora.ziplora import compose_ziplora
     from loramix.render.activations import FusionPrompts, record_fusion_grams
 
     start = time.perf_counter()
     ordered = [files[name] for name in names]
     prompts = [FusionPrompts(TUNE[name], "bench/heldout.py TUNE") for name in names]
     grams = record_fusion_grams(pipeline, loras, ordered, prompts, DEFAULT_STEPS, DEFAULT_GUIDANCE, SIZE)
-    fused, _ = compose_fusion(read_weighted(ordered), grams, names=[f.path for f in ordered])
-    path = folder / f"fusion-{'+'.join(names)}.safetensors"
-    write_adapter(fused, path, format="full-diff")
+    compose = {FUSION: compose_fusion, ZIPLORA: compose_ziplora}[method]
+    composed, _ = compose(read_weighted(ordered), grams, names=[f.path for f in ordered])
+    path = folder / f"{method}-{'+'.join(names)}.safetensors"
+    write_adapter(composed, path, format="full-diff")
     return WeightedFile(str(path), 1.0), time.perf_counter() - start
 
 
@@ -240,8 +242,8 @@ def main() -> None:
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",
                         help="Weight of each LoRA, the same for every method.")
     parser.add_argument("--seeds", default="1000-1031", help="Seeds, e.g. 1000-1127 or 1000,1002.")
-    parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED), FUSION,
-                                                       ORTHOGONAL, OWN_PROMPTS]))
+    parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED),
+                                                       *RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS]))
     parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
     parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
@@ -284,7 +286,7 @@ def main() -> None:
         rows += [(method, together,
                   tuple(replace(files[n], mask=masks[n]) if method in MASKED_METHODS else files[n] for n in names),
                   method, names)
-                 for method in methods if method not in (FUSION, ORTHOGONAL, OWN_PROMPTS)]
+                 for method in methods if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS)]
         if OWN_PROMPTS in methods:
             rows.append((OWN_PROMPTS, together,
                          tuple(replace(files[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",
@@ -294,10 +296,10 @@ def main() -> None:
             rows += [(f"{n} alone, slot {ATTRIBUTE_SLOTS[n]}", f"{weights[n]:g}", (slotted[n],), "exact", (n,))
                      for n in names]
             rows.append((ORTHOGONAL, together, tuple(slotted.values()), "exact", names))
-        if FUSION in methods:
-            fused, seconds = fusion_file(pipeline, loras, files, names, scratch)
-            print(f"(fusion: layer inputs recorded and solved in {seconds:.0f} s)", flush=True)
-            rows.append((FUSION, together, (fused,), "exact", names))
+        for method in (m for m in RECORDED_METHODS if m in methods):
+            composed, seconds = recorded_file(method, pipeline, loras, files, names, scratch)
+            print(f"({method}: layer inputs recorded and solved in {seconds:.0f} s)", flush=True)
+            rows.append((method, together, (composed,), "exact", names))
         for label, weight_text, row_files, method, region_names in rows:
             try:
                 result = base if label == "base" else render_all(pipeline, loras, row_files, composition_of(method),
