@@ -267,3 +267,30 @@ def test_attention_maps_are_placed_on_the_grid_of_their_layer():
 
     assert [layer_grid(8, 8, n) for n in (64, 16, 4)] == [(8, 8), (4, 4), (2, 2)]
     assert [layer_grid(9, 7, n) for n in (63, 20, 6)] == [(9, 7), (5, 4), (3, 2)]
+
+
+def test_a_scheduled_region_follows_its_schedule_step_by_step(pipeline, loras, lora_files, masks):
+    """Regional with a step schedule (ComfyUI's hook keyframes on a masked LoRA): over everything, a LoRA on
+    at every step renders exactly its plain weight; on for the later half only, it renders what the pipeline
+    renders with the same schedule put on step by step (unfused adapters), and neither the base nor the LoRA
+    throughout."""
+    from loramix.models.load import load_pipeline
+    from loramix.models.loras import PipelineLoras
+    from loramix.render.core import render
+    from loramix.render.multi import render_multi
+    from loramix.render.scheduled import StepWeights
+
+    def regional(weight: str):
+        spec = parse_weight_spec(f"{lora_files[0]}:{weight}#{masks['white']}")
+        return pixels(render_multi(pipeline, loras, [spec], settings(), "regional"))
+
+    plain = regional("0.8")
+    assert (regional("0.8@0-1") == plain).all()
+    late = regional("0.8@0.5-1")
+    reference_pipeline = load_pipeline("toy")
+    step_weights = StepWeights(PipelineLoras(reference_pipeline, fuse=False),
+                               (parse_weight_spec(f"{lora_files[0]}:0.8@0.5-1"),))
+    step_weights.start()
+    assert np.abs(late - pixels(render(reference_pipeline, settings(), on_step=step_weights))).max() <= 1
+    base = pixels(render(pipeline, settings()))
+    assert np.abs(late - plain).mean() > 0.5 and np.abs(late - base).mean() > 0.5

@@ -16,6 +16,11 @@ Regional composition (see loramix.render.regions) adds each LoRA's change of the
 m_k at latent resolution to the base's prediction, with no LoRA: it skips the base's call when the masks sum
 to exactly 1 at every latent pixel, and a LoRA's call when its mask is empty.
 
+In regional a LoRA may follow a step schedule (`a.safetensors:1@0.3-1#mask.png`), as ComfyUI's hook keyframes
+schedule a masked LoRA: its call takes its weight at each step, and where that is 0 it makes no call and its
+region takes the base's prediction. Starting the LoRAs after the base has laid out the face is what keeps
+faces (docs/performance.md).
+
 The loop is Stable Diffusion's own (encode, prepare latents, scale, predict, guide, step, decode) from the
 pipeline's parts, with the per-step choice of LoRA added; with one LoRA it renders what the pipeline does
 (a test checks this).
@@ -28,6 +33,7 @@ from PIL import Image
 
 from loramix.choices import GENERATION_METHODS
 from loramix.errors import LoramixError
+from loramix.lora.schedule import Schedule, step_fraction
 from loramix.lora.specs import WeightedFile
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import RenderSettings, batch_settings
@@ -78,7 +84,7 @@ def denoise_multi(pipeline, loras: PipelineLoras, files: list[WeightedFile], set
         shape = (first.width, first.height, pipeline.vae_scale_factor, len(settings))
         found = find_regions(pipeline, loras, files, names, settings) if any(f.mask is None for f in files) else {}
         return _denoise(pipeline, names, weights, settings, method, every, regions_of(files, *shape, found),
-                        prompts=prompts)
+                        prompts=prompts, schedules=[f.schedule for f in files])
     finally:
         pipeline.disable_lora()
 
@@ -105,7 +111,11 @@ def find_regions(pipeline, loras: PipelineLoras, files: list[WeightedFile], name
 @torch.no_grad()
 def _denoise(pipeline, names: list[str], weights: list[float], settings: list[RenderSettings], method: str,
              every: int, regions: Regions | None, recorder: TriggerAttention | None = None,
-             stop_after: int | None = None, prompts: list[str | None] | None = None) -> torch.Tensor:
+             stop_after: int | None = None, prompts: list[str | None] | None = None,
+             schedules: list[Schedule | None] | None = None) -> torch.Tensor:
+    """`weights` are each LoRA's weight, or its peak where `schedules` gives it a step schedule (regional only):
+    a scheduled LoRA's UNet call uses its weight at the step, and at 0 it makes none; its prompt is encoded at
+    its peak, the weight it acts with."""
     first = settings[0]
     device = pipeline._execution_device
     guided = first.guidance > 1
@@ -114,13 +124,15 @@ def _denoise(pipeline, names: list[str], weights: list[float], settings: list[Re
 
     enabled = True  # render_multi enables the adapters; the base's call turns them off until the next LoRA's
 
+    current = list(weights)  # each LoRA's weight at the step being denoised
+
     def activate(k: int) -> None:
         nonlocal enabled
         if (k != base) != enabled:
             enabled = k != base
             (pipeline.enable_lora if enabled else pipeline.disable_lora)()
         if enabled:
-            pipeline.set_adapters([names[k]], adapter_weights=[weights[k]])
+            pipeline.set_adapters([names[k]], adapter_weights=[current[k]])
 
     own = prompts or [None] * len(names)
     conditioning = []
@@ -148,10 +160,13 @@ def _denoise(pipeline, names: list[str], weights: list[float], settings: list[Re
     step_kwargs = pipeline.prepare_extra_step_kwargs(generators, 0.0)
     if regions is not None:
         regions = Regions(regions.masks.to(device, latents.dtype))
+    steps = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps[:stop_after]):
+        if schedules:
+            current = [w if s is None else s.weight_at(step_fraction(i, steps)) for w, s in zip(weights, schedules)]
         if regions is not None:
-            acting = {k: predict(k, latents, t) for k in regions.acting()}
-            noise = regions.blend(predict(base, latents, t) if regions.needs_base else None, acting)
+            acting = {k: predict(k, latents, t) for k in regions.acting() if current[k] != 0}
+            noise = regions.blend(predict(base, latents, t) if regions.needs_base(acting) else None, acting)
         else:
             active = [(i // every) % len(names)] if method == "switch" else range(len(names))
             noise = torch.stack([predict(k, latents, t) for k in active]).mean(0)

@@ -38,23 +38,24 @@ class Regions:
 
     masks: torch.Tensor  # (K, B, 1, h, w): one per LoRA and image, broadcast over the latent channels
 
-    @property
-    def base_share(self) -> torch.Tensor:
-        return 1 - self.masks.sum(0)  # (B, 1, h, w): negative where regions overlap
+    def base_share(self, acting) -> torch.Tensor:
+        """1 − Σ m_k over the LoRAs `acting` this step (indices), (B, 1, h, w): negative where regions overlap."""
+        return 1 - sum((self.masks[k] for k in acting), torch.zeros_like(self.masks[0]))
 
-    @property
-    def needs_base(self) -> bool:
-        """False when the masks sum to exactly 1 everywhere: the base's prediction would be weighted by 0."""
-        return bool((self.base_share != 0).any())
+    def needs_base(self, acting) -> bool:
+        """False when the acting LoRAs' masks sum to exactly 1 everywhere: the base's prediction would be
+        weighted by 0."""
+        return bool((self.base_share(acting) != 0).any())
 
     def acting(self) -> list[int]:
         """The LoRAs whose region is not empty: only they need a UNet call."""
         return [k for k in range(len(self.masks)) if self.masks[k].any()]
 
     def blend(self, base: torch.Tensor | None, predictions: dict[int, torch.Tensor]) -> torch.Tensor:
-        """ε = (1 − Σ m_k)·ε_base + Σ m_k·ε_k over the acting LoRAs (`predictions`: k → ε_k, (B, C, h, w))."""
+        """ε = (1 − Σ m_k)·ε_base + Σ m_k·ε_k over the LoRAs acting this step (`predictions`: k → ε_k,
+        (B, C, h, w)); a LoRA a step schedule has at 0 is not among them, and its region takes the base's ε."""
         blended = sum(self.masks[k] * noise for k, noise in predictions.items())
-        return blended if base is None else self.base_share * base + blended
+        return blended if base is None else self.base_share(predictions) * base + blended
 
 
 def regions_of(files: list[WeightedFile], width: int, height: int, scale: int, batch: int,

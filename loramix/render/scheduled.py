@@ -26,7 +26,9 @@ from loramix.lora.specs import WeightedFile
 if TYPE_CHECKING:  # the command line imports this module before torch, which loramix.models.loras needs
     from loramix.models.loras import PipelineLoras
 
-SCHEDULED_METHODS = (*FILE_METHODS, SEQUENTIAL)  # the methods that re-merge a set per distinct weight vector
+# The methods that re-merge a set per distinct weight vector, regional (which sets each LoRA's weight for its own
+# call, and skips the call where it is 0) and sequential.
+SCHEDULED_METHODS = (*FILE_METHODS, "regional", SEQUENTIAL)
 
 
 def at_fraction(files: tuple[WeightedFile, ...], fraction: float) -> tuple[WeightedFile, ...]:
