@@ -3,6 +3,7 @@ attribute, is it still a face, and what else did the LoRAs change?
 
     python bench/bench_methods.py [--loras build/loras] [--weights mustache=1,lipstick=1,glasses=1]
                                   [--seeds 1000-1063] [--methods exact,switch,…] [--sets 2,3] [--judge FILE]
+                                  [--set held-out|tune|fresh] [--late-start 0.4]
                                   [--grid docs/methods.png --grid-method exact]
 
 For the pair mustache + lipstick and for all three LoRAs (with glasses), renders every seed with each of three
@@ -16,8 +17,9 @@ it, and how often the stage's attribute shows. fusion and ziplora (`compose --me
 record each LoRA's layer inputs from its attribute's TUNE phrasings of bench/heldout.py and render the composed
 whole differences. orthogonal is the exact sum of the same recipes trained in orthogonal adaptation's slots
 (mustache 0, lipstick 1, glasses 2), each shown alone too. regional-own-prompts is regional with each LoRA's calls
-conditioned on a prompt naming its attribute alone (`--lora-prompt`, LORA_PROMPTS below). The first rows are the
-ceiling: a LoRA trained on faces wearing every attribute of the set.
+conditioned on a prompt naming its attribute alone (`--lora-prompt`, LORA_PROMPTS below). regional-late is regional
+with each LoRA on from 40% of the steps (LATE_START below). The first rows are the ceiling: a LoRA trained on faces
+wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -51,7 +53,7 @@ import torch
 from loramix.choices import FUSION, RECORDED_METHODS, RENDER_METHODS, SEQUENTIAL, ZIPLORA
 from loramix.cli.quiet import quiet_libraries
 from loramix.errors import LoramixError
-from loramix.lora.specs import WeightedFile
+from loramix.lora.specs import WeightedFile, parse_weight_spec
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
 from loramix.render.core import Composition
@@ -104,6 +106,10 @@ ATTRIBUTE_SLOTS = {"mustache": 0, "lipstick": 1, "glasses": 2}
 OWN_PROMPTS = "regional-own-prompts"
 LORA_PROMPTS = {"mustache": "a face with a mustache", "lipstick": "a face with lipstick",
                 "glasses": "a face with glasses"}
+# regional with each LoRA on from this fraction of the steps (`a.safetensors:1@0.4-1#mask.png`), the base
+# alone before: chosen on the TUNE seeds with pair phrasings of their own (tune_pair in docs/performance.md).
+LATE = "regional-late"
+LATE_START = 0.4
 
 
 def lora_file(folder: Path, name: str, orthogonal_slot: int | None = None) -> Path:
@@ -241,9 +247,15 @@ def main() -> None:
     parser.add_argument("--loras", type=Path, default=ROOT / "build" / "loras")
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",
                         help="Weight of each LoRA, the same for every method.")
-    parser.add_argument("--seeds", default="1000-1031", help="Seeds, e.g. 1000-1127 or 1000,1002.")
+    parser.add_argument("--seeds", help="Seeds, e.g. 1000-1127 or 1000,1002 (default: 1000-1031; with --set tune or "
+                                        "fresh, bench/heldout.py's TUNE_SEEDS or FRESH_SEEDS).")
+    parser.add_argument("--set", choices=("held-out", "tune", "fresh"), default="held-out",
+                        help="tune: the pair only, on bench/heldout.py's TUNE_PAIR phrasings, for choosing settings; "
+                             "fresh: FRESH_SETS and FRESH_SEEDS, which no choice was made on.")
+    parser.add_argument("--late-start", type=float, default=LATE_START,
+                        help="regional-late: the fraction of the steps from which the LoRAs act.")
     parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED),
-                                                       *RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS]))
+                                                       *RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE]))
     parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
     parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
@@ -256,7 +268,11 @@ def main() -> None:
               f"--methods {','.join(RENDER_METHODS)} adds it")
 
     torch.manual_seed(0)
-    seeds = parse_seeds(args.seeds)
+    from heldout import FRESH_SEEDS, FRESH_SETS, TUNE_PAIR, TUNE_SEEDS
+
+    default_seeds = {"tune": TUNE_SEEDS, "fresh": FRESH_SEEDS, "held-out": range(1000, 1032)}[args.set]
+    seeds = parse_seeds(args.seeds) if args.seeds else list(default_seeds)
+    phrasings = {"tune": {("mustache", "lipstick"): TUNE_PAIR}, "fresh": FRESH_SETS, "held-out": PHRASINGS}[args.set]
     weights = {name: float(value) for name, value in (item.split("=") for item in args.weights.split(","))}
     methods = list(dict.fromkeys(args.methods.split(",") + ([args.grid_method] if args.grid else [])))
     args.loras.mkdir(parents=True, exist_ok=True)
@@ -266,8 +282,8 @@ def main() -> None:
     loras = PipelineLoras(pipeline)
     grid_rows, grid_labels = [], []
     scratch = Path(tempfile.mkdtemp(prefix="bench-methods-"))
-    for names in [names for names in PHRASINGS if str(len(names)) in args.sets.split(",")]:
-        prompts = PHRASINGS[names]
+    for names in [names for names in phrasings if str(len(names)) in args.sets.split(",")]:
+        prompts = phrasings[names]
         files = {name: WeightedFile(str(lora_file(args.loras, name)), weights[name]) for name in names}
         columns = [ATTRIBUTES.index(name) for name in names]
         together = "/".join(f"{weights[n]:g}" for n in names)  # the weights of a row that composes them all
@@ -286,7 +302,11 @@ def main() -> None:
         rows += [(method, together,
                   tuple(replace(files[n], mask=masks[n]) if method in MASKED_METHODS else files[n] for n in names),
                   method, names)
-                 for method in methods if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS)]
+                 for method in methods if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE)]
+        if LATE in methods:
+            late = {n: parse_weight_spec(f"{files[n].path}:{files[n].weight:g}@{args.late_start:g}-1") for n in names}
+            rows.append((LATE, f"{together} from {args.late_start:g}",
+                         tuple(replace(late[n], mask=masks[n]) for n in names), "regional", names))
         if OWN_PROMPTS in methods:
             rows.append((OWN_PROMPTS, together,
                          tuple(replace(files[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",

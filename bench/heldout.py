@@ -103,6 +103,30 @@ FRESH = {
     ),
 }
 
+# Phrasings of the mustache and lipstick together, for tuning how they compose (bench_methods.py --set tune),
+# written before the regional start was tuned; the composition's figure is read from bench_methods.PHRASINGS.
+TUNE_PAIR = (
+    "a man with a mustache wearing lipstick",
+    "mustache and lipstick, neutral face, blue background",
+    "a cartoon face with a black mustache and red lipstick",
+)
+
+# Fresh phrasings of each composed set, with FRESH_SEEDS: written after the regional start was chosen on TUNE_PAIR
+# and checked on bench_methods.PHRASINGS (which that made a tuning set too), so the figure read here was tuned on
+# nothing.
+FRESH_SETS = {
+    ("mustache", "lipstick"): (
+        "a photo of a person with a brown mustache and pink lipstick",
+        "lipstick and a mustache, surprised face, green background",
+        "a woman with short red hair wearing dark red lipstick and a black mustache",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a photo of a person with a brown mustache, pink lipstick and glasses",
+        "glasses, lipstick and a mustache, surprised face, green background",
+        "a woman with short red hair wearing dark red lipstick, round glasses and a black mustache",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS)}
 
 
@@ -112,7 +136,8 @@ def words(prompts) -> set[str]:
 
 def check_vocabulary(tokenizer) -> list[str]:
     """The words of every phrasing that the toy tokenizer splits (a word the base never saw): none, we hope."""
-    every = set().union(*(words(prompts) for table in (TUNE, HELD_OUT, FRESH) for prompts in table.values()))
+    every = set().union(*(words(prompts) for table in (TUNE, HELD_OUT, FRESH) for prompts in table.values()),
+                        words(TUNE_PAIR), *(words(prompts) for prompts in FRESH_SETS.values()))
     return sorted(word for word in every if len(tokenizer.tokenize(word)) != 1)
 
 
@@ -121,6 +146,7 @@ def check_not_training_captions(faces: int = 20_000) -> list[str]:
     from loramix.toy.face_spec import caption, sample_face
 
     every = {prompt for table in (TUNE, HELD_OUT, FRESH) for prompts in table.values() for prompt in prompts}
+    every |= set(TUNE_PAIR) | {prompt for prompts in FRESH_SETS.values() for prompt in prompts}
     captions = {caption(sample_face(seed, *flags)) for seed in range(faces)
                 for flags in ((True, False, False), (False, True, False), (False, False, True))}
     return sorted(every & captions)
