@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -73,12 +74,12 @@ def test_the_adapter_loads_in_plain_diffusers_and_at_weight_zero_renders_the_bas
     _, result = nf4_run
     pipeline = load_pipeline("toy")
     settings = [RenderSettings("a face with a mustache", seed, 4, 4.0, 64, 64) for seed in (0, 1)]
-    base = [torch.tensor(list(image.getdata())) for image in render(pipeline, settings)]
+    base = [torch.from_numpy(np.asarray(image).copy()) for image in render(pipeline, settings)]
     pipeline.load_lora_weights(str(result.adapter), adapter_name="m")
     pipeline.set_adapters(["m"], adapter_weights=[1.0])
-    with_lora = [torch.tensor(list(image.getdata())) for image in render(pipeline, settings)]
+    with_lora = [torch.from_numpy(np.asarray(image).copy()) for image in render(pipeline, settings)]
     pipeline.set_adapters(["m"], adapter_weights=[0.0])
-    at_zero = [torch.tensor(list(image.getdata())) for image in render(pipeline, settings)]
+    at_zero = [torch.from_numpy(np.asarray(image).copy()) for image in render(pipeline, settings)]
     assert all(torch.equal(a, b) for a, b in zip(base, at_zero))
     assert not all(torch.equal(a, b) for a, b in zip(base, with_lora))
 
