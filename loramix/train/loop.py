@@ -34,7 +34,7 @@ from loramix.train.checkpoint import Checkpoint
 from loramix.train.recipe import TrainRecipe
 from loramix.train.trainee import LoraTrainee
 from loramix.util.atomic import atomic_path
-from loramix.util.memory import peak_memory
+from loramix.util.memory import peak_memory, reuse_freed_memory
 from loramix.util.progress import Status
 
 
@@ -71,6 +71,7 @@ def _train(recipe: TrainRecipe, resume: str | None, progress: bool, accelerator,
     # a checkpoint that is missing or from another recipe is an error before minutes of loading, not after
     checkpoint = _checkpoint_to_resume(resume, folder / "checkpoints", recipe) if resume else None
     model, examples, dataset_size = _prepare(recipe, accelerator, report, status)
+    reuse_freed_memory()  # the base is loaded: from here on each step reuses the last step's buffers
     per_step = recipe.batch_size * recipe.gradient_accumulation * accelerator.num_processes
     total_steps = recipe.steps if recipe.steps is not None else recipe.epochs * math.ceil(dataset_size / per_step)
     optimizer = _optimizer(recipe, model)
