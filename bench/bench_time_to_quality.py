@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def quality(args) -> None:
 # --- the plain loop ----------------------------------------------------------------------------------------
 
 
-def plain_steps_per_second(recipe: dict, steps: int, warmup: int) -> float:
+def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     """The recipe's loss trained by a loop of diffusers and peft calls only: peft's LoRA layers on the same nf4
     base, latents cached by the VAE, the masked loss with prior preservation, min-SNR, AdamW, clipping."""
     import numpy as np
@@ -125,10 +126,9 @@ def plain_steps_per_second(recipe: dict, steps: int, warmup: int) -> float:
         weights = weights.expand_as(values)
         return (values * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp(min=1e-12)
 
-    start = None
+    seconds = []
     for step in range(steps):
-        if step == warmup:
-            start = time.perf_counter()
+        start = time.perf_counter()
         generator = torch.Generator().manual_seed(step)
         index = torch.randint(0, len(files), (batch,), generator=generator)
         latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) \
@@ -157,11 +157,12 @@ def plain_steps_per_second(recipe: dict, steps: int, warmup: int) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         assert math.isfinite(float(loss.detach().mean()))
-    return (steps - warmup) / (time.perf_counter() - start)
+        seconds.append(time.perf_counter() - start)
+    return seconds[warmup:]
 
 
-def loramix_steps_per_second(name: str, steps: int, warmup: int, folder: Path) -> float:
-    """loramix's own loop on the recipe, from its log's seconds between step `warmup` and the last."""
+def loramix_step_seconds(name: str, steps: int, warmup: int, folder: Path) -> list[float]:
+    """loramix's own loop on the recipe: each step's seconds after step `warmup`, from its log."""
     from loramix.train.loop import train
     from loramix.train.recipe import make_recipe
 
@@ -170,21 +171,39 @@ def loramix_steps_per_second(name: str, steps: int, warmup: int, folder: Path) -
     train(make_recipe(ROOT / "recipes" / f"{name}.toml", overrides))
     rows = [json.loads(line) for line in (folder / f"{name}-loop" / "train_log.jsonl").read_text().splitlines()]
     seconds = {row["step"]: row["seconds"] for row in rows}
-    return (steps - warmup) / (seconds[steps] - seconds[warmup])
+    return [seconds[step] - seconds[step - 1] for step in range(warmup + 1, steps + 1)]
 
 
 def loop(args) -> None:
-    """Each loop twice, alternating (loramix, plain, loramix, plain), each figure the faster of its two runs:
-    a background hiccup on a 2-core machine slows one run, not both."""
+    """Each loop three times, alternating (loramix, plain, loramix, …), each run in a process of its own as a
+    user's run is: in one process the loop that runs second inherits the first one's heap, and glibc's malloc
+    thresholds, which moved either loop's step by 10-15%. Each figure is the median step over its three runs:
+    the shared 2-core machine slows for stretches of seconds, which a run's total time takes in whole and a
+    median of 400 steps does not."""
     name = args.recipes.split(",")[0]
-    torch.set_num_threads(torch.get_num_threads())
     ours, plain = [], []
-    for _ in range(2):
-        ours.append(loramix_steps_per_second(name, args.loop_steps, 10, args.folder))
-        plain.append(plain_steps_per_second(recipe_of(name), args.loop_steps, 10))
-    print(f"training loop, recipes/{name}.toml, steps 10-{args.loop_steps}, best of 2 alternating runs: loramix "
-          f"{max(ours):.2f} steps/s ({', '.join(f'{x:.2f}' for x in ours)}), plain diffusers + peft {max(plain):.2f} "
-          f"({', '.join(f'{x:.2f}' for x in plain)}), loramix ÷ plain ×{max(ours) / max(plain):.2f}")
+    for _ in range(3):
+        for which, into in (("loramix", ours), ("plain", plain)):
+            command = [sys.executable, __file__, "--loop-worker", which, "--recipes", name,
+                       "--loop-steps", str(args.loop_steps), "--folder", str(args.folder)]
+            into += json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    ours_rate, plain_rate = 1 / statistics.median(ours), 1 / statistics.median(plain)
+    print(f"training loop, recipes/{name}.toml, steps 11-{args.loop_steps} of 3 alternating runs each, each run a "
+          f"process of its own, median step: loramix {ours_rate:.2f} steps/s, plain diffusers + peft "
+          f"{plain_rate:.2f}, loramix ÷ plain ×{ours_rate / plain_rate:.2f}")
+
+
+def loop_worker(args) -> None:
+    """One run of one loop, its step seconds printed as JSON (for `loop`)."""
+    name = args.recipes.split(",")[0]
+    if args.loop_worker == "loramix":
+        from loramix.util.memory import return_freed_memory_to_the_system
+
+        return_freed_memory_to_the_system()  # the process setting the loramix command makes
+        seconds = loramix_step_seconds(name, args.loop_steps, 10, args.folder)
+    else:
+        seconds = plain_step_seconds(recipe_of(name), args.loop_steps, 10)
+    print(json.dumps(seconds))
 
 
 def main() -> None:
@@ -197,8 +216,11 @@ def main() -> None:
     parser.add_argument("--loop-steps", type=int, default=150)
     parser.add_argument("--loop-only", action="store_true")
     parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--loop-worker", choices=("loramix", "plain"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
+    if args.loop_worker:
+        return loop_worker(args)
     if not args.loop_only:
         quality(args)
     if not args.quality_only:
