@@ -94,3 +94,15 @@ def test_the_merged_module_is_the_columns_scaled_sum_at_rank_the_sum_of_ranks():
     merged, report = compose_ziplora([(a, 0.5), (b, 1.0)], grams)
     assert report is not None and merged.modules["unet.x.to_q"].rank == 5
     assert torch.allclose(merged.modules["unet.x.conv"].delta(), 0.5 * a.modules["unet.x.conv"].delta(), atol=1e-5)
+
+
+def test_the_expanded_loss_it_learns_on_has_the_objectives_gradient():
+    """learn_mergers expands the loss once per layer; Adam's first step moves each coefficient by the learning
+    rate against the sign of its gradient, which must be merger_loss's at m = 1."""
+    ups, downs, generator = factors(7, 9, (2, 3), seed=4)
+    grams = [(x := torch.randn(9, 20, generator=generator, dtype=torch.float64)) @ x.T / 20 for _ in range(2)]
+    ones = [torch.ones(9, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    merger_loss(ups, downs, ones, grams).backward()
+    stepped = learn_mergers(ups, downs, grams, steps=1, learning_rate=0.01)
+    for merger, start in zip(stepped, ones):
+        assert torch.allclose(merger, 1 - 0.01 * start.grad.sign(), atol=1e-9)

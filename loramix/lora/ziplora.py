@@ -65,18 +65,34 @@ def merger_loss(ups: list[torch.Tensor], downs: list[torch.Tensor], mergers: lis
 def learn_mergers(ups: list[torch.Tensor], downs: list[torch.Tensor], grams: list[torch.Tensor],
                   steps: int = STEPS, similarity_weight: float = SIMILARITY_WEIGHT,
                   learning_rate: float = LEARNING_RATE) -> list[torch.Tensor]:
-    """The merger vectors mᵢ of one layer after `steps` Adam steps on `merger_loss` from mᵢ = 1 (float64)."""
+    """The merger vectors mᵢ of one layer after `steps` Adam steps on `merger_loss` from mᵢ = 1 (float64).
+
+    The loss is expanded once per layer so that a step costs three products. With Ã = [A₁·diag(m₁); …],
+    U = [B₁ … B_K], G = Σᵢ Gᵢ and P = [G₁·A₁ᵀ … G_K·A_Kᵀ]:
+
+        Σᵢ tr(Eᵢ·Gᵢ·Eᵢᵀ) = Σ ((Ã·G·Ãᵀ) ∘ (Uᵀ·U)) − 2·Σ ((Ã·P) ∘ (Uᵀ·U)) + own
+
+    where own = Σᵢ tr(ΔWᵢ·Gᵢ·ΔWᵢᵀ): the second term's blocks pair Ãⱼ·Gᵢ·Aᵢᵀ with Bⱼᵀ·Bᵢ."""
     ups = [u.double() for u in ups]
     downs = [d.double() for d in downs]
     grams = [g.double() for g in grams]
+    stacked_up = torch.cat(ups, dim=1)
+    up_gram = stacked_up.T @ stacked_up  # (R, R)
     own = sum(((d @ g @ d.T) * (u.T @ u)).sum() for u, d, g in zip(ups, downs, grams))
     if not float(own) > 0:
         raise LoramixError("ziplora: no LoRA changes what its own recorded inputs give at this layer")
+    total_gram = sum(grams)
+    own_inputs = torch.cat([g @ d.T for d, g in zip(downs, grams)], dim=1)  # P: (in, R)
     mergers = [torch.ones(downs[0].shape[1], dtype=torch.float64, requires_grad=True) for _ in downs]
     optimizer = torch.optim.Adam(mergers, lr=learning_rate)
     for _ in range(steps):
         optimizer.zero_grad()
-        merger_loss(ups, downs, mergers, grams, similarity_weight).backward()
+        merged_down = torch.cat([down * merger for down, merger in zip(downs, mergers)])  # Ã: (R, in)
+        cross = ((merged_down @ total_gram @ merged_down.T) * up_gram).sum()
+        kept = ((merged_down @ own_inputs) * up_gram).sum()
+        similarity = sum(torch.nn.functional.cosine_similarity(mergers[i], mergers[j], dim=0).abs()
+                         for i in range(len(mergers)) for j in range(i + 1, len(mergers)))
+        ((cross - 2 * kept) / own + similarity_weight * similarity).backward()  # merger_loss less its constant 1
         optimizer.step()
     return [m.detach() for m in mergers]
 
