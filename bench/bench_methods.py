@@ -107,7 +107,7 @@ OWN_PROMPTS = "regional-own-prompts"
 LORA_PROMPTS = {"mustache": "a face with a mustache", "lipstick": "a face with lipstick",
                 "glasses": "a face with glasses"}
 # regional with each LoRA on from this fraction of the steps (`a.safetensors:1@0.4-1#mask.png`), the base
-# alone before: chosen on the TUNE seeds with pair phrasings of their own (tune_pair in docs/performance.md).
+# alone before: chosen on the TUNE seeds with pair phrasings of their own (heldout.TUNE_PAIR, --set tune).
 LATE = "regional-late"
 LATE_START = 0.4
 

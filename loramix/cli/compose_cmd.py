@@ -114,7 +114,7 @@ def compose(specs, output, method, lora_prompts, rank, density, seed, file_forma
     if method in GENERATION_METHODS and given_prompts:
         weighted_files = _with_own_prompts(weighted_files, given_prompts, method)
     if method in RECORDED_METHODS:
-        grams = _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize)
+        grams = _record_grams(weighted_files, given_prompts, steps, base, base_dtype, quantize)
         _write_file(weighted_files, output, method, rank, density, seed, file_format, dtype, allow_nonfinite, grams)
         weighted_files, method = [parse_weight_spec(str(output))], "exact"  # --prompt renders the written file
     elif output is not None:
@@ -153,7 +153,7 @@ def _with_own_prompts(files: list[WeightedFile], given: dict[str, list[str]], me
     return [replace(wf, prompt=mine[0]) if (mine := given.get(wf.path) or given.get(wf.name)) else wf for wf in files]
 
 
-def _record_fusion(weighted_files, given_prompts, steps, base, base_dtype, quantize) -> list[dict]:
+def _record_grams(weighted_files, given_prompts, steps, base, base_dtype, quantize) -> list[dict]:
     """Each LoRA's layer-input Gram matrices, rendered on the base with it alone (see render.activations)."""
     from loramix.cli.quiet import quiet_libraries
     from loramix.cli.status import TerminalStatus

@@ -57,20 +57,29 @@ def fusable_keys(weighted: Weighted) -> list[str]:
                                        for a, _ in weighted if key in a.modules)]
 
 
+def recorded_keys(weighted: Weighted, grams: list[dict[str, torch.Tensor]], names: list[str],
+                  method: str) -> list[str]:
+    """The modules a method that records layer inputs solves (`fusable_keys`), once `grams` is checked to hold
+    one set of Gram matrices per LoRA, each with every such module."""
+    if len(grams) != len(weighted):
+        raise LoramixError(f"{method}: Gram matrices for {len(grams)} LoRAs, {len(weighted)} LoRAs given")
+    solved = fusable_keys(weighted)
+    for key in solved:
+        missing = [name for name, recorded in zip(names, grams) if key not in recorded]
+        if missing:
+            raise LoramixError(f"{method}: no inputs were recorded for module {key} while {missing[0]} rendered")
+    return solved
+
+
 def compose_fusion(weighted: Weighted, grams: list[dict[str, torch.Tensor]], rank: int | None = None,
                    names: list[str] | None = None, ridge: float = DEFAULT_RIDGE):
     """The fused composition of `weighted` (adapter, weight) pairs, given each input's Gram matrices by module
     key (`grams[i][key]`, from `render.activations`): whole differences, or with `rank` their best rank-`rank`
     approximations (with the SVD report). Modules fusion does not solve keep their exact weighted sum."""
     names = _check(weighted, names)
-    if len(grams) != len(weighted):
-        raise LoramixError(f"fusion: Gram matrices for {len(grams)} LoRAs, {len(weighted)} LoRAs given")
-    solved = fusable_keys(weighted)
+    solved = recorded_keys(weighted, grams, names, "fusion")
     modules = {}
     for key in solved:
-        missing = [name for name, recorded in zip(names, grams) if key not in recorded]
-        if missing:
-            raise LoramixError(f"fusion: no inputs were recorded for module {key} while {missing[0]} rendered")
         shape = next(a.modules[key].flat_shape for a, _ in weighted if key in a.modules)
         deltas = [(w * a.modules[key].delta()) if key in a.modules else torch.zeros(shape) for a, w in weighted]
         modules[key] = FullModule(fused_delta(deltas, [recorded[key] for recorded in grams], ridge))

@@ -37,12 +37,18 @@ import torch
 from loramix.errors import LoramixError
 from loramix.lora.adapter import LoraAdapter, LoraModule
 from loramix.lora.compose import Weighted, _base, _check, _dense_sums, compose_svd, summed_rank
-from loramix.lora.fusion import fusable_keys
+from loramix.lora.fusion import recorded_keys
 from loramix.lora.lycoris_modules import FullModule
 
 SIMILARITY_WEIGHT = 0.01  # λ, the paper's
 STEPS = 100  # the paper's
 LEARNING_RATE = 0.01  # Adam's step on the mergers, which start at 1: 100 steps may move a column to 0 and back
+
+
+def _similarity(mergers: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_{i<j} |cos(mᵢ, mⱼ)|: how much the LoRAs' merger vectors lean on the same columns."""
+    return sum(torch.nn.functional.cosine_similarity(mergers[i], mergers[j], dim=0).abs()
+               for i in range(len(mergers)) for j in range(i + 1, len(mergers)))
 
 
 def merger_loss(ups: list[torch.Tensor], downs: list[torch.Tensor], mergers: list[torch.Tensor],
@@ -57,9 +63,7 @@ def merger_loss(ups: list[torch.Tensor], downs: list[torch.Tensor], mergers: lis
         v = torch.cat([merged_down, -down])
         error = error + ((v @ gram @ v.T) * (u.T @ u)).sum()
         own = own + ((down @ gram @ down.T) * (up.T @ up)).sum()
-    similarity = sum(torch.nn.functional.cosine_similarity(mergers[i], mergers[j], dim=0).abs()
-                     for i in range(len(mergers)) for j in range(i + 1, len(mergers)))
-    return error / own + similarity_weight * similarity
+    return error / own + similarity_weight * _similarity(mergers)
 
 
 def learn_mergers(ups: list[torch.Tensor], downs: list[torch.Tensor], grams: list[torch.Tensor],
@@ -90,9 +94,7 @@ def learn_mergers(ups: list[torch.Tensor], downs: list[torch.Tensor], grams: lis
         merged_down = torch.cat([down * merger for down, merger in zip(downs, mergers)])  # Ã: (R, in)
         cross = ((merged_down @ total_gram @ merged_down.T) * up_gram).sum()
         kept = ((merged_down @ own_inputs) * up_gram).sum()
-        similarity = sum(torch.nn.functional.cosine_similarity(mergers[i], mergers[j], dim=0).abs()
-                         for i in range(len(mergers)) for j in range(i + 1, len(mergers)))
-        ((cross - 2 * kept) / own + similarity_weight * similarity).backward()  # merger_loss less its constant 1
+        ((cross - 2 * kept) / own + similarity_weight * _similarity(mergers)).backward()  # merger_loss less 1
         optimizer.step()
     return [m.detach() for m in mergers]
 
@@ -104,14 +106,9 @@ def compose_ziplora(weighted: Weighted, grams: list[dict[str, torch.Tensor]], ra
     (`grams[i][key]`, from `render.activations`): low-rank modules of rank Σ rᵢ, or with `rank` their best
     rank-`rank` approximations (with the SVD report). Modules it does not solve keep their exact weighted sum."""
     names = _check(weighted, names)
-    if len(grams) != len(weighted):
-        raise LoramixError(f"ziplora: Gram matrices for {len(grams)} LoRAs, {len(weighted)} LoRAs given")
+    solved = recorded_keys(weighted, grams, names, "ziplora")
     modules = {}
-    solved = fusable_keys(weighted)
     for key in solved:
-        missing = [name for name, recorded in zip(names, grams) if key not in recorded]
-        if missing:
-            raise LoramixError(f"ziplora: no inputs were recorded for module {key} while {missing[0]} rendered")
         width = next(a.modules[key].flat_shape for a, _ in weighted if key in a.modules)
         ups, downs = [], []
         for adapter, weight in weighted:
