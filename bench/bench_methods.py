@@ -3,7 +3,7 @@ attribute, is it still a face, and what else did the LoRAs change?
 
     python bench/bench_methods.py [--loras build/loras] [--weights mustache=1,lipstick=1,glasses=1]
                                   [--seeds 1000-1063] [--methods exact,switch,…] [--sets 2,3] [--judge FILE]
-                                  [--set held-out|tune|fresh] [--late-start 0.4]
+                                  [--set held-out|tune|fresh|final] [--late-start 0.4]
                                   [--grid docs/methods.png --grid-method exact]
 
 For the pair mustache + lipstick and for all three LoRAs (with glasses), renders every seed with each of three
@@ -247,11 +247,12 @@ def main() -> None:
     parser.add_argument("--loras", type=Path, default=ROOT / "build" / "loras")
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",
                         help="Weight of each LoRA, the same for every method.")
-    parser.add_argument("--seeds", help="Seeds, e.g. 1000-1127 or 1000,1002 (default: 1000-1031; with --set tune or "
-                                        "fresh, bench/heldout.py's TUNE_SEEDS or FRESH_SEEDS).")
-    parser.add_argument("--set", choices=("held-out", "tune", "fresh"), default="held-out",
+    parser.add_argument("--seeds", help="Seeds, e.g. 1000-1127 or 1000,1002 (default: 1000-1031; with --set tune, "
+                                        "fresh or final, bench/heldout.py's TUNE_SEEDS, FRESH_SEEDS or FINAL_SEEDS).")
+    parser.add_argument("--set", choices=("held-out", "tune", "fresh", "final"), default="held-out",
                         help="tune: the pair only, on bench/heldout.py's TUNE_PAIR phrasings, for choosing settings; "
-                             "fresh: FRESH_SETS and FRESH_SEEDS, which no choice was made on.")
+                             "fresh: FRESH_SETS and FRESH_SEEDS; final: FINAL_SETS and FINAL_SEEDS, which no choice "
+                             "was made on.")
     parser.add_argument("--late-start", type=float, default=LATE_START,
                         help="regional-late: the fraction of the steps from which the LoRAs act.")
     parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED),
@@ -268,11 +269,13 @@ def main() -> None:
               f"--methods {','.join(RENDER_METHODS)} adds it")
 
     torch.manual_seed(0)
-    from heldout import FRESH_SEEDS, FRESH_SETS, TUNE_PAIR, TUNE_SEEDS
+    from heldout import FINAL_SEEDS, FINAL_SETS, FRESH_SEEDS, FRESH_SETS, TUNE_PAIR, TUNE_SEEDS
 
-    default_seeds = {"tune": TUNE_SEEDS, "fresh": FRESH_SEEDS, "held-out": range(1000, 1032)}[args.set]
+    default_seeds = {"tune": TUNE_SEEDS, "fresh": FRESH_SEEDS, "final": FINAL_SEEDS,
+                     "held-out": range(1000, 1032)}[args.set]
     seeds = parse_seeds(args.seeds) if args.seeds else list(default_seeds)
-    phrasings = {"tune": {("mustache", "lipstick"): TUNE_PAIR}, "fresh": FRESH_SETS, "held-out": PHRASINGS}[args.set]
+    phrasings = {"tune": {("mustache", "lipstick"): TUNE_PAIR}, "fresh": FRESH_SETS, "final": FINAL_SETS,
+                 "held-out": PHRASINGS}[args.set]
     weights = {name: float(value) for name, value in (item.split("=") for item in args.weights.split(","))}
     methods = list(dict.fromkeys(args.methods.split(",") + ([args.grid_method] if args.grid else [])))
     args.loras.mkdir(parents=True, exist_ok=True)

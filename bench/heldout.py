@@ -127,6 +127,23 @@ FRESH_SETS = {
     ),
 }
 
+# The last set, with FINAL_SEEDS: written before the second round of composition tuning (how overlapping
+# regions combine, on TUNE_PAIR and the HELD_OUT seeds), which then made FRESH_SETS a tuning set as well. The
+# figures of that round are read here, where nothing was chosen.
+FINAL_SEEDS = range(7000, 7128)
+FINAL_SETS = {
+    ("mustache", "lipstick"): (
+        "portrait of a sad woman with a grey pencil mustache and purple lipstick on an orange background",
+        "mustache, lipstick",
+        "a bald man in a drawing, wearing pink lipstick, with a ginger handlebar mustache",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "portrait of a sad woman with a grey pencil mustache, purple lipstick and glasses on an orange background",
+        "mustache, lipstick, glasses",
+        "a bald man in a drawing, wearing pink lipstick and sunglasses, with a ginger handlebar mustache",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS)}
 
 
@@ -134,19 +151,20 @@ def words(prompts) -> set[str]:
     return {word.strip(",") for prompt in prompts for word in prompt.split()}
 
 
+def every_phrasing() -> list[str]:
+    tables = (TUNE, HELD_OUT, FRESH, FRESH_SETS, FINAL_SETS)
+    return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
+
+
 def check_vocabulary(tokenizer) -> list[str]:
     """The words of every phrasing that the toy tokenizer splits (a word the base never saw): none, we hope."""
-    every = set().union(*(words(prompts) for table in (TUNE, HELD_OUT, FRESH) for prompts in table.values()),
-                        words(TUNE_PAIR), *(words(prompts) for prompts in FRESH_SETS.values()))
-    return sorted(word for word in every if len(tokenizer.tokenize(word)) != 1)
+    return sorted(word for word in words(every_phrasing()) if len(tokenizer.tokenize(word)) != 1)
 
 
 def check_not_training_captions(faces: int = 20_000) -> list[str]:
     """Phrasings that are a caption the generator writes (for any of the first `faces` seeds, any attributes)."""
     from loramix.toy.face_spec import caption, sample_face
 
-    every = {prompt for table in (TUNE, HELD_OUT, FRESH) for prompts in table.values() for prompt in prompts}
-    every |= set(TUNE_PAIR) | {prompt for prompts in FRESH_SETS.values() for prompt in prompts}
     captions = {caption(sample_face(seed, *flags)) for seed in range(faces)
                 for flags in ((True, False, False), (False, True, False), (False, False, True))}
-    return sorted(every & captions)
+    return sorted(set(every_phrasing()) & captions)
