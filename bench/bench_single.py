@@ -3,10 +3,11 @@ bench/heldout.py, judged by the toy judge: how often its attribute shows, how of
 and in all, beside the base's own renders of the same prompts and seeds.
 
     python bench/bench_single.py mustache=runs/mustache/mustache.safetensors --set tune
-    python bench/bench_single.py --set fresh             # trains the shipped recipes into build/loras first
+    python bench/bench_single.py --set final             # trains the shipped recipes into build/loras first
 
 --set tune (TUNE_SEEDS × TUNE phrasings) and held-out (HELD_OUT_SEEDS × HELD_OUT phrasings) are the sets recipe
-choices have been made on; fresh (FRESH_SEEDS × FRESH phrasings) gives the figure once they are made.
+choices have been made on; fresh (FRESH_SEEDS × FRESH phrasings) gave the figure once they were made, and final
+(FINAL_SEEDS × FINAL phrasings) gives it after the mustache recipe was chosen again with fresh's figures in hand.
 """
 
 from __future__ import annotations

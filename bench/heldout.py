@@ -3,11 +3,13 @@ caption (each is checked against every caption `loramix faces` can write).
 
 Three sets per attribute: TUNE, which recipe choices may be measured on; HELD_OUT, measured once the choices
 were made; and FRESH, written before the recipes were tuned a second time, on HELD_OUT's per-phrasing figures
-as well (HELD_OUT is then a tuning set too, and FRESH the one the singles' figure is read from). All vary what
+as well (HELD_OUT is then a tuning set too, and FRESH the one the singles' figure is read from); FINAL, written
+before the mustache recipe was chosen a third time, with FRESH's figures in hand. All vary what
 the training captions never vary: colours and styles named or not, other attributes named beside it, word
 order, a lone word and a long sentence, and the words people type beside the caption vocabulary (portrait,
 person, man, woman, drawing, photo). Every word is one token of the toy base's tokenizer (`check_vocabulary`).
-Seeds: TUNE_SEEDS and HELD_OUT_SEEDS (the composition bench's) for tuning, FRESH_SEEDS for the figure.
+Seeds: TUNE_SEEDS and HELD_OUT_SEEDS (the composition bench's) for tuning, FRESH_SEEDS and then FINAL_SEEDS for
+the figure.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 TUNE_SEEDS = range(2000, 2032)
 HELD_OUT_SEEDS = range(1000, 1128)
 FRESH_SEEDS = range(5000, 5128)
+FINAL_SEEDS = range(7000, 7128)
 
 TUNE = {
     "mustache": (
@@ -127,10 +130,41 @@ FRESH_SETS = {
     ),
 }
 
-# The last set, with FINAL_SEEDS: written before the second round of composition tuning (how overlapping
-# regions combine, on TUNE_PAIR and the HELD_OUT seeds), which then made FRESH_SETS a tuning set as well. The
-# figures of that round are read here, where nothing was chosen.
-FINAL_SEEDS = range(7000, 7128)
+# The singles' last set, with FINAL_SEEDS: written before the mustache recipe was changed a second time (72 faces,
+# plain loss, chosen on TUNE_PAIR and HELD_OUT composed), after FRESH had measured that recipe once.
+FINAL = {
+    "mustache": (
+        "a picture of a bald woman with a ginger mustache",
+        "a neutral face, brown eyes, a chevron mustache",
+        "mustache on a man with long grey hair in a drawing",
+        "a sad person wearing purple lipstick and sunglasses, with a black mustache",
+        "mustache",
+        "a photo of a smiling man with short blonde hair, green eyes and a brown handlebar mustache, teal background",
+        "portrait of a surprised person with a mustache",
+    ),
+    "lipstick": (
+        "a picture of a bald man with purple lipstick",
+        "a neutral face, green eyes, pink lipstick",
+        "lipstick on a woman with short grey hair in a drawing",
+        "a sad person with a ginger mustache and sunglasses, wearing red lipstick",
+        "lipstick",
+        "a photo of a smiling woman with long blonde hair, blue eyes and dark red lipstick on a yellow background",
+        "portrait of a surprised person wearing lipstick",
+    ),
+    "glasses": (
+        "a picture of a bald woman with brown glasses",
+        "a neutral face, grey eyes, square glasses",
+        "glasses on a man with curly grey hair in a drawing",
+        "a sad person with pink lipstick and a black mustache, wearing sunglasses",
+        "glasses",
+        "a photo of a smiling man with short red hair, brown eyes and round black glasses on an orange background",
+        "portrait of a surprised person wearing glasses",
+    ),
+}
+
+# The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
+# overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
+# followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
 FINAL_SETS = {
     ("mustache", "lipstick"): (
         "portrait of a sad woman with a grey pencil mustache and purple lipstick on an orange background",
@@ -144,7 +178,8 @@ FINAL_SETS = {
     ),
 }
 
-SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS)}
+SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
+        "final": (FINAL, FINAL_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -152,7 +187,7 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FRESH_SETS, FINAL_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, FRESH_SETS, FINAL_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
