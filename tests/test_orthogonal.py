@@ -14,7 +14,7 @@ from loramix.cli import main
 from loramix.errors import LoramixError
 from loramix.formats.metadata import META_ORTHOGONAL_SLOT
 from loramix.formats.read import read_adapter, read_weighted
-from loramix.lora.orthogonal import check_distinct_slots, orthogonal_basis, slot_count, slot_down
+from loramix.lora.orthogonal import check_distinct_slots, name_slot, orthogonal_basis, slot_count, slot_down
 from loramix.lora.specs import WeightedFile
 from loramix.testing import assert_clean_error, write_toy_lora
 from loramix.train.loop import train
@@ -69,6 +69,25 @@ def test_training_in_a_slot_keeps_a_fixed_trains_b_and_records_the_slot(tmp_path
         assert module.up.abs().max() > 0  # B did (it starts at zero)
 
 
+def test_a_slot_from_the_name_is_the_same_everywhere_and_spreads_over_the_slots():
+    assert name_slot("mustache", 40) == name_slot("mustache", 40)
+    taken = [name_slot(f"lora-{i}", 8) for i in range(400)]
+    assert set(taken) == set(range(8))  # every slot is reached, none beyond
+    assert max(taken.count(slot) for slot in range(8)) < 2 * 400 / 8  # and none takes most names
+
+
+def test_training_with_the_slot_from_its_name_takes_and_records_that_slot(tmp_path):
+    recipe = make_recipe(None, dict(dataset=str(MUSTACHE), trigger="mustache", caption_template="{caption}",
+                                    steps=1, batch_size=2, rank=4, orthogonal_slot_from_name=True,
+                                    output=str(tmp_path / "run"), name="my-mustache", final_samples=False))
+    adapter = read_adapter(train(recipe).adapter)
+    slots = min(module.down.shape[1] // 4 for module in adapter.modules.values())  # the smallest layer's room
+    slot = name_slot("my-mustache", slots)
+    assert adapter.metadata[META_ORTHOGONAL_SLOT] == str(slot)
+    for module in adapter.modules.values():
+        assert torch.allclose(module.down, slot_down(module.down.shape[1], 4, slot).float(), atol=1e-6)
+
+
 def test_a_slot_the_layers_have_no_room_for_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1", "--rank", "4",
                                        "--orthogonal-slot", "1000", "--output", str(tmp_path / "r")])
@@ -76,6 +95,9 @@ def test_a_slot_the_layers_have_no_room_for_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1",
                                        "--orthogonal-slot", "-1", "--output", str(tmp_path / "r")])
     assert_clean_error(result, "orthogonal_slot: must be 0 or more")
+    result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1", "--orthogonal-slot",
+                                       "1", "--orthogonal-slot-from-name", "--output", str(tmp_path / "r")])
+    assert_clean_error(result, "orthogonal_slot 1 and orthogonal_slot_from_name: give a slot number or take one")
 
 
 def test_compose_and_generate_refuse_two_loras_of_one_slot(tmp_path):

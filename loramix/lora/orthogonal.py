@@ -43,6 +43,15 @@ def slot_down(size: int, rank: int, slot: int) -> torch.Tensor:
     return orthogonal_basis(size)[:, slot * rank:(slot + 1) * rank].T.contiguous()
 
 
+def name_slot(name: str, slots: int) -> int:
+    """The slot a LoRA named `name` takes when its recipe asks for one by name: the name's SHA-256, read as a
+    number, modulo the `slots` its smallest layer holds. The same name takes the same slot on every machine; two
+    names may still share one (`check_distinct_slots` refuses such a sum)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % slots
+
+
 def check_distinct_slots(slots: list[tuple[str, int | None]]) -> None:
     """Refuse a sum in which two LoRAs were trained in the same orthogonal slot: they read the same directions,
     and their sum interferes as two ordinary LoRAs' does. `slots`: each file with its slot (None: no slot)."""

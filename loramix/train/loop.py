@@ -259,8 +259,9 @@ def _write_outputs(model, recipe, run, adapter_path, log_rows, dataset_size, ste
     from loramix.train.plot import loss_plot
 
     run.mkdir(parents=True, exist_ok=True)
-    metadata = training_metadata(recipe.as_dict(), recipe.adapter_name, recipe.base, recipe.trigger, steps,
-                                 dataset_size, final_loss, recipe.learning_rate)
+    recorded = {**recipe.as_dict(), "orthogonal_slot": model.orthogonal_slot}  # a slot taken by name, resolved
+    metadata = training_metadata(recorded, recipe.adapter_name, recipe.base, recipe.trigger, steps, dataset_size,
+                                 final_loss, recipe.learning_rate)
     write_adapter(model.adapter(), adapter_path, recipe.format, metadata)
     if log_rows:
         loss_plot([r["step"] for r in log_rows], [r["loss"] for r in log_rows], run / "loss.png",

@@ -92,6 +92,10 @@ class TrainRecipe:
         "a random orthogonal basis all loramix LoRAs share, and train only B; LoRAs trained in different slots "
         "read disjoint input directions, so their sum interferes less. Give each LoRA meant to be summed its "
         "own slot (0, 1, 2 …); unset: A trains as usual.")})
+    orthogonal_slot_from_name: bool = field(default=False, metadata={"help": (
+        "Take orthogonal_slot from the LoRA's name (its SHA-256 modulo the slots the smallest LoRA layer holds), "
+        "for LoRAs trained apart with no one to hand out numbers; the file records the slot taken, and a sum "
+        "of two that took the same one is refused.")})
     alpha: float | None = field(default=None, metadata={"help": (
         "Scales the LoRA's update by alpha/rank; unset: equal to rank, so the scale is 1.")})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path's input, in [0, 1)."})
@@ -159,6 +163,9 @@ class TrainRecipe:
         for key in ("rank", "batch_size", "gradient_accumulation", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        if self.orthogonal_slot is not None and self.orthogonal_slot_from_name:
+            raise RecipeError(f"orthogonal_slot {self.orthogonal_slot} and orthogonal_slot_from_name: give a slot "
+                              "number or take one from the name, not both")
         if self.orthogonal_slot is not None and self.orthogonal_slot < 0:
             raise RecipeError(f"orthogonal_slot: must be 0 or more, got {self.orthogonal_slot}; leave it out to "
                               "train A as usual")

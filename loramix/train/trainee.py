@@ -89,9 +89,20 @@ class LoraTrainee:
             quantize_pipeline(pipeline, recipe.quantize, recipe.quantize_convs)
         torch.manual_seed(recipe.seed)  # peft draws the LoRA's initial A from the global generator
         self._add_lora(pipeline.unet, recipe.targets, "UNet")
+        adapted = [(pipeline.unet, "UNet")]
         if recipe.train_text_encoder:
             for encoder in self.text_encoders:
                 self._add_lora(encoder, recipe.text_encoder_targets, "text encoder")
+                adapted.append((encoder, "text encoder"))
+        self.orthogonal_slot = recipe.orthogonal_slot  # the slot taken, for the file's metadata
+        if recipe.orthogonal_slot_from_name:
+            from loramix.lora.orthogonal import name_slot
+
+            slots = min(room for model, _ in adapted for room in orthogonal_rooms(model, recipe.rank))
+            self.orthogonal_slot = name_slot(recipe.adapter_name, slots)
+        if self.orthogonal_slot is not None:
+            for model, what in adapted:
+                fix_orthogonal_downs(model, recipe.rank, self.orthogonal_slot, what)
         if recipe.gradient_checkpointing:
             pipeline.unet.enable_gradient_checkpointing()
             if recipe.train_text_encoder:
@@ -124,8 +135,6 @@ class LoraTrainee:
         for parameter in model.parameters():  # the LoRA factors train in fp32 whatever the base's dtype
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
-        if recipe.orthogonal_slot is not None:
-            fix_orthogonal_downs(model, recipe.rank, recipe.orthogonal_slot, what)
 
     # --- parameters and state ------------------------------------------------------------------------
 
@@ -349,6 +358,16 @@ def encode_examples(pipeline, data: CaptionedImages, flip: bool, with_text: bool
     latent_masks = None if masks is None else latent_grid(masks, means.shape[-2:]).to(device)
     return Examples(means, torch.cat(stds), list(data.captions), text, len(data), latent_masks, data.alternatives,
                     shift=getattr(vae.config, "shift_factor", None) or 0.0, scaling=vae.config.scaling_factor)
+
+
+def orthogonal_rooms(model, rank: int) -> list[int]:
+    """How many slots of `rank` each LoRA layer of `model` holds (`loramix.lora.orthogonal.slot_count`)."""
+    from peft.tuners.lora import LoraLayer
+
+    from loramix.lora.orthogonal import slot_count
+
+    return [slot_count(down.weight[0].numel(), rank) for layer in model.modules() if isinstance(layer, LoraLayer)
+            for down in layer.lora_A.values()]
 
 
 def fix_orthogonal_downs(model, rank: int, slot: int, what: str) -> None:
