@@ -31,6 +31,21 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def mustache_faces(tmp_path_factory):
+    """The first 8 faces of samples/mustache/ (image, caption and mask each): what a test's few training steps
+    read, without encoding all of the recipe's faces first."""
+    import shutil
+    from pathlib import Path
+
+    samples = Path(__file__).resolve().parents[1] / "samples" / "mustache"
+    folder = tmp_path_factory.mktemp("mustache-faces")
+    for path in sorted(samples.iterdir()):
+        if int(path.name[:4]) < 8:
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def toy_attention_shapes() -> dict[str, tuple[int, ...]]:
     """The shipped toy UNet's attention weight shapes, read from its config (no weights loaded)."""
     from loramix.models.load import bundled_base_path

@@ -6,16 +6,12 @@ saved folder as `config` reads the file offline, and every tensor must come back
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from loramix.errors import LoramixError
 from loramix.formats.original_layout import original_state_dict, save_single_file
 from loramix.testing import tiny_clip, tiny_unet
-
-MUSTACHE = Path(__file__).parents[1] / "samples" / "mustache"
 
 # The widths and depths the tiny pipelines need for diffusers to tell what they are (see `pipeline`).
 SD2_TEXT_WIDTH = 1024
@@ -304,7 +300,7 @@ def test_loramix_loads_the_single_file_offline_as_the_folder_loads(saved):
     render(quantized, settings)
 
 
-def test_the_toy_base_as_a_single_file_renders_what_its_folder_renders_and_trains(tmp_path):
+def test_the_toy_base_as_a_single_file_renders_what_its_folder_renders_and_trains(mustache_faces, tmp_path):
     import numpy as np
 
     from loramix.models.load import bundled_base_path, load_pipeline
@@ -319,8 +315,8 @@ def test_the_toy_base_as_a_single_file_renders_what_its_folder_renders_and_train
     assert np.array_equal(np.asarray(render(from_file, settings)[0]),
                           np.asarray(render(load_pipeline("toy"), settings)[0]))
     quantized = load_pipeline(path, quantize="nf4", config=bundled_base_path())
-    trainee = LoraTrainee(quantized, TrainRecipe(dataset=str(MUSTACHE), rank=2, steps=1), torch.device("cpu"))
-    examples = trainee.cache(load_dataset(MUSTACHE, 64, "mst"), flip=False)
+    trainee = LoraTrainee(quantized, TrainRecipe(dataset=str(mustache_faces), rank=2, steps=1), torch.device("cpu"))
+    examples = trainee.cache(load_dataset(mustache_faces, 64, "mst"), flip=False)
     trainee.loss(examples, torch.tensor([0, 1]), torch.Generator().manual_seed(0)).backward()
     assert all(p.grad is not None for p in trainee.trainable_parameters())
     assert any(p.grad.abs().sum() > 0 for p in trainee.trainable_parameters())

@@ -4,8 +4,6 @@ on the directions another slot reads."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,8 +17,6 @@ from loramix.lora.specs import WeightedFile
 from loramix.testing import assert_clean_error, write_toy_lora
 from loramix.train.loop import train
 from loramix.train.recipe import make_recipe
-
-MUSTACHE = Path(__file__).resolve().parents[1] / "samples" / "mustache"
 
 
 def test_the_basis_is_orthogonal_the_same_every_time_and_slots_are_disjoint():
@@ -56,8 +52,8 @@ def test_a_slot_taken_twice_in_a_sum_is_refused_naming_both_files():
         check_distinct_slots([("a.safetensors", 1), ("b.safetensors", 1)])
 
 
-def test_training_in_a_slot_keeps_a_fixed_trains_b_and_records_the_slot(tmp_path):
-    recipe = make_recipe(None, dict(dataset=str(MUSTACHE), trigger="mustache", caption_template="{caption}",
+def test_training_in_a_slot_keeps_a_fixed_trains_b_and_records_the_slot(mustache_faces, tmp_path):
+    recipe = make_recipe(None, dict(dataset=str(mustache_faces), trigger="mustache", caption_template="{caption}",
                                     steps=3, batch_size=2, learning_rate=1e-2, rank=4, orthogonal_slot=2,
                                     output=str(tmp_path / "run"), name="m", final_samples=False))
     result = train(recipe)
@@ -76,8 +72,8 @@ def test_a_slot_from_the_name_is_the_same_everywhere_and_spreads_over_the_slots(
     assert max(taken.count(slot) for slot in range(8)) < 2 * 400 / 8  # and none takes most names
 
 
-def test_training_with_the_slot_from_its_name_takes_and_records_that_slot(tmp_path):
-    recipe = make_recipe(None, dict(dataset=str(MUSTACHE), trigger="mustache", caption_template="{caption}",
+def test_training_with_the_slot_from_its_name_takes_and_records_that_slot(mustache_faces, tmp_path):
+    recipe = make_recipe(None, dict(dataset=str(mustache_faces), trigger="mustache", caption_template="{caption}",
                                     steps=1, batch_size=2, rank=4, orthogonal_slot_from_name=True,
                                     output=str(tmp_path / "run"), name="my-mustache", final_samples=False))
     adapter = read_adapter(train(recipe).adapter)
@@ -88,14 +84,14 @@ def test_training_with_the_slot_from_its_name_takes_and_records_that_slot(tmp_pa
         assert torch.allclose(module.down, slot_down(module.down.shape[1], 4, slot).float(), atol=1e-6)
 
 
-def test_a_slot_the_layers_have_no_room_for_is_one_line(tmp_path):
-    result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1", "--rank", "4",
+def test_a_slot_the_layers_have_no_room_for_is_one_line(mustache_faces, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--dataset", str(mustache_faces), "--steps", "1", "--rank", "4",
                                        "--orthogonal-slot", "1000", "--output", str(tmp_path / "r")])
     assert_clean_error(result, "orthogonal_slot 1000: the UNet's", "features, room for")
-    result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1",
+    result = CliRunner().invoke(main, ["train", "--dataset", str(mustache_faces), "--steps", "1",
                                        "--orthogonal-slot", "-1", "--output", str(tmp_path / "r")])
     assert_clean_error(result, "orthogonal_slot: must be 0 or more")
-    result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1", "--orthogonal-slot",
+    result = CliRunner().invoke(main, ["train", "--dataset", str(mustache_faces), "--steps", "1", "--orthogonal-slot",
                                        "1", "--orthogonal-slot-from-name", "--output", str(tmp_path / "r")])
     assert_clean_error(result, "orthogonal_slot 1 and orthogonal_slot_from_name: give a slot number or take one")
 

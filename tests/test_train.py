@@ -18,22 +18,19 @@ from loramix.formats.read import read_adapter
 from loramix.train.loop import train
 from loramix.train.recipe import make_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-MUSTACHE = ROOT / "samples" / "mustache"
 
-
-def recipe(tmp_path: Path, **overrides):
-    values = dict(dataset=str(MUSTACHE), trigger="mustache", caption_template="{caption}", steps=4, batch_size=2,
+def recipe(dataset: Path, tmp_path: Path, **overrides):
+    values = dict(dataset=str(dataset), trigger="mustache", caption_template="{caption}", steps=4, batch_size=2,
                   learning_rate=1e-3, rank=4, output=str(tmp_path / "run"), name="m")
     return make_recipe(None, {**values, **overrides})
 
 
 @pytest.fixture(scope="module")
-def nf4_run(tmp_path_factory):
+def nf4_run(tmp_path_factory, mustache_faces):
     """Four steps over the NF4 base, sampling in the middle of the run (the eval-under-no_grad trap) and
     checkpointing every two steps."""
     tmp_path = tmp_path_factory.mktemp("nf4")
-    result = train(recipe(tmp_path, sample_every=2, checkpoint_every=2, keep_checkpoints=5))
+    result = train(recipe(mustache_faces, tmp_path, sample_every=2, checkpoint_every=2, keep_checkpoints=5))
     return tmp_path, result
 
 
@@ -58,7 +55,7 @@ def test_the_adapter_has_its_metadata_and_only_the_unet_attention(nf4_run):
     recipe_saved = json.loads(metadata["loramix_recipe"])
     assert recipe_saved["rank"] == 4 and recipe_saved["quantize"] == "nf4"
     assert metadata["loramix_trigger_words"] == "mustache" and metadata["loramix_steps"] == "4"
-    assert metadata["loramix_dataset_size"] == "36" and float(metadata["loramix_final_loss"]) == pytest.approx(
+    assert metadata["loramix_dataset_size"] == "8" and float(metadata["loramix_final_loss"]) == pytest.approx(
         result.final_loss, rel=1e-5)
     assert metadata["ss_network_dim"] == "4"
     assert keys and all(k.startswith("lora_unet_") for k in keys)  # kohya naming, which every loader reads
@@ -84,7 +81,7 @@ def test_the_adapter_loads_in_plain_diffusers_and_at_weight_zero_renders_the_bas
     assert not all(torch.equal(a, b) for a, b in zip(base, with_lora))
 
 
-def test_resume_continues_bit_for_bit(nf4_run, tmp_path):
+def test_resume_continues_bit_for_bit(mustache_faces, nf4_run, tmp_path):
     first, result = nf4_run
     resumed_run = tmp_path / "run"
     (resumed_run / "checkpoints").mkdir(parents=True)
@@ -92,7 +89,8 @@ def test_resume_continues_bit_for_bit(nf4_run, tmp_path):
     log = (first / "run" / "train_log.jsonl").read_text().splitlines()
     # It died while logging step 4: that line is cut short, and resuming drops it with the rest after step 2.
     (resumed_run / "train_log.jsonl").write_text("\n".join(log[:3]) + "\n" + log[3][:10])
-    again = train(recipe(tmp_path, sample_every=2, checkpoint_every=2, keep_checkpoints=5), resume="latest")
+    again = train(recipe(mustache_faces, tmp_path, sample_every=2, checkpoint_every=2, keep_checkpoints=5),
+                  resume="latest")
     resumed_log = (resumed_run / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(r)["loss"] for r in resumed_log] == [json.loads(r)["loss"] for r in log]
     original, continued = load_file(str(result.adapter)), load_file(str(again.adapter))
@@ -100,30 +98,30 @@ def test_resume_continues_bit_for_bit(nf4_run, tmp_path):
     assert all(torch.equal(original[k], continued[k]) for k in original)
 
 
-def test_training_the_text_encoder_too_without_quantization(tmp_path):
-    result = train(recipe(tmp_path, steps=2, quantize="none", train_text_encoder=True, rank=2, format="kohya",
-                          final_samples=False))
+def test_training_the_text_encoder_too_without_quantization(mustache_faces, tmp_path):
+    result = train(recipe(mustache_faces, tmp_path, steps=2, quantize="none", train_text_encoder=True, rank=2,
+                          format="kohya", final_samples=False))
     keys = list(load_file(str(result.adapter)))
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
     assert any(k.startswith("lora_unet_") for k in keys)
 
 
 @pytest.mark.slow  # it must train: 30 steps are what it takes for the loss to fall clear of its noise
-def test_the_loss_goes_down_on_a_repeated_batch(tmp_path):
+def test_the_loss_goes_down_on_a_repeated_batch(mustache_faces, tmp_path):
     """Sanity of the whole loop: one image, many steps, a high learning rate."""
     data = tmp_path / "one"
     data.mkdir()
-    shutil.copy(MUSTACHE / "0000.png", data / "0000.png")
-    shutil.copy(MUSTACHE / "0000.txt", data / "0000.txt")
-    result = train(recipe(tmp_path, dataset=str(data), steps=30, batch_size=4, learning_rate=3e-3, quantize="none",
+    shutil.copy(mustache_faces / "0000.png", data / "0000.png")
+    shutil.copy(mustache_faces / "0000.txt", data / "0000.txt")
+    result = train(recipe(data, tmp_path, steps=30, batch_size=4, learning_rate=3e-3, quantize="none",
                           snr_gamma=5.0))
     rows = [json.loads(line)["loss"] for line in (Path(result.run) / "train_log.jsonl").read_text().splitlines()]
     assert sum(rows[-10:]) / 10 < sum(rows[:10]) / 10
 
 
-def test_cli_flags_override_the_recipe_and_errors_are_one_line(tmp_path):
+def test_cli_flags_override_the_recipe_and_errors_are_one_line(mustache_faces, tmp_path):
     recipe_file = tmp_path / "r.toml"
-    recipe_file.write_text(f'dataset = "{MUSTACHE}"\nsteps = 100\nrank = 16\nfinal_samples = false\n')
+    recipe_file.write_text(f'dataset = "{mustache_faces}"\nsteps = 100\nrank = 16\nfinal_samples = false\n')
     runner = CliRunner()
     result = runner.invoke(main, ["train", str(recipe_file), "--steps", "1", "--rank", "2", "--quantize", "none",
                                   "--output", str(tmp_path / "out"), "--targets", "to_q,to_v"])
@@ -140,7 +138,7 @@ def test_cli_flags_override_the_recipe_and_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_under_accelerate_launch(tmp_path):
+def test_two_processes_under_accelerate_launch(mustache_faces, tmp_path):
     """Data-parallel training as users scale it out: `accelerate launch --multi_gpu` starts 2 processes (on CPU
     when there is no GPU). Each trains on its share of every batch; the run fails if the processes' LoRAs differ
     at the end, as they would if the gradients were not averaged."""
@@ -150,7 +148,7 @@ def test_two_processes_under_accelerate_launch(tmp_path):
 
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loramix", "train",
-               "--dataset", str(MUSTACHE), "--steps", "3", "--batch-size", "2", "--rank", "2",
+               "--dataset", str(mustache_faces), "--steps", "3", "--batch-size", "2", "--rank", "2",
                "--output", str(tmp_path / "run"), "--name", "ddp", "--sample-steps", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -167,10 +165,11 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     ({"learning_rate": 1e6, "max_grad_norm": 0.0, "quantize": "none", "steps": 8},
      r"^Error: the loss became (nan|inf) at step \d: try a lower learning_rate"),
 ])
-def test_bad_runs_end_in_one_line(tmp_path, overrides, message):
+def test_bad_runs_end_in_one_line(mustache_faces, tmp_path, overrides, message):
     import re
 
-    args = ["train", "--dataset", str(MUSTACHE), "--steps", "2", "--batch-size", "2", "--output", str(tmp_path / "r")]
+    args = ["train", "--dataset", str(mustache_faces), "--steps", "2", "--batch-size", "2",
+            "--output", str(tmp_path / "r")]
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
         args = [a for i, a in enumerate(args) if a != flag and (i == 0 or args[i - 1] != flag)] + [flag, str(value)]
@@ -180,17 +179,17 @@ def test_bad_runs_end_in_one_line(tmp_path, overrides, message):
     assert not (tmp_path / "r" / "r.safetensors").exists()
 
 
-def test_an_unwritable_output_is_named(tmp_path):
+def test_an_unwritable_output_is_named(mustache_faces, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = CliRunner().invoke(main, ["train", "--dataset", str(MUSTACHE), "--steps", "1",
+    result = CliRunner().invoke(main, ["train", "--dataset", str(mustache_faces), "--steps", "1",
                                        "--output", str(blocker / "run")])
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: output {blocker / 'run'}: cannot write there")
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(mustache_faces, tmp_path):
     import os
     import signal
     import subprocess
@@ -198,8 +197,8 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     import time
 
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "loramix", "train", "--dataset", str(MUSTACHE), "--steps", "60", "--batch-size",
-               "2", "--rank", "2", "--quantize", "none", "--output", str(run), "--name", "c"]
+    command = [sys.executable, "-m", "loramix", "train", "--dataset", str(mustache_faces), "--steps", "60",
+               "--batch-size", "2", "--rank", "2", "--quantize", "none", "--output", str(run), "--name", "c"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = run / "train_log.jsonl"
@@ -222,20 +221,20 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
 
 
 @pytest.mark.slow  # two whole runs, the second rendering its final sample grid: what is switched off is the run's
-def test_samples_can_be_switched_off_entirely(tmp_path):
+def test_samples_can_be_switched_off_entirely(mustache_faces, tmp_path):
     """sample_every = 0 renders none during the run, and final_samples = false none at its end: a short run on
     a large base is not spent on a sample grid."""
-    result = train(recipe(tmp_path, steps=2, sample_every=0, final_samples=False))
+    result = train(recipe(mustache_faces, tmp_path, steps=2, sample_every=0, final_samples=False))
     run = tmp_path / "run"
     assert result.adapter.is_file() and (run / "loss.png").is_file()
     assert not (run / "samples").exists()
-    with_final = train(recipe(tmp_path / "again", steps=2, sample_every=0))
+    with_final = train(recipe(mustache_faces, tmp_path / "again", steps=2, sample_every=0))
     assert [p.name for p in (with_final.run / "samples").iterdir()] == ["step-000002.png"]
 
 
 @pytest.mark.slow  # a whole run that samples mid-way: the models come back only for a real sample grid
 @pytest.mark.parametrize("train_text_encoder", [False, True])
-def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, train_text_encoder):
+def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(mustache_faces, tmp_path, train_text_encoder):
     """QLoRA's peak: the VAE (and frozen text encoders) encode the dataset before the UNet loads and are
     dropped then; samples load them again and drop them after."""
     from types import SimpleNamespace
@@ -243,11 +242,11 @@ def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, t
     from loramix.train.loop import _prepare
     from loramix.util.progress import Status
 
-    run = recipe(tmp_path, quantize="nf4", train_text_encoder=train_text_encoder, flip=True)
+    run = recipe(mustache_faces, tmp_path, quantize="nf4", train_text_encoder=train_text_encoder, flip=True)
     accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True)
     model, examples, count = _prepare(run, accelerator, lambda line: None, Status())
     pipeline = model.pipeline
-    assert count == 36 and examples.latent_mean.shape[0] == 72  # flipped too
+    assert count == 8 and examples.latent_mean.shape[0] == 16  # flipped too
     assert pipeline.vae is None and type(pipeline.unet.conv_in).__name__ == "Conv2dNF4"
     assert (pipeline.text_encoder is not None) == train_text_encoder
     assert (examples.text is None) == train_text_encoder
@@ -257,14 +256,15 @@ def test_models_no_step_uses_are_set_aside_and_come_back_for_samples(tmp_path, t
     assert pipeline.vae is None and (pipeline.text_encoder is not None) == train_text_encoder
 
 
-def test_captions_tokenized_once_condition_exactly_as_the_pipeline_does(tmp_path):
+def test_captions_tokenized_once_condition_exactly_as_the_pipeline_does(mustache_faces, tmp_path):
     """The step's text conditioning (token ids cached per caption) against diffusers' `encode_prompt`, with the
     text encoder's LoRA trained away from zero so it counts."""
     from loramix.models.load import load_pipeline
     from loramix.train.trainee import LoraTrainee, text_conditioning
 
     pipeline = load_pipeline("toy")
-    trainee = LoraTrainee(pipeline, recipe(tmp_path, train_text_encoder=True, quantize="none"), torch.device("cpu"))
+    run = recipe(mustache_faces, tmp_path, train_text_encoder=True, quantize="none")
+    trainee = LoraTrainee(pipeline, run, torch.device("cpu"))
     with torch.no_grad():
         for parameter in trainee.text_parameters():
             parameter.normal_(std=0.05)
