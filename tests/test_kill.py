@@ -39,8 +39,6 @@ from loramix.formats.read import read_adapter
 from loramix.formats.write import write_adapter
 from loramix.testing import random_adapter
 
-ROOT = Path(__file__).resolve().parents[1]
-MUSTACHE = ROOT / "samples" / "mustache"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: the same float sums in every process
 SEEDS = [0, 1, 2]
 TIMEOUT = 240
@@ -132,8 +130,8 @@ def assert_whole_png(path: Path) -> None:
 STEPS, EVERY = 40, 4
 
 
-def train_command(run_folder: Path, *extra) -> list[str]:
-    return loramix("train", "--dataset", MUSTACHE, "--steps", STEPS, "--batch-size", 2, "--rank", 2,
+def train_command(dataset: Path, run_folder: Path, *extra) -> list[str]:
+    return loramix("train", "--dataset", dataset, "--steps", STEPS, "--batch-size", 2, "--rank", 2,
                    "--checkpoint-every", EVERY, "--keep-checkpoints", 2, "--sample-every", 16, "--sample-steps", 2,
                    "--output", run_folder, "--name", "m", *extra)
 
@@ -157,14 +155,15 @@ def checkpoint_steps(run_folder: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(tmp_path_factory, mustache_faces) -> Path:
     folder = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run(train_command(folder))
+    run(train_command(mustache_faces, folder))
     return folder
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninterrupted, tmp_path, seed):
+def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninterrupted, mustache_faces, tmp_path,
+                                                                           seed):
     """Seed s kills the run 1 + s % 2 times, each a random moment (0-150 ms, about two steps) after a random step
     is logged: in a step, in a checkpoint or sample write, or in the final writes. The first kill comes after
     the first checkpoint, so there is one to resume from."""
@@ -179,7 +178,7 @@ def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninter
         target = rng.randint(low, STEPS)
         logged = [lambda step=step: logged_step(folder) >= step for step in (target, low)]
         # The seeded moment, then the same step at once, then the first step this run can be killed after.
-        moment = kill_landing(train_command(folder, *resume), folder,
+        moment = kill_landing(train_command(mustache_faces, folder, *resume), folder,
                               [(logged[0], rng.uniform(0, 0.15)), (logged[0], 0.0), (logged[1], 0.0)],
                               tmp_path / "before")
         rows, latest = log_rows(folder), checkpoint_steps(folder)[-1]
@@ -187,7 +186,7 @@ def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninter
         print(f"killed (moment {moment}) after step {rows[-1]['step']} was logged; resuming from checkpoint {latest}")
         kept.append((latest, rows))
         resume = ["--resume"]
-    run(train_command(folder, *resume))
+    run(train_command(mustache_faces, folder, *resume))
 
     rows, reference_rows = log_rows(folder), log_rows(uninterrupted)
     assert [row["step"] for row in rows] == list(range(1, STEPS + 1))  # every step logged once
