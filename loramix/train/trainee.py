@@ -96,9 +96,9 @@ class LoraTrainee:
                 adapted.append((encoder, "text encoder"))
         self.orthogonal_slot = recipe.orthogonal_slot  # the slot taken, for the file's metadata
         if recipe.orthogonal_slot_from_name:
-            from loramix.lora.orthogonal import name_slot
+            from loramix.lora.orthogonal import name_slot, slot_count
 
-            slots = min(room for model, _ in adapted for room in orthogonal_rooms(model, recipe.rank))
+            slots = min(slot_count(size, recipe.rank) for model, _ in adapted for *_, size in lora_downs(model))
             self.orthogonal_slot = name_slot(recipe.adapter_name, slots)
         if self.orthogonal_slot is not None:
             for model, what in adapted:
@@ -360,38 +360,33 @@ def encode_examples(pipeline, data: CaptionedImages, flip: bool, with_text: bool
                     shift=getattr(vae.config, "shift_factor", None) or 0.0, scaling=vae.config.scaling_factor)
 
 
-def orthogonal_rooms(model, rank: int) -> list[int]:
-    """How many slots of `rank` each LoRA layer of `model` holds (`loramix.lora.orthogonal.slot_count`)."""
+def lora_downs(model):
+    """(name, down-projection A, its input size) of every LoRA layer of `model`; a convolution's A reads
+    in_channels × its kernel."""
     from peft.tuners.lora import LoraLayer
 
-    from loramix.lora.orthogonal import slot_count
-
-    return [slot_count(down.weight[0].numel(), rank) for layer in model.modules() if isinstance(layer, LoraLayer)
-            for down in layer.lora_A.values()]
+    for name, layer in model.named_modules():
+        if isinstance(layer, LoraLayer):
+            for down in layer.lora_A.values():
+                yield name, down, down.weight[0].numel()
 
 
 def fix_orthogonal_downs(model, rank: int, slot: int, what: str) -> None:
     """Orthogonal adaptation: every LoRA layer's down-projection A set to `slot`'s rows of the shared basis of
     its input size, and frozen (`loramix.lora.orthogonal`)."""
-    from peft.tuners.lora import LoraLayer
-
     from loramix.lora.orthogonal import slot_count, slot_down
 
     downs: dict[int, torch.Tensor] = {}  # input size → its slot's rows: one QR a size, not one a layer
-    for name, layer in model.named_modules():
-        if not isinstance(layer, LoraLayer):
-            continue
-        for down in layer.lora_A.values():
-            size = down.weight[0].numel()  # a convolution's A reads in_channels × its kernel
-            room = slot_count(size, rank)
-            if slot >= room:
-                raise TraineeError(f"orthogonal_slot {slot}: the {what}'s {name} reads {size} features, room for "
-                                   f"{room} slots of rank {rank} (0 to {room - 1})")
-            if size not in downs:
-                downs[size] = slot_down(size, rank, slot)
-            with torch.no_grad():
-                down.weight.copy_(downs[size].reshape(down.weight.shape))
-            down.weight.requires_grad_(False)
+    for name, down, size in lora_downs(model):
+        room = slot_count(size, rank)
+        if slot >= room:
+            raise TraineeError(f"orthogonal_slot {slot}: the {what}'s {name} reads {size} features, room for "
+                               f"{room} slots of rank {rank} (0 to {room - 1})")
+        if size not in downs:
+            downs[size] = slot_down(size, rank, slot)
+        with torch.no_grad():
+            down.weight.copy_(downs[size].reshape(down.weight.shape))
+        down.weight.requires_grad_(False)
 
 
 def text_conditioning(pipeline, captions: list[str], device: torch.device, size: int) -> dict[str, torch.Tensor]:
