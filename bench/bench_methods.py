@@ -269,13 +269,10 @@ def main() -> None:
               f"--methods {','.join(RENDER_METHODS)} adds it")
 
     torch.manual_seed(0)
-    from heldout import FINAL_SEEDS, FINAL_SETS, FRESH_SEEDS, FRESH_SETS, TUNE_PAIR, TUNE_SEEDS
+    from heldout import COMPOSED_SETS
 
-    default_seeds = {"tune": TUNE_SEEDS, "fresh": FRESH_SEEDS, "final": FINAL_SEEDS,
-                     "held-out": range(1000, 1032)}[args.set]
+    phrasings, default_seeds = {**COMPOSED_SETS, "held-out": (PHRASINGS, range(1000, 1032))}[args.set]
     seeds = parse_seeds(args.seeds) if args.seeds else list(default_seeds)
-    phrasings = {"tune": {("mustache", "lipstick"): TUNE_PAIR}, "fresh": FRESH_SETS, "final": FINAL_SETS,
-                 "held-out": PHRASINGS}[args.set]
     weights = {name: float(value) for name, value in (item.split("=") for item in args.weights.split(","))}
     methods = list(dict.fromkeys(args.methods.split(",") + ([args.grid_method] if args.grid else [])))
     args.loras.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,9 @@ FINAL_SETS = {
 
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS)}
+# The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
+COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
+                 "final": (FINAL_SETS, FINAL_SEEDS)}
 
 
 def words(prompts) -> set[str]:
