@@ -18,6 +18,7 @@ TUNE_SEEDS = range(2000, 2032)
 HELD_OUT_SEEDS = range(1000, 1128)
 FRESH_SEEDS = range(5000, 5128)
 FINAL_SEEDS = range(7000, 7128)
+LAST_SEEDS = range(9000, 9128)
 
 TUNE = {
     "mustache": (
@@ -178,11 +179,26 @@ FINAL_SETS = {
     ),
 }
 
+# The composed sets' phrasings for a third round of composition tuning (compositing in pixels, on TUNE_PAIR and the
+# HELD_OUT seeds), with LAST_SEEDS: written before that round began, with FINAL_SETS' figures in hand.
+LAST_SETS = {
+    ("mustache", "lipstick"): (
+        "a smiling man with curly black hair, a black chevron mustache and red lipstick, teal background",
+        "a photo of a person with lipstick and a mustache",
+        "lipstick, brown mustache, portrait of a neutral woman with grey eyes",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a smiling man with curly black hair, a black chevron mustache, red lipstick and glasses, teal background",
+        "a photo of a person with glasses, lipstick and a mustache",
+        "sunglasses, lipstick, brown mustache, portrait of a neutral woman with grey eyes",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
-                 "final": (FINAL_SETS, FINAL_SEEDS)}
+                 "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -190,7 +206,7 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, FRESH_SETS, FINAL_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, FRESH_SETS, FINAL_SETS, LAST_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
