@@ -74,7 +74,8 @@ def quality(args) -> None:
 
 def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     """The recipe's loss trained by a loop of diffusers and peft calls only: peft's LoRA layers on the same nf4
-    base, latents cached by the VAE, the masked loss with prior preservation, min-SNR, AdamW, clipping."""
+    base, latents cached by the VAE, the recipe's loss (plain, or masked with prior preservation), min-SNR,
+    AdamW, clipping."""
     import numpy as np
     from diffusers import DDPMScheduler
     from diffusers.training_utils import compute_snr
@@ -104,8 +105,12 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     folder = Path(recipe["dataset"])
     files = sorted(p for p in folder.glob("*.png") if not p.name.endswith(".mask.png"))
     pixels = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
-    masks = torch.stack([torch.from_numpy(np.array(Image.open(f.with_name(f.stem + ".mask.png")).convert("L")))
-                         for f in files])[:, None].float() / 255
+    masked = recipe.get("masked_loss", False)
+    if masked:
+        masks = torch.stack([torch.from_numpy(np.array(Image.open(f.with_name(f.stem + ".mask.png")).convert("L")))
+                             for f in files])[:, None].float() / 255
+    else:  # the plain loss: every latent pixel weighs 1
+        masks = torch.ones(len(files), 1, *pixels.shape[-2:])
     captions = [f.with_suffix(".txt").read_text().splitlines()[0] for f in files]
     with torch.no_grad():
         latent = vae.encode(pixels.float() / 127.5 - 1).latent_dist
@@ -113,8 +118,8 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     latent_masks = torch.nn.functional.adaptive_avg_pool2d(masks, mean.shape[-2:])
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     optimizer = torch.optim.AdamW(params, lr=recipe["learning_rate"])
-    outside_weight = recipe.get("masked_loss_weight", 0.05)
-    prior = recipe.get("masked_prior_preservation_weight", 0.0)
+    outside_weight = recipe.get("masked_loss_weight", 0.05) if masked else 1.0
+    prior = recipe.get("masked_prior_preservation_weight", 0.0) if masked else 0.0
     gamma, batch = recipe.get("snr_gamma"), recipe["batch_size"]
 
     def encode(texts):
@@ -140,7 +145,8 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
         hidden = encode(texts)
         prediction = unet(noisy, timesteps, hidden).sample.float()
         mask = latent_masks[index]
-        loss = weighted((prediction - noise) ** 2, outside_weight + (1 - outside_weight) * mask)
+        loss = weighted((prediction - noise) ** 2, outside_weight + (1 - outside_weight) * mask) if masked \
+            else ((prediction - noise) ** 2).mean(dim=(1, 2, 3))
         if prior:
             with torch.no_grad():
                 for layer in lora_layers:
@@ -175,22 +181,26 @@ def loramix_step_seconds(name: str, steps: int, warmup: int, folder: Path) -> li
 
 
 def loop(args) -> None:
-    """Each loop three times, alternating (loramix, plain, loramix, …), each run in a process of its own as a
-    user's run is: in one process the loop that runs second inherits the first one's heap, and glibc's malloc
-    thresholds, which moved either loop's step by 10-15%. Each figure is the median step over its three runs:
-    the shared 2-core machine slows for stretches of seconds, which a run's total time takes in whole and a
-    median of 400 steps does not."""
+    """Each loop `--loop-runs` times, alternating (loramix, plain, loramix, …), each run in a process of its own
+    as a user's run is: in one process the loop that runs second inherits the first one's heap, and glibc's
+    malloc thresholds, which moved either loop's step by 10-15%. A run's figure is its median step: the shared
+    2-core machine slows for stretches of seconds, which a run's total time takes in whole and a median of its
+    steps does not. Runs of the same loop still differ by up to a third from one process to the next, so the
+    ratio is read from each loop's median run, with the ratio of every alternating pair beside it."""
     name = args.recipes.split(",")[0]
     ours, plain = [], []
-    for _ in range(3):
+    for _ in range(args.loop_runs):
         for which, into in (("loramix", ours), ("plain", plain)):
             command = [sys.executable, __file__, "--loop-worker", which, "--recipes", name,
                        "--loop-steps", str(args.loop_steps), "--folder", str(args.folder)]
-            into += json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-    ours_rate, plain_rate = 1 / statistics.median(ours), 1 / statistics.median(plain)
-    print(f"training loop, recipes/{name}.toml, steps 11-{args.loop_steps} of 3 alternating runs each, each run a "
-          f"process of its own, median step: loramix {ours_rate:.2f} steps/s, plain diffusers + peft "
-          f"{plain_rate:.2f}, loramix ÷ plain ×{ours_rate / plain_rate:.2f}")
+            run = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+            into.append(1 / statistics.median(run))
+    pairs = sorted(a / b for a, b in zip(ours, plain))
+    ours_rate, plain_rate = statistics.median(ours), statistics.median(plain)
+    print(f"training loop, recipes/{name}.toml, steps 11-{args.loop_steps}, {args.loop_runs} alternating runs of "
+          f"each loop, each run a process of its own, steps/s of the median run: loramix {ours_rate:.2f}, plain "
+          f"diffusers + peft {plain_rate:.2f}, loramix ÷ plain ×{ours_rate / plain_rate:.2f} (each pair of runs: "
+          f"{', '.join(f'×{r:.2f}' for r in pairs)})")
 
 
 def loop_worker(args) -> None:
@@ -214,6 +224,7 @@ def main() -> None:
     parser.add_argument("--set", choices=tuple(SETS), default="fresh")
     parser.add_argument("--folder", type=Path, default=ROOT / "build" / "time-to-quality")
     parser.add_argument("--loop-steps", type=int, default=150)
+    parser.add_argument("--loop-runs", type=int, default=5, help="Runs of each loop, alternating.")
     parser.add_argument("--loop-only", action="store_true")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--loop-worker", choices=("loramix", "plain"), help=argparse.SUPPRESS)
