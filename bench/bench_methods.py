@@ -18,7 +18,8 @@ record each LoRA's layer inputs from its attribute's TUNE phrasings of bench/hel
 whole differences. orthogonal is the exact sum of the same recipes trained in orthogonal adaptation's slots
 (mustache 0, lipstick 1, glasses 2), each shown alone too. regional-own-prompts is regional with each LoRA's calls
 conditioned on a prompt naming its attribute alone (`--lora-prompt`, LORA_PROMPTS below). regional-late is regional
-with each LoRA on from 40% of the steps (LATE_START below). The first rows are the ceiling: a LoRA trained on faces
+with each LoRA on from 40% of the steps (LATE_START below); regional-late-own-prompts is that with each LoRA's
+prompt its own. The first rows are the ceiling: a LoRA trained on faces
 wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
@@ -110,6 +111,9 @@ LORA_PROMPTS = {"mustache": "a face with a mustache", "lipstick": "a face with l
 # alone before: chosen on the TUNE seeds with pair phrasings of their own (heldout.TUNE_PAIR, --set tune).
 LATE = "regional-late"
 LATE_START = 0.4
+# regional-late with a prompt per LoRA, as OWN_PROMPTS: after the base alone has laid out the face, each LoRA's
+# region follows its own attribute's prompt rather than the image's, which names the others.
+LATE_OWN_PROMPTS = "regional-late-own-prompts"
 
 
 def lora_file(folder: Path, name: str, orthogonal_slot: int | None = None) -> Path:
@@ -257,7 +261,8 @@ def main() -> None:
     parser.add_argument("--late-start", type=float, default=LATE_START,
                         help="regional-late: the fraction of the steps from which the LoRAs act.")
     parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED),
-                                                       *RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE]))
+                                                       *RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE,
+                                                       LATE_OWN_PROMPTS]))
     parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
     parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
@@ -303,11 +308,16 @@ def main() -> None:
         rows += [(method, together,
                   tuple(replace(files[n], mask=masks[n]) if method in MASKED_METHODS else files[n] for n in names),
                   method, names)
-                 for method in methods if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE)]
+                 for method in methods
+                 if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE, LATE_OWN_PROMPTS)]
+        late = {n: parse_weight_spec(f"{files[n].path}:{files[n].weight:g}@{args.late_start:g}-1") for n in names}
         if LATE in methods:
-            late = {n: parse_weight_spec(f"{files[n].path}:{files[n].weight:g}@{args.late_start:g}-1") for n in names}
             rows.append((LATE, f"{together} from {args.late_start:g}",
                          tuple(replace(late[n], mask=masks[n]) for n in names), "regional", names))
+        if LATE_OWN_PROMPTS in methods:
+            rows.append((LATE_OWN_PROMPTS, f"{together} from {args.late_start:g}",
+                         tuple(replace(late[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",
+                         names))
         if OWN_PROMPTS in methods:
             rows.append((OWN_PROMPTS, together,
                          tuple(replace(files[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",
