@@ -113,6 +113,7 @@ def test_compose_fusion_writes_a_file_and_renders_it(pair, tmp_path):
     assert len(list((tmp_path / "images").glob("*.png"))) == 3  # two images and the grid
 
 
+@pytest.mark.slow  # records both LoRAs' layer inputs and learns ZipLoRA's merger coefficients (about 3.5 s)
 def test_compose_ziplora_writes_a_low_rank_file_and_renders_it(pair, tmp_path):
     from loramix.formats.read import read_adapter
 

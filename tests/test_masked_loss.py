@@ -163,6 +163,7 @@ def masked_recipe(tmp_path, dataset, name: str, **overrides):
     return make_recipe(None, {**values, **overrides})
 
 
+@pytest.mark.slow  # short training runs on the toy base, with and without masks (about 2 s)
 def test_training_with_masks_of_ones_is_training_without_masks_and_real_masks_are_not(tmp_path):
     """End to end (flips, min-SNR, the whole loop): white masks everywhere give the plain run bit for bit, and
     the faces' own masks give another LoRA."""

@@ -300,6 +300,7 @@ def test_loramix_loads_the_single_file_offline_as_the_folder_loads(saved):
     render(quantized, settings)
 
 
+@pytest.mark.slow  # writes the toy base as one file, then renders and trains from it (about 1.5 s)
 def test_the_toy_base_as_a_single_file_renders_what_its_folder_renders_and_trains(mustache_faces, tmp_path):
     import numpy as np
 

@@ -81,6 +81,7 @@ def test_the_adapter_loads_in_plain_diffusers_and_at_weight_zero_renders_the_bas
     assert not all(torch.equal(a, b) for a, b in zip(base, with_lora))
 
 
+@pytest.mark.slow  # trains the steps after the checkpoint again (about 2 s)
 def test_resume_continues_bit_for_bit(mustache_faces, nf4_run, tmp_path):
     first, result = nf4_run
     resumed_run = tmp_path / "run"
