@@ -294,3 +294,24 @@ def test_a_scheduled_region_follows_its_schedule_step_by_step(pipeline, loras, l
     assert np.abs(late - pixels(render(reference_pipeline, settings(), on_step=step_weights))).max() <= 1
     base = pixels(render(pipeline, settings()))
     assert np.abs(late - plain).mean() > 0.5 and np.abs(late - base).mean() > 0.5
+
+
+def test_a_late_lora_with_its_own_prompt_leaves_the_base_alone_until_it_starts(pipeline, loras, lora_files, masks):
+    """The recommended composition (`a.safetensors:1@0.4-1#mask.png` with `--lora-prompt`): while the LoRA is
+    off, its prompt changes nothing and the base renders alone; once it acts, its region follows its prompt."""
+    from dataclasses import replace
+
+    from loramix.render.multi import denoise_multi
+
+    late = parse_weight_spec(f"{lora_files[0]}:0.8@0.4-1#{masks['left']}")
+    prompted = replace(late, prompt="a sad face on a blue background")
+    base = WeightedFile(lora_files[0], 0.8, mask=masks["black"])  # an empty region: the base alone
+
+    one_step = settings(steps=1)  # its only step lies at 0, before the LoRA starts
+    assert torch.equal(denoise_multi(pipeline, loras, [prompted], one_step, "regional"),
+                       denoise_multi(pipeline, loras, [base], one_step, "regional"))
+    with_prompt = denoise_multi(pipeline, loras, [prompted], settings(), "regional")
+    without = denoise_multi(pipeline, loras, [late], settings(), "regional")
+    alone = denoise_multi(pipeline, loras, [base], settings(), "regional")
+    assert not torch.allclose(with_prompt[..., :4], without[..., :4])  # its half follows its own prompt
+    assert not torch.allclose(without[..., :4], alone[..., :4])  # and the LoRA acts there from 0.4 on
