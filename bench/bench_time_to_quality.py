@@ -105,20 +105,18 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     folder = Path(recipe["dataset"])
     files = sorted(p for p in folder.glob("*.png") if not p.name.endswith(".mask.png"))
     pixels = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
-    masked = recipe.get("masked_loss", False)
-    if masked:
-        masks = torch.stack([torch.from_numpy(np.array(Image.open(f.with_name(f.stem + ".mask.png")).convert("L")))
-                             for f in files])[:, None].float() / 255
-    else:  # the plain loss: every latent pixel weighs 1
-        masks = torch.ones(len(files), 1, *pixels.shape[-2:])
     captions = [f.with_suffix(".txt").read_text().splitlines()[0] for f in files]
     with torch.no_grad():
         latent = vae.encode(pixels.float() / 127.5 - 1).latent_dist
         mean, std = latent.mean, latent.std
-    latent_masks = torch.nn.functional.adaptive_avg_pool2d(masks, mean.shape[-2:])
+    masked = recipe.get("masked_loss", False)  # else the plain loss, and no prior preservation (as loramix's)
+    if masked:
+        masks = torch.stack([torch.from_numpy(np.array(Image.open(f.with_name(f.stem + ".mask.png")).convert("L")))
+                             for f in files])[:, None].float() / 255
+        latent_masks = torch.nn.functional.adaptive_avg_pool2d(masks, mean.shape[-2:])
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     optimizer = torch.optim.AdamW(params, lr=recipe["learning_rate"])
-    outside_weight = recipe.get("masked_loss_weight", 0.05) if masked else 1.0
+    outside_weight = recipe.get("masked_loss_weight", 0.05)
     prior = recipe.get("masked_prior_preservation_weight", 0.0) if masked else 0.0
     gamma, batch = recipe.get("snr_gamma"), recipe["batch_size"]
 
@@ -144,9 +142,11 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
         texts = [captions[i] for i in index.tolist()]
         hidden = encode(texts)
         prediction = unet(noisy, timesteps, hidden).sample.float()
-        mask = latent_masks[index]
-        loss = weighted((prediction - noise) ** 2, outside_weight + (1 - outside_weight) * mask) if masked \
-            else ((prediction - noise) ** 2).mean(dim=(1, 2, 3))
+        if masked:
+            mask = latent_masks[index]
+            loss = weighted((prediction - noise) ** 2, outside_weight + (1 - outside_weight) * mask)
+        else:
+            loss = ((prediction - noise) ** 2).mean(dim=(1, 2, 3))
         if prior:
             with torch.no_grad():
                 for layer in lora_layers:
