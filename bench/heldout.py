@@ -19,6 +19,7 @@ HELD_OUT_SEEDS = range(1000, 1128)
 FRESH_SEEDS = range(5000, 5128)
 FINAL_SEEDS = range(7000, 7128)
 LAST_SEEDS = range(9000, 9128)
+NEXT_SEEDS = range(11000, 11128)
 
 TUNE = {
     "mustache": (
@@ -194,11 +195,29 @@ LAST_SETS = {
     ),
 }
 
+# The composed sets' phrasings for a fourth round of composition tuning (regions that follow each face, on TUNE_PAIR,
+# the HELD_OUT seeds and the FINAL set), with NEXT_SEEDS: written before that round began, with LAST_SETS' figures in
+# hand.
+NEXT_SETS = {
+    ("mustache", "lipstick"): (
+        "a drawing of a surprised woman with long brown hair, dark red lipstick and a black handlebar mustache",
+        "mustache and lipstick on a neutral man",
+        "a photo of a smiling person with blue eyes, a grey mustache and pink lipstick, yellow background",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a drawing of a surprised woman with long brown hair, dark red lipstick, glasses and a black handlebar "
+        "mustache",
+        "mustache, glasses and lipstick on a neutral man",
+        "a photo of a smiling person with blue eyes, sunglasses, a grey mustache and pink lipstick, yellow background",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
-                 "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS)}
+                 "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
+                 "next": (NEXT_SETS, NEXT_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -206,7 +225,7 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, FRESH_SETS, FINAL_SETS, LAST_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
