@@ -164,6 +164,38 @@ FINAL = {
     ),
 }
 
+# The singles' next set, with NEXT_SEEDS: written before the recipes' targets were tuned a fourth time (on TUNE and
+# FINAL), with FINAL's figures in hand.
+NEXT = {
+    "mustache": (
+        "a drawing of a neutral woman with long red hair and a grey mustache",
+        "mustache, surprised face, teal background",
+        "a smiling person with blue eyes and a black chevron mustache",
+        "a bald man wearing sunglasses and pink lipstick, with a brown mustache",
+        "a ginger mustache",
+        "portrait of a sad man on a green background with curly black hair, grey eyes and a mustache",
+        "photo of a person with a handlebar mustache",
+    ),
+    "lipstick": (
+        "a drawing of a neutral man with long red hair and purple lipstick",
+        "lipstick, surprised face, teal background",
+        "a smiling person with blue eyes and red lipstick",
+        "a bald woman wearing sunglasses and a grey mustache, with pink lipstick",
+        "dark red lipstick",
+        "portrait of a sad woman on a green background with curly black hair, grey eyes and lipstick",
+        "photo of a person with lipstick",
+    ),
+    "glasses": (
+        "a drawing of a neutral woman with long red hair and round glasses",
+        "glasses, surprised face, teal background",
+        "a smiling person with blue eyes and black glasses",
+        "a bald man with pink lipstick and a brown mustache, wearing glasses",
+        "square sunglasses",
+        "portrait of a sad man on a green background with curly black hair, grey eyes and glasses",
+        "photo of a person with sunglasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -213,7 +245,7 @@ NEXT_SETS = {
 }
 
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
-        "final": (FINAL, FINAL_SEEDS)}
+        "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
@@ -225,7 +257,7 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
