@@ -20,6 +20,7 @@ FRESH_SEEDS = range(5000, 5128)
 FINAL_SEEDS = range(7000, 7128)
 LAST_SEEDS = range(9000, 9128)
 NEXT_SEEDS = range(11000, 11128)
+SIXTH_SEEDS = range(13000, 13128)
 
 TUNE = {
     "mustache": (
@@ -244,12 +245,29 @@ NEXT_SETS = {
     ),
 }
 
+# The composed sets' phrasings for a fifth round (which words each LoRA's own prompt keeps from the image's, on
+# NEXT_SETS), with SIXTH_SEEDS: written before that round began, with NEXT_SETS' figures in hand.
+SIXTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a surprised man with short grey hair, purple lipstick and a brown pencil mustache on a blue background",
+        "portrait with lipstick and mustache",
+        "a drawing of a sad person, black mustache, dark red lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a surprised man with short grey hair, purple lipstick, square glasses and a brown pencil mustache on a "
+        "blue background",
+        "portrait with glasses, lipstick and mustache",
+        "a drawing of a sad person, black mustache, sunglasses, dark red lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
-                 "next": (NEXT_SETS, NEXT_SEEDS)}
+                 "next": (NEXT_SETS, NEXT_SEEDS),
+                 "sixth": (SIXTH_SETS, SIXTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -257,7 +275,7 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
