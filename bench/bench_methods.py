@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from heldout import COMPOSED_SETS
 
 from loramix.choices import FUSION, RECORDED_METHODS, RENDER_METHODS, SEQUENTIAL, ZIPLORA
 from loramix.cli.quiet import quiet_libraries
@@ -118,6 +119,12 @@ LATE_OWN_PROMPTS = "regional-late-own-prompts"
 # LoRA from 0.4 has begun (chosen on seeds 1000-1063, LAST_SETS and NEXT_SETS, all read before).
 STAGGERED = "regional-staggered"
 STAGGERED_STARTS = {"mustache": 0.6}
+
+
+def from_step(files: dict[str, WeightedFile], starts: dict[str, float]) -> dict[str, WeightedFile]:
+    """Each LoRA's file at its weight, acting from its start's fraction of the steps to the end
+    (`a.safetensors:1@0.4-1`)."""
+    return {n: parse_weight_spec(f"{f.path}:{f.weight:g}@{starts[n]:g}-1") for n, f in files.items()}
 
 
 def lora_file(folder: Path, name: str, orthogonal_slot: int | None = None) -> Path:
@@ -258,8 +265,7 @@ def main() -> None:
     parser.add_argument("--seeds", help="Seeds, e.g. 1000-1127 or 1000,1002 (default: 1000-1031; with --set tune, "
                                         "fresh, final, last, next or sixth, bench/heldout.py's TUNE_SEEDS, "
                                         "FRESH_SEEDS, FINAL_SEEDS, LAST_SEEDS, NEXT_SEEDS or SIXTH_SEEDS).")
-    parser.add_argument("--set", choices=("held-out", "tune", "fresh", "final", "last", "next", "sixth"),
-                        default="held-out",
+    parser.add_argument("--set", choices=("held-out", *COMPOSED_SETS), default="held-out",
                         help="tune: the pair only, on bench/heldout.py's TUNE_PAIR phrasings, for choosing settings; "
                              "fresh: FRESH_SETS and FRESH_SEEDS; final: FINAL_SETS and FINAL_SEEDS; last: LAST_SETS "
                              "and LAST_SEEDS; next: NEXT_SETS and NEXT_SEEDS; sixth: SIXTH_SETS and SIXTH_SEEDS, "
@@ -281,8 +287,6 @@ def main() -> None:
               f"--methods {','.join(RENDER_METHODS)} adds it")
 
     torch.manual_seed(0)
-    from heldout import COMPOSED_SETS
-
     phrasings, default_seeds = {**COMPOSED_SETS, "held-out": (PHRASINGS, range(1000, 1032))}[args.set]
     seeds = parse_seeds(args.seeds) if args.seeds else list(default_seeds)
     weights = {name: float(value) for name, value in (item.split("=") for item in args.weights.split(","))}
@@ -316,7 +320,7 @@ def main() -> None:
                   method, names)
                  for method in methods
                  if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE, LATE_OWN_PROMPTS, STAGGERED)]
-        late = {n: parse_weight_spec(f"{files[n].path}:{files[n].weight:g}@{args.late_start:g}-1") for n in names}
+        late = from_step(files, dict.fromkeys(names, args.late_start))
         if LATE in methods:
             rows.append((LATE, f"{together} from {args.late_start:g}",
                          tuple(replace(late[n], mask=masks[n]) for n in names), "regional", names))
@@ -326,7 +330,7 @@ def main() -> None:
                          names))
         if STAGGERED in methods:
             starts = {n: STAGGERED_STARTS.get(n, args.late_start) for n in names}
-            staggered = {n: parse_weight_spec(f"{files[n].path}:{files[n].weight:g}@{starts[n]:g}-1") for n in names}
+            staggered = from_step(files, starts)
             rows.append((STAGGERED, f"{together} from {'/'.join(f'{starts[n]:g}' for n in names)}",
                          tuple(replace(staggered[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names),
                          "regional", names))
