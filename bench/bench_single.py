@@ -8,7 +8,8 @@ and in all, beside the base's own renders of the same prompts and seeds.
 --set tune (TUNE_SEEDS × TUNE phrasings) and held-out (HELD_OUT_SEEDS × HELD_OUT phrasings) are the sets recipe
 choices have been made on; fresh (FRESH_SEEDS × FRESH phrasings) gave the figure once they were made, and final
 (FINAL_SEEDS × FINAL phrasings) gives it after the mustache recipe was chosen again with fresh's figures in hand;
-next (NEXT_SEEDS × NEXT phrasings) was written before the recipes' targets were tuned on tune and final.
+next (NEXT_SEEDS × NEXT phrasings) was written before the recipes' targets were tuned on tune and final; seventh
+(SEVENTH_SEEDS × SEVENTH phrasings) before regularization images were tried on tune, final and next.
 """
 
 from __future__ import annotations

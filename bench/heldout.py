@@ -21,6 +21,7 @@ FINAL_SEEDS = range(7000, 7128)
 LAST_SEEDS = range(9000, 9128)
 NEXT_SEEDS = range(11000, 11128)
 SIXTH_SEEDS = range(13000, 13128)
+SEVENTH_SEEDS = range(15000, 15128)
 
 TUNE = {
     "mustache": (
@@ -197,6 +198,38 @@ NEXT = {
     ),
 }
 
+# The singles' seventh set, with SEVENTH_SEEDS: written before the recipes learned from regularization images (on
+# TUNE, FINAL and NEXT), with NEXT's figures in hand.
+SEVENTH = {
+    "mustache": (
+        "a photo of a sad woman with short black hair and a grey handlebar mustache, purple background",
+        "mustache, smiling man",
+        "a neutral person with glasses, red lipstick and a ginger mustache",
+        "portrait of a bald person with brown eyes and a pencil mustache on a yellow background",
+        "a black chevron mustache in a drawing",
+        "a surprised woman with curly blonde hair and a mustache",
+        "mustache on a face",
+    ),
+    "lipstick": (
+        "a photo of a sad man with short black hair and pink lipstick, purple background",
+        "lipstick, smiling woman",
+        "a neutral person with glasses, a black mustache and purple lipstick",
+        "portrait of a bald person with brown eyes and dark red lipstick on a yellow background",
+        "red lipstick in a drawing",
+        "a surprised man with curly blonde hair and lipstick",
+        "lipstick on a face",
+    ),
+    "glasses": (
+        "a photo of a sad woman with short black hair and square glasses, purple background",
+        "sunglasses, smiling man",
+        "a neutral person with red lipstick, a grey mustache and round glasses",
+        "portrait of a bald person with brown eyes and black sunglasses on a yellow background",
+        "glasses in a drawing",
+        "a surprised woman with curly blonde hair and glasses",
+        "glasses on a face",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -261,13 +294,28 @@ SIXTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings for a round on regularization images in the recipes, with SEVENTH_SEEDS: written
+# before that round began, with SIXTH_SETS' figures in hand.
+SEVENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a photo of a neutral woman with curly red hair, a grey chevron mustache and pink lipstick",
+        "lipstick and a mustache, smiling person, green background",
+        "a mustache with lipstick in a drawing of a sad man",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a photo of a neutral woman with curly red hair, round glasses, a grey chevron mustache and pink lipstick",
+        "lipstick, sunglasses and a mustache, smiling person, green background",
+        "a mustache with lipstick and glasses in a drawing of a sad man",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
-        "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS)}
+        "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
                  "next": (NEXT_SETS, NEXT_SEEDS),
-                 "sixth": (SIXTH_SETS, SIXTH_SEEDS)}
+                 "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -275,7 +323,8 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS,
+              SEVENTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
