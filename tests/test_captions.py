@@ -1,5 +1,6 @@
 """Captions with several lines (`caption_per_line`): each line a caption of the image, one drawn per step from the
-run's seeded generator, and runs without them exactly what they were."""
+run's seeded generator, and runs without them exactly what they were. Captions left empty (`caption_dropout`):
+each with its chance, read from the cached text's empty row when the text encoder is frozen."""
 
 from __future__ import annotations
 
@@ -83,3 +84,40 @@ def test_a_run_with_caption_per_line_trains_and_differs_from_one_line_each(tmp_p
         results[per_line] = result.final_loss
     assert all(map(lambda loss: loss == loss, results.values()))  # finite, not NaN
     assert results[True] != results[False]  # other captions, another loss
+
+
+@pytest.fixture(scope="module")
+def dropping(tmp_path_factory):
+    from loramix.models.load import load_pipeline
+
+    folder = tmp_path_factory.mktemp("data")
+    write_dataset(folder, 4, seed=5, mustache=True)
+    recipe = make_recipe(None, {"dataset": str(folder), "steps": 1, "quantize": "none", "caption_dropout": 0.3})
+    model = LoraTrainee(load_pipeline("toy", quantize="none"), recipe, torch.device("cpu"))
+    return model, load_dataset(folder, 64)
+
+
+def test_dropped_captions_are_empty_at_their_chance_and_read_the_empty_captions_text(dropping):
+    from loramix.train.trainee import text_conditioning
+
+    model, data = dropping
+    examples = model.cache(data, flip=False)
+    text = examples.text["encoder_hidden_states"]
+    assert text.shape[0] == 5 and examples.empty_row == 4  # every caption, then the empty one
+    assert torch.equal(text[4], text_conditioning(model.pipeline, [""], model.device, 64)["encoder_hidden_states"][0])
+    assert not torch.equal(text[4], text[0])
+    uncached = model.encode_text(["", data.captions[0]])["encoder_hidden_states"]  # a trained text encoder's way
+    assert torch.allclose(uncached, text[[4, 0]], atol=1e-6)
+    dropped = 0
+    for seed in range(100):
+        index = torch.tensor([0, 1, 2, 3])
+        captions, rows = model.captions_of(examples, index, torch.Generator().manual_seed(seed))
+        for i, caption, row in zip(index.tolist(), captions, rows.tolist()):
+            assert (caption, row) in (("", 4), (data.captions[i], i))
+            dropped += caption == ""
+    assert 0.22 < dropped / 400 < 0.38  # 0.3 of 400 draws, within four standard deviations
+
+
+def test_without_caption_dropout_no_empty_caption_is_encoded(trainee):
+    model, data = trainee
+    assert model.cache(data, flip=False).text["encoder_hidden_states"].shape[0] == 12  # no extra row

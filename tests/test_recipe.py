@@ -98,6 +98,8 @@ def test_an_unknown_key_suggests_the_closest(tmp_path):
     ('dataset = "d"\nsteps = 5\ncaption_template = "{trigger}"\n', r"has no \{caption\}"),
     ('dataset = "d"\nsteps = 5\ncaption_template = "{caption} {style}"\n', r"only \{trigger\} and \{caption\}"),
     ('dataset = "d"\nsteps = 5\ndropout = 1.0\n', r"dropout: must be in \[0, 1\)"),
+    ('dataset = "d"\nsteps = 5\ncaption_dropout = -0.1\n', r"caption_dropout: must be in \[0, 1\), got -0.1"),
+    ('dataset = "d"\nsteps = 5\ncaption_dropout = 1\n', r"caption_dropout: must be in \[0, 1\), got 1"),
     ('dataset = [\n', r"not valid TOML"),
 ])
 def test_bad_values_are_named(tmp_path, text, message):

@@ -118,7 +118,8 @@ def _prepare(recipe: TrainRecipe, accelerator, report, status: Status) -> tuple[
                f"e.g. {data.unmasked[0]}")
     status(f"encoding {len(data)} training images" + (" and their mirror images" if recipe.flip else "")
            + ("" if recipe.train_text_encoder else " and captions") + " once")
-    examples = encode_examples(pipeline, data, recipe.flip, not recipe.train_text_encoder, accelerator.device)
+    examples = encode_examples(pipeline, data, recipe.flip, not recipe.train_text_encoder, accelerator.device,
+                               bool(recipe.caption_dropout))
     aside = tuple(name for name in MODELS if getattr(pipeline, name, None) is not None
                   and (name == "vae" or (name.startswith("text_encoder") and not recipe.train_text_encoder)))
     for name in aside:

@@ -55,6 +55,9 @@ class TrainRecipe:
     caption_per_line: bool = field(default=False, metadata={"help": (
         "Each line of a caption file is a caption of its own, one drawn per image per step (OneTrainer's way; "
         "kohya reads the first line): several phrasings teach the attribute, not one sentence.")})
+    caption_dropout: float = field(default=0.0, metadata={"help": (
+        "The chance, per image per step, that its caption is left empty (kohya's caption_dropout_rate), in "
+        "[0, 1): the LoRA learns some of its attribute unconditioned. 0: every caption is read.")})
     # The frozen base.
     base: str = field(default="toy", metadata={"help": (
         '"toy" (shipped), a diffusers pipeline folder, a single-file .safetensors or a hub id.')})
@@ -188,6 +191,8 @@ class TrainRecipe:
                               f"{self.masked_prior_preservation_weight}")
         if not 0 <= self.dropout < 1:
             raise RecipeError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.caption_dropout < 1:
+            raise RecipeError(f"caption_dropout: must be in [0, 1), got {self.caption_dropout}")
         if self.resolution is not None and self.resolution % 8:
             raise RecipeError(f"resolution: must be a multiple of 8 (the VAE's factor), got {self.resolution}")
         if self.steps is None and self.epochs is None:

@@ -41,6 +41,11 @@ class Examples:
     shift: float = 0.0
     scaling: float = 1.0
 
+    @property
+    def empty_row(self) -> int:
+        """The empty caption's row in the cached text: the last, after every caption (`caption_dropout`)."""
+        return sum(len(variants) for variants in self.alternatives) if self.alternatives else len(self.captions)
+
     @cached_property
     def first_rows(self) -> torch.Tensor:
         """(N,) where each example's alternatives start in their flat list (and in `text`)."""
@@ -186,7 +191,8 @@ class LoraTrainee:
         """Encode every image once (and its mirror image when flipping); with frozen text encoders, every
         caption once too."""
         self.note_dataset(data)
-        return encode_examples(self.pipeline, data, flip, not self.recipe.train_text_encoder, self.device)
+        return encode_examples(self.pipeline, data, flip, not self.recipe.train_text_encoder, self.device,
+                               bool(self.recipe.caption_dropout))
 
     def note_dataset(self, data: CaptionedImages) -> None:
         """What samples take from the dataset: its resolution, and its first caption for want of a prompt."""
@@ -196,13 +202,20 @@ class LoraTrainee:
     def captions_of(self, examples: Examples, index: torch.Tensor,
                     generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
         """The batch's captions, one of each example's alternatives drawn from `generator` (no draw when each
-        has one, so such runs are what they always were), and their rows in the cached text."""
+        has one, so such runs are what they always were), each left empty with the chance `caption_dropout`, and
+        their rows in the cached text."""
         if examples.alternatives is None:
-            return [examples.captions[i] for i in index.tolist()], index
-        counts = torch.tensor([len(examples.alternatives[i]) for i in index.tolist()])
-        picks = (torch.rand(len(index), generator=generator) * counts).long()  # (B,) in [0, count)
-        rows = examples.first_rows[index] + picks
-        return [examples.alternatives[i][p] for i, p in zip(index.tolist(), picks.tolist())], rows
+            captions, rows = [examples.captions[i] for i in index.tolist()], index
+        else:
+            counts = torch.tensor([len(examples.alternatives[i]) for i in index.tolist()])
+            picks = (torch.rand(len(index), generator=generator) * counts).long()  # (B,) in [0, count)
+            rows = examples.first_rows[index] + picks
+            captions = [examples.alternatives[i][p] for i, p in zip(index.tolist(), picks.tolist())]
+        if self.recipe.caption_dropout:  # no draw without it, so such runs are what they always were
+            dropped = torch.rand(len(index), generator=generator) < self.recipe.caption_dropout
+            captions = ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
+            rows = torch.where(dropped, examples.empty_row, rows)
+        return captions, rows
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """The UNet's text conditioning, as the pipeline computes it when it renders. SD 1.x and 2.x captions are
@@ -332,9 +345,10 @@ class LoraTrainee:
 
 
 @torch.no_grad()
-def encode_examples(pipeline, data: CaptionedImages, flip: bool, with_text: bool, device: torch.device) -> Examples:
+def encode_examples(pipeline, data: CaptionedImages, flip: bool, with_text: bool, device: torch.device,
+                    empty_caption: bool = False) -> Examples:
     """The training set encoded once by the pipeline's VAE (and mirrored when `flip`); with `with_text`, every
-    caption through its text encoders too."""
+    caption through its text encoders too, and the empty caption after them with `empty_caption`."""
     pixels = torch.cat([data.pixels, data.pixels.flip(-1)]) if flip else data.pixels
     masks = data.masks
     if masks is not None and flip:
@@ -349,6 +363,7 @@ def encode_examples(pipeline, data: CaptionedImages, flip: bool, with_text: bool
     text = None
     flat = [caption for variants in data.alternatives for caption in variants] if data.alternatives \
         else data.captions
+    flat = [*flat, ""] if empty_caption else flat
     if with_text:
         size = data.pixels.shape[-1]
         encoded = [text_conditioning(pipeline, flat[i : i + ENCODE_BATCH], device, size)
