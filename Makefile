@@ -58,8 +58,8 @@ demo: $(STAMP)
 	$(BIN)/loramix inspect $(DEMO)/mustache/mustache.safetensors $(DEMO)/lipstick/lipstick.safetensors
 	@# Composed the way the README recommends: regionally, each LoRA at 1 inside its attribute's region once the
 	@# base has laid out the face (the lipstick from 40% of the steps, the mustache, which covers lips begun
-	@# before it, from 50%), each on a prompt naming its own attribute.
-	$(BIN)/loramix compose $(DEMO)/mustache/mustache.safetensors:1@0.5-1#samples/regions/mustache.png \
+	@# before it, from 60%), each on a prompt naming its own attribute.
+	$(BIN)/loramix compose $(DEMO)/mustache/mustache.safetensors:1@0.6-1#samples/regions/mustache.png \
 		$(DEMO)/lipstick/lipstick.safetensors:1@0.4-1#samples/regions/lipstick.png --method regional \
 		--prompt "a face with a mustache and lipstick" --lora-prompt "mustache=a face with a mustache" \
 		--lora-prompt "lipstick=a face with lipstick" -n 16 --images $(DEMO)/composed-images

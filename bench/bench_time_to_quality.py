@@ -74,8 +74,8 @@ def quality(args) -> None:
 
 def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     """The recipe's loss trained by a loop of diffusers and peft calls only: peft's LoRA layers on the same nf4
-    base, latents cached by the VAE, the recipe's loss (plain, or masked with prior preservation), min-SNR,
-    AdamW, clipping."""
+    base, latents cached by the VAE, the recipe's loss (plain, or masked with prior preservation), its caption
+    dropout, min-SNR, AdamW, clipping."""
     import numpy as np
     from diffusers import DDPMScheduler
     from diffusers.training_utils import compute_snr
@@ -119,6 +119,7 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     outside_weight = recipe.get("masked_loss_weight", 0.05)
     prior = recipe.get("masked_prior_preservation_weight", 0.0) if masked else 0.0
     gamma, batch = recipe.get("snr_gamma"), recipe["batch_size"]
+    dropout = recipe.get("caption_dropout", 0.0)
 
     def encode(texts):
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -140,6 +141,9 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         texts = [captions[i] for i in index.tolist()]
+        if dropout:
+            dropped = (torch.rand(batch, generator=generator) < dropout).tolist()
+            texts = ["" if drop else text for text, drop in zip(texts, dropped)]
         hidden = encode(texts)
         prediction = unet(noisy, timesteps, hidden).sample.float()
         if masked:
