@@ -9,7 +9,9 @@ and in all, beside the base's own renders of the same prompts and seeds.
 choices have been made on; fresh (FRESH_SEEDS × FRESH phrasings) gave the figure once they were made, and final
 (FINAL_SEEDS × FINAL phrasings) gives it after the mustache recipe was chosen again with fresh's figures in hand;
 next (NEXT_SEEDS × NEXT phrasings) was written before the recipes' targets were tuned on tune and final; seventh
-(SEVENTH_SEEDS × SEVENTH phrasings) before regularization images were tried on tune, final and next.
+(SEVENTH_SEEDS × SEVENTH phrasings) before regularization images and caption dropout were tried on tune, final
+and next; eighth (EIGHTH_SEEDS × EIGHTH phrasings) after seventh was read and the mustache's caption dropout taken
+back on its figures.
 """
 
 from __future__ import annotations

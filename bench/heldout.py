@@ -22,6 +22,7 @@ LAST_SEEDS = range(9000, 9128)
 NEXT_SEEDS = range(11000, 11128)
 SIXTH_SEEDS = range(13000, 13128)
 SEVENTH_SEEDS = range(15000, 15128)
+EIGHTH_SEEDS = range(17000, 17128)
 
 TUNE = {
     "mustache": (
@@ -230,6 +231,38 @@ SEVENTH = {
     ),
 }
 
+# The singles' eighth set, with EIGHTH_SEEDS: written after SEVENTH was read and the mustache's caption dropout
+# was taken back on its figures, for the figure of what is then shipped.
+EIGHTH = {
+    "mustache": (
+        "a drawing of a smiling man with short red hair, blue eyes and a black handlebar mustache",
+        "a grey mustache, sad face",
+        "portrait of a person wearing sunglasses with a chevron mustache and pink lipstick",
+        "a photo of a neutral woman with long blonde hair and a mustache, orange background",
+        "a face, a mustache",
+        "a surprised bald man with a brown pencil mustache on a teal background",
+        "mustache in a photo",
+    ),
+    "lipstick": (
+        "a drawing of a smiling woman with short red hair, blue eyes and purple lipstick",
+        "pink lipstick, sad face",
+        "portrait of a person wearing sunglasses with a mustache and red lipstick",
+        "a photo of a neutral man with long blonde hair and lipstick, orange background",
+        "a face, lipstick",
+        "a surprised bald woman with dark red lipstick on a teal background",
+        "lipstick in a photo",
+    ),
+    "glasses": (
+        "a drawing of a smiling man with short red hair, blue eyes and round black glasses",
+        "square glasses, sad face",
+        "portrait of a person with a chevron mustache, pink lipstick and sunglasses",
+        "a photo of a neutral woman with long blonde hair and glasses, orange background",
+        "a face, glasses",
+        "a surprised bald man with brown glasses on a teal background",
+        "sunglasses in a photo",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -309,13 +342,31 @@ SEVENTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings, with EIGHTH_SEEDS: written after SEVENTH_SETS was read and the mustache's caption
+# dropout was taken back on its figures, for the figure of what is then recommended.
+EIGHTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a drawing of a smiling woman with short red hair, pink lipstick and a black chevron mustache",
+        "a photo of a sad man, lipstick, mustache",
+        "portrait of a neutral bald person with a brown handlebar mustache and dark red lipstick, orange background",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a drawing of a smiling woman with short red hair, pink lipstick, round glasses and a black chevron mustache",
+        "a photo of a sad man, lipstick, sunglasses, mustache",
+        "portrait of a neutral bald person with glasses, a brown handlebar mustache and dark red lipstick, orange "
+        "background",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
-        "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS)}
+        "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
+        "eighth": (EIGHTH, EIGHTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
                  "next": (NEXT_SETS, NEXT_SEEDS),
-                 "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS)}
+                 "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS),
+                 "eighth": (EIGHTH_SETS, EIGHTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -323,8 +374,8 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS,
-              SEVENTH_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS,
+              SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
