@@ -56,6 +56,7 @@ def test_fused_exact_matches_unfused_adapters_and_switching_back_restores_the_ba
     loras.apply([])
 
 
+@pytest.mark.slow  # loads a second toy pipeline as the reference and renders three times (about 2.3 s)
 def test_switch_and_composite_reduce_to_the_pipeline_with_one_lora(pipeline, lora_files):
     """The generation-time loop is Stable Diffusion's: with one LoRA, both methods render what the pipeline
     itself renders with that LoRA; switching only after the last step never reaches the second LoRA."""

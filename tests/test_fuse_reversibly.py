@@ -48,6 +48,7 @@ def test_a_fused_weight_is_what_add_delta_gives_and_the_kept_part_is_small():
     assert update.positions is not None and kept_bytes(update) < copy_bytes / 4
 
 
+@pytest.mark.slow  # fuses two LoRA sets into the whole toy base and compares every bit (about 2.7 s)
 def test_switching_sets_on_the_toy_base_restores_it_exactly_and_keeps_less_than_a_copy(pipeline, toy_loras):
     from loramix.models.loras import PipelineLoras
 
