@@ -3,7 +3,7 @@ attribute, is it still a face, and what else did the LoRAs change?
 
     python bench/bench_methods.py [--loras build/loras] [--weights mustache=1,lipstick=1,glasses=1]
                                   [--seeds 1000-1063] [--methods exact,switch,…] [--sets 2,3] [--judge FILE]
-                                  [--set held-out|tune|fresh|final|last|next|sixth|seventh|eighth] [--late-start 0.4]
+                                  [--set held-out|NAME of bench/heldout.py's COMPOSED_SETS] [--late-start 0.4]
                                   [--grid docs/methods.png --grid-method exact]
 
 For the pair mustache + lipstick and for all three LoRAs (with glasses), renders every seed with each of three
@@ -262,16 +262,13 @@ def main() -> None:
     parser.add_argument("--loras", type=Path, default=ROOT / "build" / "loras")
     parser.add_argument("--weights", default="mustache=1.0,lipstick=1.0,glasses=1.0",
                         help="Weight of each LoRA, the same for every method.")
-    parser.add_argument("--seeds", help="Seeds, e.g. 1000-1127 or 1000,1002 (default: 1000-1031; with --set tune, "
-                                        "fresh, final, last, next, sixth, seventh or eighth, bench/heldout.py's "
-                                        "TUNE_SEEDS, FRESH_SEEDS, FINAL_SEEDS, LAST_SEEDS, NEXT_SEEDS, SIXTH_SEEDS, "
-                                        "SEVENTH_SEEDS or EIGHTH_SEEDS).")
+    parser.add_argument("--seeds", help="Seeds, e.g. 1000-1127 or 1000,1002 (default: 1000-1031; with --set NAME, "
+                                        "bench/heldout.py's NAME_SEEDS, e.g. FRESH_SEEDS for fresh).")
+    newest = [*COMPOSED_SETS][-1]
     parser.add_argument("--set", choices=("held-out", *COMPOSED_SETS), default="held-out",
                         help="tune: the pair only, on bench/heldout.py's TUNE_PAIR phrasings, for choosing settings; "
-                             "fresh: FRESH_SETS and FRESH_SEEDS; final: FINAL_SETS and FINAL_SEEDS; last: LAST_SETS "
-                             "and LAST_SEEDS; next: NEXT_SETS and NEXT_SEEDS; sixth: SIXTH_SETS and SIXTH_SEEDS; "
-                             "seventh: SEVENTH_SETS and SEVENTH_SEEDS; eighth: EIGHTH_SETS and EIGHTH_SEEDS, which "
-                             "no choice was made on.")
+                             f"{', '.join([*COMPOSED_SETS][1:])}: its NAME_SETS and NAME_SEEDS, the newest, {newest}, "
+                             "the one no choice was made on.")
     parser.add_argument("--late-start", type=float, default=LATE_START,
                         help="regional-late: the fraction of the steps from which the LoRAs act.")
     parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED),

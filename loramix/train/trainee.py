@@ -41,7 +41,7 @@ class Examples:
     shift: float = 0.0
     scaling: float = 1.0
 
-    @property
+    @cached_property
     def empty_row(self) -> int:
         """The empty caption's row in the cached text: the last, after every caption (`caption_dropout`)."""
         return sum(len(variants) for variants in self.alternatives) if self.alternatives else len(self.captions)
