@@ -11,7 +11,8 @@ choices have been made on; fresh (FRESH_SEEDS × FRESH phrasings) gave the figur
 next (NEXT_SEEDS × NEXT phrasings) was written before the recipes' targets were tuned on tune and final; seventh
 (SEVENTH_SEEDS × SEVENTH phrasings) before regularization images and caption dropout were tried on tune, final
 and next; eighth (EIGHTH_SEEDS × EIGHTH phrasings) after seventh was read and the mustache's caption dropout taken
-back on its figures.
+back on its figures; ninth (NINTH_SEEDS × NINTH phrasings) after eighth was read, before the mustache's UNet layers
+were tried.
 """
 
 from __future__ import annotations

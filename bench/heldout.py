@@ -23,6 +23,7 @@ NEXT_SEEDS = range(11000, 11128)
 SIXTH_SEEDS = range(13000, 13128)
 SEVENTH_SEEDS = range(15000, 15128)
 EIGHTH_SEEDS = range(17000, 17128)
+NINTH_SEEDS = range(19000, 19128)
 
 TUNE = {
     "mustache": (
@@ -263,6 +264,38 @@ EIGHTH = {
     ),
 }
 
+# The singles' ninth set, with NINTH_SEEDS: written after EIGHTH was read, before a round on which UNet layers
+# the mustache trains (every attention layer, or the cross-attention's alone).
+NINTH = {
+    "mustache": (
+        "a photo of a surprised person with curly grey hair and a ginger chevron mustache, green background",
+        "mustache, neutral woman",
+        "a smiling man with round glasses, purple lipstick and a black pencil mustache",
+        "portrait of a sad bald woman with a handlebar mustache",
+        "a brown mustache in a drawing",
+        "a person with long red hair, grey eyes and a mustache on a blue background",
+        "a man, mustache",
+    ),
+    "lipstick": (
+        "a photo of a surprised person with curly grey hair and purple lipstick, green background",
+        "lipstick, neutral man",
+        "a smiling woman with round glasses, a black pencil mustache and pink lipstick",
+        "portrait of a sad bald man with dark red lipstick",
+        "purple lipstick in a drawing",
+        "a person with long red hair, grey eyes and lipstick on a blue background",
+        "a woman, lipstick",
+    ),
+    "glasses": (
+        "a photo of a surprised person with curly grey hair and round glasses, green background",
+        "glasses, neutral woman",
+        "a smiling man with purple lipstick, a black pencil mustache and square glasses",
+        "portrait of a sad bald woman with sunglasses",
+        "black glasses in a drawing",
+        "a person with long red hair, grey eyes and glasses on a blue background",
+        "a man, sunglasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -358,15 +391,31 @@ EIGHTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings, with NINTH_SEEDS: written with NINTH, after EIGHTH_SETS was read and before a round
+# on which UNet layers the mustache trains.
+NINTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a photo of a surprised person with curly grey hair, purple lipstick and a ginger pencil mustache",
+        "mustache and red lipstick, neutral woman",
+        "a drawing of a smiling bald man with a black handlebar mustache and pink lipstick on a blue background",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a photo of a surprised person with curly grey hair, purple lipstick, sunglasses and a ginger pencil mustache",
+        "mustache, round glasses and red lipstick, neutral woman",
+        "a drawing of a smiling bald man with square glasses, a black handlebar mustache and pink lipstick on a blue "
+        "background",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
-        "eighth": (EIGHTH, EIGHTH_SEEDS)}
+        "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
                  "next": (NEXT_SETS, NEXT_SEEDS),
                  "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS),
-                 "eighth": (EIGHTH_SETS, EIGHTH_SEEDS)}
+                 "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -374,8 +423,8 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS,
-              SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, FRESH_SETS, FINAL_SETS, LAST_SETS,
+              NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
