@@ -116,6 +116,7 @@ def test_a_bad_row_is_skipped_with_a_warning_and_strict_stops_before_rendering(l
     assert both.exit_code == 2 and "give --prompt or --prompts" in both.output
 
 
+@pytest.mark.slow  # generates a run of six images, renders one alone, then resumes the run (about 2.1 s)
 def test_an_image_is_the_same_alone_in_a_batch_and_in_a_resumed_run(pipeline, loras, tmp_path):
     jobs = plan(read_prompt_file(write(tmp_path / "p.txt", "a face\na smiling face\n")).rows,
                 Defaults(steps=4, guidance=4.0, width=64, height=64, n=3, seed=11))

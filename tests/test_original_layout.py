@@ -278,6 +278,7 @@ def test_the_shipped_toy_base_round_trips(pipeline, tmp_path):
     assert_read_back_exactly(pipeline, path, bundled_base_path())
 
 
+@pytest.mark.slow  # loads each architecture three ways (its folder, its file, its file in nf4) and renders (1.5-3 s)
 def test_loramix_loads_the_single_file_offline_as_the_folder_loads(saved):
     """The path a user's checkpoint takes: recognised from its header, loaded with `config` (the published
     configs shipped with loramix for real sizes; here the tiny pipeline's own folder), quantized when asked."""

@@ -269,6 +269,7 @@ def test_attention_maps_are_placed_on_the_grid_of_their_layer():
     assert [layer_grid(9, 7, n) for n in (63, 20, 6)] == [(9, 7), (5, 4), (3, 2)]
 
 
+@pytest.mark.slow  # loads a second toy pipeline for the unfused reference and renders five times (about 2.6 s)
 def test_a_scheduled_region_follows_its_schedule_step_by_step(pipeline, loras, lora_files, masks):
     """Regional with a step schedule (ComfyUI's hook keyframes on a masked LoRA): over everything, a LoRA on
     at every step renders exactly its plain weight; on for the later half only, it renders what the pipeline

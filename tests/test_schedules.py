@@ -233,6 +233,7 @@ def quantized():
     return pipeline, PipelineLoras(pipeline)
 
 
+@pytest.mark.slow  # quantizes a toy pipeline of its own to nf4 and renders it six times (about 3.5 s)
 def test_on_an_nf4_base_adapter_weights_follow_the_schedule_per_step(quantized, lora):
     pipeline, loras = quantized
     assert not loras.fuse
