@@ -12,7 +12,7 @@ next (NEXT_SEEDS × NEXT phrasings) was written before the recipes' targets were
 (SEVENTH_SEEDS × SEVENTH phrasings) before regularization images and caption dropout were tried on tune, final
 and next; eighth (EIGHTH_SEEDS × EIGHTH phrasings) after seventh was read and the mustache's caption dropout taken
 back on its figures; ninth (NINTH_SEEDS × NINTH phrasings) after eighth was read, before the mustache's UNet layers
-were tried.
+were tried; tenth (TENTH_SEEDS × TENTH phrasings) after ninth was read, before any further tuning.
 """
 
 from __future__ import annotations

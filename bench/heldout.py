@@ -24,6 +24,7 @@ SIXTH_SEEDS = range(13000, 13128)
 SEVENTH_SEEDS = range(15000, 15128)
 EIGHTH_SEEDS = range(17000, 17128)
 NINTH_SEEDS = range(19000, 19128)
+TENTH_SEEDS = range(21000, 21128)
 
 TUNE = {
     "mustache": (
@@ -296,6 +297,38 @@ NINTH = {
     ),
 }
 
+# The singles' tenth set, with TENTH_SEEDS: written after NINTH was read, before any further tuning, for the
+# figure after it.
+TENTH = {
+    "mustache": (
+        "a drawing of a sad man with curly brown hair and a grey handlebar mustache, yellow background",
+        "mustache, smiling person",
+        "a surprised woman with square glasses, dark red lipstick and a brown chevron mustache",
+        "portrait of a neutral bald man with green eyes and a mustache",
+        "a ginger pencil mustache on a face",
+        "a photo of a person with short blonde hair and a black mustache on a grey background",
+        "a woman, a mustache",
+    ),
+    "lipstick": (
+        "a drawing of a sad woman with curly brown hair and pink lipstick, yellow background",
+        "lipstick, smiling person",
+        "a surprised man with square glasses, a brown chevron mustache and dark red lipstick",
+        "portrait of a neutral bald woman with green eyes and lipstick",
+        "purple lipstick on a face",
+        "a photo of a person with short blonde hair and red lipstick on a grey background",
+        "a man, lipstick",
+    ),
+    "glasses": (
+        "a drawing of a sad man with curly brown hair and round glasses, yellow background",
+        "glasses, smiling person",
+        "a surprised woman with dark red lipstick, a brown chevron mustache and sunglasses",
+        "portrait of a neutral bald man with green eyes and glasses",
+        "square black glasses on a face",
+        "a photo of a person with short blonde hair and blue glasses on a grey background",
+        "a woman, glasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -407,15 +440,32 @@ NINTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings, with TENTH_SEEDS: written with TENTH, after NINTH_SETS was read, before any further
+# tuning.
+TENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a drawing of a sad man with curly brown hair, a grey handlebar mustache and purple lipstick",
+        "lipstick, mustache, smiling woman on a yellow background",
+        "a photo of a surprised bald person with red lipstick and a black pencil mustache",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a drawing of a sad man with curly brown hair, round glasses, a grey handlebar mustache and purple lipstick",
+        "lipstick, sunglasses, mustache, smiling woman on a yellow background",
+        "a photo of a surprised bald person with red lipstick, square glasses and a black pencil mustache",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
-        "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS)}
+        "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
+        "tenth": (TENTH, TENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
                  "next": (NEXT_SETS, NEXT_SEEDS),
                  "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS),
-                 "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS)}
+                 "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS),
+                 "tenth": (TENTH_SETS, TENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -423,8 +473,8 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, FRESH_SETS, FINAL_SETS, LAST_SETS,
-              NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, FRESH_SETS, FINAL_SETS, LAST_SETS,
+              NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS, TENTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
