@@ -297,7 +297,7 @@ class LoraTrainee:
     @cached_property
     def _unet_dtype(self) -> torch.dtype:
         """The frozen UNet's compute dtype, read once: diffusers' `ModelMixin.dtype` walks every module for
-        dtype hooks at each read (two reads a step were a few percent of a toy step)."""
+        dtype hooks at each read (under cProfile, two reads a step took 0.7 s of 160 toy steps' 22 s)."""
         return self.pipeline.unet.dtype
 
     @cached_property
