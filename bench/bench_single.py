@@ -12,7 +12,9 @@ next (NEXT_SEEDS × NEXT phrasings) was written before the recipes' targets were
 (SEVENTH_SEEDS × SEVENTH phrasings) before regularization images and caption dropout were tried on tune, final
 and next; eighth (EIGHTH_SEEDS × EIGHTH phrasings) after seventh was read and the mustache's caption dropout taken
 back on its figures; ninth (NINTH_SEEDS × NINTH phrasings) after eighth was read, before the mustache's UNet layers
-were tried; tenth (TENTH_SEEDS × TENTH phrasings) after ninth was read, before any further tuning.
+were tried; tenth (TENTH_SEEDS × TENTH phrasings) after ninth was read, before the mustache's rank and blocks
+were tried; eleventh (ELEVENTH_SEEDS × ELEVENTH phrasings) while tenth was read for the rank-16 mustache, before
+its figures were seen.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ SEVENTH_SEEDS = range(15000, 15128)
 EIGHTH_SEEDS = range(17000, 17128)
 NINTH_SEEDS = range(19000, 19128)
 TENTH_SEEDS = range(21000, 21128)
+ELEVENTH_SEEDS = range(23000, 23128)
 
 TUNE = {
     "mustache": (
@@ -329,6 +330,38 @@ TENTH = {
     ),
 }
 
+# The singles' eleventh set, with ELEVENTH_SEEDS: written while TENTH was read for the rank-16 mustache, before its
+# figures were seen and before any further tuning, for the figure of the next round.
+ELEVENTH = {
+    "mustache": (
+        "a sad woman with short black hair and a ginger handlebar mustache on a teal background",
+        "photo, mustache, neutral face",
+        "a smiling man wearing round glasses and purple lipstick, with a grey pencil mustache",
+        "a drawing of a bald person with brown eyes and a mustache, orange background",
+        "a black chevron mustache",
+        "portrait of a surprised person with long blonde hair and a brown mustache",
+        "a mustache on a man",
+    ),
+    "lipstick": (
+        "a sad man with short black hair and purple lipstick on a teal background",
+        "photo, lipstick, neutral face",
+        "a smiling woman wearing round glasses and a grey pencil mustache, with dark red lipstick",
+        "a drawing of a bald person with brown eyes and lipstick, orange background",
+        "a face, pink lipstick",
+        "portrait of a surprised person with long blonde hair and red lipstick",
+        "a woman with lipstick",
+    ),
+    "glasses": (
+        "a sad woman with short black hair and square glasses on a teal background",
+        "photo, glasses, neutral face",
+        "a smiling man wearing purple lipstick and a grey pencil mustache, with sunglasses",
+        "a drawing of a bald person with brown eyes and glasses, orange background",
+        "round blue glasses",
+        "portrait of a surprised person with long blonde hair and black glasses",
+        "a man with glasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -455,17 +488,33 @@ TENTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings, with ELEVENTH_SEEDS: written with ELEVENTH, before TENTH_SETS' figures were seen
+# and before any further tuning.
+ELEVENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a neutral man with long black hair, a ginger pencil mustache and pink lipstick on a grey background",
+        "photo of a smiling woman, mustache and lipstick",
+        "a drawing with dark red lipstick and a brown chevron mustache, bald person, blue eyes",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a neutral man with long black hair, square glasses, a ginger pencil mustache and pink lipstick on a grey "
+        "background",
+        "photo of a smiling woman, mustache, sunglasses and lipstick",
+        "a drawing with dark red lipstick, round glasses and a brown chevron mustache, bald person, blue eyes",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
-        "tenth": (TENTH, TENTH_SEEDS)}
+        "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
                  "next": (NEXT_SETS, NEXT_SEEDS),
                  "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS),
                  "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS),
-                 "tenth": (TENTH_SETS, TENTH_SEEDS)}
+                 "tenth": (TENTH_SETS, TENTH_SEEDS), "eleventh": (ELEVENTH_SETS, ELEVENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -473,8 +522,8 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, FRESH_SETS, FINAL_SETS, LAST_SETS,
-              NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS, TENTH_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, ELEVENTH, FRESH_SETS, FINAL_SETS,
+              LAST_SETS, NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS, TENTH_SETS, ELEVENTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
