@@ -26,7 +26,9 @@ from loramix.testing import (
     write_toy_lora,
 )
 
-pytestmark = pytest.mark.slow
+# One page, one scenario: each test goes on from the page the one before left (the history strip counts its
+# renders), so under `make test` (--dist loadgroup) they run in order on one worker, one browser and server.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
 WAIT = 120  # seconds: a render is a fraction of one, but the CPU may be shared
 
 
