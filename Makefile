@@ -69,10 +69,9 @@ demo: $(STAMP)
 	$(BIN)/python scripts/serve_demo.py $(DEMO)/loras
 
 # Two workers, one a core: the tests run torch on one thread each (tests/conftest.py), so a second worker uses
-# the second core rather than fighting the first for it. loadgroup: the kill tests of one kind share a worker,
-# so the uninterrupted run their fixture starts is run once, not on both.
+# the second core rather than fighting the first for it.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 # The quick loop while editing: everything but the tests marked slow (subprocesses, kills, the toy-base build,
 # end-to-end training and the many-image judge checks), about a minute on 2 cores. `make test` runs all.

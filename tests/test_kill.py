@@ -10,9 +10,6 @@ What must hold whatever the moment of the kill:
 Each planned kill must land: a run that finishes before its kill is undone (its folder put back as it was)
 and killed again at an earlier moment, so no seed can pass without killing anything.
 
-Each kind's seeds run on one worker under `make test` (`--dist loadgroup`, the `xdist_group` marks), so its
-module fixture, an uninterrupted run in a process of its own, is run once and not once a worker.
-
 A killed writer may leave its hidden temporary file (`.NAME.PID.HEX.tmp`, `.step-N.partial`): SIGKILL gives
 it no chance to clean up. The tests check such leftovers are hidden and that later runs ignore them (a later
 write of the same file removes atomic.py's, tests/test_atomic.py).
@@ -164,7 +161,6 @@ def uninterrupted(tmp_path_factory, mustache_faces) -> Path:
     return folder
 
 
-@pytest.mark.xdist_group("kill-training")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninterrupted, mustache_faces, tmp_path,
                                                                            seed):
@@ -240,7 +236,6 @@ def generated(prompt_file, tmp_path_factory) -> Path:
     return output
 
 
-@pytest.mark.xdist_group("kill-generate")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, generated, tmp_path, seed):
     """Seed s kills the run 1 + s % 2 times, each a random moment (0-150 ms, about a batch) after a random
@@ -330,7 +325,6 @@ def compose_command(folder: Path, output: Path) -> list[str]:
     return loramix("compose", folder / "a.safetensors:0.7", folder / "b.safetensors:0.5", "-o", output)
 
 
-@pytest.mark.xdist_group("kill-compose")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_compose_killed_while_overwriting_leaves_the_old_file_or_the_new_one(big_adapters, tmp_path, seed):
     """Kill i of 4: i % 4 == 0 the moment the temporary file appears; i % 4 == 2 a random 0-60 ms later (in

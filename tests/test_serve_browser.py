@@ -26,9 +26,7 @@ from loramix.testing import (
     write_toy_lora,
 )
 
-# One page, one scenario: each test goes on from the page the one before left (the history strip counts its
-# renders), so under `make test` (--dist loadgroup) they run in order on one worker, one browser and server.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.slow
 WAIT = 120  # seconds: a render is a fraction of one, but the CPU may be shared
 
 
