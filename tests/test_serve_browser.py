@@ -86,7 +86,7 @@ def text(driver, element_id: str) -> str:
     return driver.execute_script(f"return document.getElementById('{element_id}').textContent")
 
 
-def test_mix_two_loras_with_a_slider_and_save_what_is_shown(page, monkeypatch):
+def test_mix_save_trigger_words_xy_grid_and_history_on_one_page(page, monkeypatch):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -122,11 +122,7 @@ def test_mix_two_loras_with_a_slider_and_save_what_is_shown(page, monkeypatch):
     command = driver.find_element(By.CSS_SELECTOR, ".command-save").text
     assert command == f"loramix compose loras/a.safetensors:1 loras/b.safetensors:{weight:g} -o mix.safetensors"
 
-
-def test_trigger_words_the_xy_grid_and_the_history_strip(page):
-    from selenium.webdriver.common.by import By
-
-    driver, _, _ = page
+    # The same page goes on: its history strip now holds the base alone and the mixes above.
     before = shown(driver)
     card(driver, "loras/a.safetensors").find_element(By.CSS_SELECTOR, ".trigger").click()
     wait_for(driver, lambda: shown(driver) > before and text(driver, "parameters").startswith("mustache, a face"))
@@ -146,7 +142,6 @@ def test_trigger_words_the_xy_grid_and_the_history_strip(page):
     assert not any(toggle.is_selected() for toggle in toggles)
     time.sleep(0.5)  # nothing still on its way may replace the restored preview
     assert "<lora:" not in text(driver, "parameters")
-
 
 
 def test_two_tabs_each_see_their_own_mix(page):
