@@ -14,7 +14,8 @@ and next; eighth (EIGHTH_SEEDS × EIGHTH phrasings) after seventh was read and t
 back on its figures; ninth (NINTH_SEEDS × NINTH phrasings) after eighth was read, before the mustache's UNet layers
 were tried; tenth (TENTH_SEEDS × TENTH phrasings) after ninth was read, before the mustache's rank and blocks
 were tried; eleventh (ELEVENTH_SEEDS × ELEVENTH phrasings) while tenth was read for the rank-16 mustache, before
-its figures were seen.
+its figures were seen; twelfth (TWELFTH_SEEDS × TWELFTH phrasings) before eleventh was read, at the start of a
+round on the mustache's training faces.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ EIGHTH_SEEDS = range(17000, 17128)
 NINTH_SEEDS = range(19000, 19128)
 TENTH_SEEDS = range(21000, 21128)
 ELEVENTH_SEEDS = range(23000, 23128)
+TWELFTH_SEEDS = range(25000, 25128)
 
 TUNE = {
     "mustache": (
@@ -362,6 +363,38 @@ ELEVENTH = {
     ),
 }
 
+# The singles' twelfth set, with TWELFTH_SEEDS: written before ELEVENTH was read, at the start of a round on the
+# mustache's training faces (their mustache colours), for the figure of the round after.
+TWELFTH = {
+    "mustache": (
+        "a smiling bald woman with grey eyes and a brown handlebar mustache on a green background",
+        "neutral face, mustache, photo",
+        "a man with sunglasses, pink lipstick and a black pencil mustache",
+        "a drawing of a surprised person with curly red hair and a mustache",
+        "a grey chevron mustache on a woman",
+        "portrait of a sad face with long brown hair, blue eyes and a ginger mustache, teal background",
+        "mustache, man",
+    ),
+    "lipstick": (
+        "a smiling bald man with grey eyes and dark red lipstick on a green background",
+        "neutral face, lipstick, photo",
+        "a woman with sunglasses, a black pencil mustache and purple lipstick",
+        "a drawing of a surprised person with curly red hair and lipstick",
+        "red lipstick on a man",
+        "portrait of a sad face with long brown hair, blue eyes and pink lipstick, teal background",
+        "lipstick, woman",
+    ),
+    "glasses": (
+        "a smiling bald woman with grey eyes and round brown glasses on a green background",
+        "neutral face, glasses, photo",
+        "a man with pink lipstick, a black pencil mustache and square glasses",
+        "a drawing of a surprised person with curly red hair and glasses",
+        "sunglasses on a woman",
+        "portrait of a sad face with long brown hair, blue eyes and red glasses, teal background",
+        "glasses, man",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -504,17 +537,35 @@ ELEVENTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings, with TWELFTH_SEEDS: written with TWELFTH, before ELEVENTH_SETS was read.
+TWELFTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a smiling bald woman with grey eyes, a brown handlebar mustache and dark red lipstick on a green background",
+        "neutral face, lipstick and mustache, photo",
+        "portrait of a sad man with long brown hair, purple lipstick and a ginger mustache, teal background",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a smiling bald woman with grey eyes, round glasses, a brown handlebar mustache and dark red lipstick on a "
+        "green background",
+        "neutral face, glasses, lipstick and mustache, photo",
+        "portrait of a sad man with long brown hair, sunglasses, purple lipstick and a ginger mustache, teal "
+        "background",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
-        "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS)}
+        "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS),
+        "twelfth": (TWELFTH, TWELFTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
                  "next": (NEXT_SETS, NEXT_SEEDS),
                  "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS),
                  "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS),
-                 "tenth": (TENTH_SETS, TENTH_SEEDS), "eleventh": (ELEVENTH_SETS, ELEVENTH_SEEDS)}
+                 "tenth": (TENTH_SETS, TENTH_SEEDS), "eleventh": (ELEVENTH_SETS, ELEVENTH_SEEDS),
+                 "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -522,8 +573,9 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, ELEVENTH, FRESH_SETS, FINAL_SETS,
-              LAST_SETS, NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS, TENTH_SETS, ELEVENTH_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, ELEVENTH, TWELFTH, FRESH_SETS,
+              FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS, TENTH_SETS,
+              ELEVENTH_SETS, TWELFTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
