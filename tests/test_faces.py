@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from loramix.toy import face_spec, faces
-from loramix.toy.face_drawing import attribute_box, draw_face
+from loramix.toy.face_drawing import attribute_box, attribute_mask, draw_face
 from loramix.toy.face_spec import (
     BACKGROUNDS,
     CAPTION_WORDS,
@@ -22,7 +22,7 @@ from loramix.toy.face_spec import (
     phrasings,
     sample_face,
 )
-from loramix.toy.faces import FaceSpecError, write_dataset
+from loramix.toy.faces import FaceSpecError, write_dataset, write_faces
 
 ATTRIBUTES = ("mustache", "lipstick", "glasses")
 SEEDS = range(50)
@@ -235,6 +235,16 @@ def test_write_dataset_is_byte_identical_for_equal_arguments(tmp_path):
         assert a.read_bytes() == b.read_bytes()
         assert a.with_suffix(".txt").read_bytes() == b.with_suffix(".txt").read_bytes()
         assert a.read_bytes() != c.read_bytes()
+
+
+def test_write_faces_can_mask_one_attribute_of_faces_wearing_several(tmp_path):
+    wearing_both = sample_face(7, mustache=True, lipstick=True)
+    write_faces(tmp_path / "one", [(7, wearing_both)], masks=True, mask_attribute="mustache")
+    write_faces(tmp_path / "all", [(7, wearing_both)], masks=True)
+    one, every = (pixels(Image.open(tmp_path / name / "0000.mask.png")) for name in ("one", "all"))
+    assert one.tolist() == pixels(attribute_mask(sample_face(7, mustache=True))).tolist()
+    assert (one <= every).all() and every.sum() > one.sum()  # the lipstick's lips are masked only in "all"
+    assert "lipstick" in (tmp_path / "one" / "0000.txt").read_text()  # the caption names all it wears
 
 
 def test_an_interrupted_write_leaves_no_partial_image(tmp_path, monkeypatch):

@@ -51,20 +51,35 @@ def write_dataset(folder: Path, count: int, seed: int, mustache: bool = False, l
     if masks and not (mustache or lipstick or glasses):
         raise FaceSpecError("masks: plain faces have no attribute to mask; add mustache, lipstick or glasses")
     check_size(size)
+    seeds = [seed_of_face(seed, index) for index in range(count)]
+    faces = [(face_seed, sample_face(face_seed, mustache=mustache, lipstick=lipstick, glasses=glasses))
+             for face_seed in seeds]
+    return write_faces(folder, faces, size, masks, phrasings)
+
+
+def seed_of_face(*parts: int) -> int:
+    """A face's seed from its dataset's seed and its index (and any further numbers): hashed rather than
+    seed + index, so datasets with nearby seeds share no faces."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def write_faces(folder: Path, faces: list[tuple[int, FaceSpec]], size: int = 64, masks: bool = False,
+                phrasings: int = 1, mask_attribute: str | None = None) -> list[Path]:
+    """Write each `(face_seed, spec)` of `faces` as `write_dataset` does (its captions, masks and PNG text).
+    With `mask_attribute`, each mask covers that attribute alone, whatever else the face wears."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = []
-    for index in range(count):
-        # Hashed rather than seed + index, so datasets with nearby seeds share no faces.
-        face_seed = int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:8], "big")
-        spec = sample_face(face_seed, mustache=mustache, lipstick=lipstick, glasses=glasses)
-        stem = folder / f"{index:0{max(4, len(str(count - 1)))}d}"
+    for index, (face_seed, spec) in enumerate(faces):
+        stem = folder / f"{index:0{max(4, len(str(len(faces) - 1)))}d}"
         with atomic_path(stem.with_suffix(".txt")) as temp:
             lines = [caption(spec)] if phrasings == 1 else face_phrasings(spec, phrasings, face_seed)
             temp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         if masks:
+            masked = spec if mask_attribute is None else dataclasses.replace(
+                spec, **{name: None for name in ("mustache", "lipstick", "glasses") if name != mask_attribute})
             with atomic_path(stem.with_name(stem.name + MASK_SUFFIX)) as temp:
-                attribute_mask(spec, size).save(temp, format="PNG")
+                attribute_mask(masked, size).save(temp, format="PNG")
         info = PngImagePlugin.PngInfo()
         info.add_text("loramix.face_seed", str(face_seed))
         info.add_text("loramix.face_spec", json.dumps(dataclasses.asdict(spec), sort_keys=True))

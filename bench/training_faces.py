@@ -1,0 +1,71 @@
+"""Training faces tried for the mustache's and the lipstick's recipes and not kept (docs/training.md, "What the
+training faces wear, tried and not kept"): the same generator as `loramix faces`, other choices of what the
+faces wear.
+
+    python bench/training_faces.py even-colours build/faces/even 72 --seed 101
+    python bench/training_faces.py wearing-others build/faces/mustache-others 72 --seed 101 --attribute mustache
+    loramix train recipes/mustache.toml --dataset build/faces/even --seed 1 --output build/runs/even-1
+    python bench/bench_single.py mustache=build/runs/even-1/mustache.safetensors --set tune --first 64
+
+even-colours: every mustache colour equally often (face i takes colour i mod 4; a face whose skin would not
+show it is drawn again), where `loramix faces` draws each face's colour from those its skin shows, so black
+comes most. wearing-others: each face wears --attribute and, with probability --others each, the other two
+attributes, named in its caption; its mask covers --attribute alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from loramix.toy.face_spec import MUSTACHE_COLOURS, sample_face
+from loramix.toy.faces import seed_of_face, write_faces
+
+ATTRIBUTES = ("mustache", "lipstick", "glasses")
+
+
+def even_colours(count: int, seed: int) -> list:
+    faces = []
+    for index in range(count):
+        wanted = list(MUSTACHE_COLOURS)[index % len(MUSTACHE_COLOURS)]
+        attempt = 0
+        while True:
+            face_seed = seed_of_face(seed, index, attempt)
+            spec = sample_face(face_seed, mustache=True)
+            if spec.mustache.colour == wanted:
+                break
+            attempt += 1
+        faces.append((face_seed, spec))
+    return faces
+
+
+def wearing_others(count: int, seed: int, attribute: str, others: float) -> list:
+    faces = []
+    for index in range(count):
+        face_seed = seed_of_face(seed, index)
+        draw = random.Random(face_seed ^ 0x5EED)
+        worn = {name: name == attribute or draw.random() < others for name in ATTRIBUTES}
+        faces.append((face_seed, sample_face(face_seed, **worn)))
+    return faces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("even-colours", "wearing-others"))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("count", type=int)
+    parser.add_argument("--seed", type=int, default=101)
+    parser.add_argument("--attribute", choices=ATTRIBUTES, default="mustache")
+    parser.add_argument("--others", type=float, default=0.333)
+    args = parser.parse_args()
+    if args.kind == "even-colours":
+        faces, attribute = even_colours(args.count, args.seed), "mustache"
+    else:
+        faces, attribute = wearing_others(args.count, args.seed, args.attribute, args.others), args.attribute
+    write_faces(args.folder, faces, masks=True, mask_attribute=attribute)
+    print(f"{len(faces)} faces in {args.folder}")
+
+
+if __name__ == "__main__":
+    main()
