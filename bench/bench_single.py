@@ -59,10 +59,12 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=ROOT / "build" / "loras",
                         help="Where the recipes' LoRAs are trained, or found (bench_methods' folder too).")
     parser.add_argument("--per-phrasing", action="store_true", help="A row for every phrasing too.")
+    parser.add_argument("--first", type=int, help="Only the set's first N seeds (the read sets' rounds used 64).")
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.loras)
     attributes = [a for a in args.attributes.split(",") if a in given] if given else args.attributes.split(",")
     phrasings, seeds = SETS[args.set]
+    seeds = list(seeds)[:args.first]
 
     judge = load_judge()
     pipeline = load_pipeline("toy")
