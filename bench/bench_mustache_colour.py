@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from bench_single import BATCH
+from bench_single import rendered
 from heldout import SETS
 from PIL import Image
 
@@ -24,9 +24,6 @@ from loramix.cli.quiet import quiet_libraries
 from loramix.lora.specs import WeightedFile
 from loramix.models.load import load_pipeline
 from loramix.models.loras import PipelineLoras
-from loramix.render.loop import render_jobs
-from loramix.render.prompts import ImageJob
-from loramix.toy.base import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from loramix.toy.face_drawing import draw_face
 from loramix.toy.face_spec import MUSTACHE_COLOURS, SKIN_TONES, sample_face
 from loramix.toy.judge import SIZE
@@ -83,18 +80,17 @@ def main() -> None:
     pipeline = load_pipeline("toy")
     loras = PipelineLoras(pipeline)
 
+    prompts = [prompt for prompt, _ in named]
+    wanted = [colour for _, colour in named for _ in seeds]
+
     def render(files) -> list[np.ndarray]:
-        jobs = [ImageJob("", 0, prompt, "", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, SIZE, SIZE, files)
-                for prompt, _ in named for seed in seeds]
-        return [pixels(image) for batch in render_jobs(pipeline, loras, jobs, batch_size=BATCH)
-                for image in batch.images]
+        return [pixels(image) for image in rendered(pipeline, loras, files, prompts, seeds)]
 
     base = render(())
     base_dark = np.mean([skin_tone(image) in DARK_SKINS for image in base])
     print(f"{len(named)} read phrasings name a mustache colour; {len(seeds)} seeds each")
     for path in args.loras:
         images = render((WeightedFile(str(path), 1.0),))
-        wanted = [colour for _, colour in named for _ in seeds]
         got = [drawn_colour(image, plain, region) for image, plain in zip(images, base)]
         shares = {c: sum(g == c for g in got) / len(got) for c in (*MUSTACHE_COLOURS, None)}
         dark = np.mean([skin_tone(image) in DARK_SKINS for image in images])

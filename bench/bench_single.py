@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from bench_methods import lora_file
 from heldout import SETS, check_vocabulary
+from PIL import Image
 
 from loramix.cli.quiet import quiet_libraries
 from loramix.lora.specs import WeightedFile
@@ -41,11 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 16
 
 
-def judged(pipeline, loras, files: tuple[WeightedFile, ...], prompts, seeds, judge) -> torch.Tensor:
-    """(prompts, seeds, 4) verdicts of every image: face, mustache, lipstick, glasses."""
+def rendered(pipeline, loras, files: tuple[WeightedFile, ...], prompts, seeds) -> list[Image.Image]:
+    """Every prompt at every seed (prompt-major), at the toy base's default steps and guidance."""
     jobs = [ImageJob("", 0, prompt, "", seed, DEFAULT_STEPS, DEFAULT_GUIDANCE, SIZE, SIZE, files)
             for prompt in prompts for seed in seeds]
-    images = [image for batch in render_jobs(pipeline, loras, jobs, batch_size=BATCH) for image in batch.images]
+    return [image for batch in render_jobs(pipeline, loras, jobs, batch_size=BATCH) for image in batch.images]
+
+
+def judged(pipeline, loras, files: tuple[WeightedFile, ...], prompts, seeds, judge) -> torch.Tensor:
+    """(prompts, seeds, 4) verdicts of every image: face, mustache, lipstick, glasses."""
+    images = rendered(pipeline, loras, files, prompts, seeds)
     return judge.verdicts(images).reshape(len(prompts), len(seeds), len(ATTRIBUTES)).float()
 
 
@@ -82,7 +88,7 @@ def main() -> None:
         rows = (("base", ()), (f"{attribute} ({path.name})", (WeightedFile(str(path), args.weight),)))
         for label, files in rows:
             start = time.perf_counter()
-            verdicts = judged(pipeline, loras, files, prompts, list(seeds), judge)
+            verdicts = judged(pipeline, loras, files, prompts, seeds, judge)
             seconds = (time.perf_counter() - start) / verdicts[..., 0].numel()
             shows, face = verdicts[..., column], verdicts[..., 0]
             print(f"{label:<34} {shows.mean():>9.0%} {face.mean():>6.0%} {(shows * face).mean():>6.0%} "

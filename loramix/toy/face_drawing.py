@@ -80,10 +80,14 @@ def attribute_box(spec: FaceSpec, attribute: str, size: int = 64) -> tuple[int, 
             min(size, math.ceil(max(xs)) + pad), min(size, math.ceil(max(ys)) + pad))
 
 
-def attribute_mask(spec: FaceSpec, size: int = 64, grow: int = MASK_GROWTH) -> Image.Image:
+def attribute_mask(spec: FaceSpec, size: int = 64, grow: int = MASK_GROWTH, attribute: str | None = None
+                   ) -> Image.Image:
     """Where `spec`'s attributes drew, as a `size`×`size` greyscale image: white wherever its `draw_face` image
-    differs from its plain twin's (the same face with no attribute), grown by `grow` pixels, black elsewhere."""
+    differs from its plain twin's (the same face with no attribute), grown by `grow` pixels, black elsewhere.
+    With `attribute`, where that one drew, as if the face wore nothing else."""
     plain = dataclasses.replace(spec, mustache=None, lipstick=None, glasses=None)
+    if attribute is not None:
+        spec = dataclasses.replace(plain, **{attribute: getattr(spec, attribute)})
     difference = ImageChops.difference(draw_face(spec, size), draw_face(plain, size))
     red, green, blue = difference.split()
     changed = ImageChops.lighter(ImageChops.lighter(red, green), blue).point(lambda value: 255 if value else 0)

@@ -76,10 +76,8 @@ def write_faces(folder: Path, faces: list[tuple[int, FaceSpec]], size: int = 64,
             lines = [caption(spec)] if phrasings == 1 else face_phrasings(spec, phrasings, face_seed)
             temp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         if masks:
-            masked = spec if mask_attribute is None else dataclasses.replace(
-                spec, **{name: None for name in ("mustache", "lipstick", "glasses") if name != mask_attribute})
             with atomic_path(stem.with_name(stem.name + MASK_SUFFIX)) as temp:
-                attribute_mask(masked, size).save(temp, format="PNG")
+                attribute_mask(spec, size, attribute=mask_attribute).save(temp, format="PNG")
         info = PngImagePlugin.PngInfo()
         info.add_text("loramix.face_seed", str(face_seed))
         info.add_text("loramix.face_spec", json.dumps(dataclasses.asdict(spec), sort_keys=True))
