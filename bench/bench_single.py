@@ -15,7 +15,8 @@ back on its figures; ninth (NINTH_SEEDS × NINTH phrasings) after eighth was rea
 were tried; tenth (TENTH_SEEDS × TENTH phrasings) after ninth was read, before the mustache's rank and blocks
 were tried; eleventh (ELEVENTH_SEEDS × ELEVENTH phrasings) while tenth was read for the rank-16 mustache, before
 its figures were seen; twelfth (TWELFTH_SEEDS × TWELFTH phrasings) before eleventh was read, at the start of a
-round on the mustache's training faces.
+round on the mustache's training faces; thirteenth (THIRTEENTH_SEEDS × THIRTEENTH phrasings) before twelfth was
+read, at the start of a round on what the mustache's training does beside its faces.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ NINTH_SEEDS = range(19000, 19128)
 TENTH_SEEDS = range(21000, 21128)
 ELEVENTH_SEEDS = range(23000, 23128)
 TWELFTH_SEEDS = range(25000, 25128)
+THIRTEENTH_SEEDS = range(27000, 27128)
 
 TUNE = {
     "mustache": (
@@ -395,6 +396,38 @@ TWELFTH = {
     ),
 }
 
+# The singles' thirteenth set, with THIRTEENTH_SEEDS: written before TWELFTH was read, at the start of a round on
+# what the mustache's training does beside its faces (an average of its weights, dropout, caption variety).
+THIRTEENTH = {
+    "mustache": (
+        "a neutral bald man with green eyes and a grey chevron mustache on a yellow background",
+        "mustache, sad face, drawing",
+        "a woman with round glasses, red lipstick and a brown handlebar mustache",
+        "a photo of a smiling person with long black hair and a mustache",
+        "a ginger pencil mustache on a man",
+        "portrait of a surprised face with short blonde hair, brown eyes and a black mustache, orange background",
+        "woman, mustache",
+    ),
+    "lipstick": (
+        "a neutral bald woman with green eyes and pink lipstick on a yellow background",
+        "lipstick, sad face, drawing",
+        "a man with round glasses, a grey chevron mustache and red lipstick",
+        "a photo of a smiling person with long black hair and lipstick",
+        "dark red lipstick on a woman",
+        "portrait of a surprised face with short blonde hair, brown eyes and purple lipstick, orange background",
+        "man, lipstick",
+    ),
+    "glasses": (
+        "a neutral bald man with green eyes and square black glasses on a yellow background",
+        "glasses, sad face, drawing",
+        "a woman with red lipstick, a brown handlebar mustache and round glasses",
+        "a photo of a smiling person with long black hair and glasses",
+        "round red glasses on a man",
+        "portrait of a surprised face with short blonde hair, brown eyes and sunglasses, orange background",
+        "woman, glasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -553,11 +586,28 @@ TWELFTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings, with THIRTEENTH_SEEDS: written with THIRTEENTH, before TWELFTH_SETS was read.
+THIRTEENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a neutral bald man with green eyes, a grey chevron mustache and pink lipstick on a yellow background",
+        "drawing, mustache and lipstick, sad face",
+        "portrait of a surprised woman with short blonde hair, red lipstick and a black handlebar mustache, orange "
+        "background",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a neutral bald man with green eyes, square glasses, a grey chevron mustache and pink lipstick on a yellow "
+        "background",
+        "drawing, glasses, mustache and lipstick, sad face",
+        "portrait of a surprised woman with short blonde hair, round glasses, red lipstick and a black handlebar "
+        "mustache, orange background",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
         "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS),
-        "twelfth": (TWELFTH, TWELFTH_SEEDS)}
+        "twelfth": (TWELFTH, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH, THIRTEENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
@@ -565,7 +615,7 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS),
                  "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS),
                  "tenth": (TENTH_SETS, TENTH_SEEDS), "eleventh": (ELEVENTH_SETS, ELEVENTH_SEEDS),
-                 "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS)}
+                 "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH_SETS, THIRTEENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
@@ -573,9 +623,9 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, ELEVENTH, TWELFTH, FRESH_SETS,
-              FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS, TENTH_SETS,
-              ELEVENTH_SETS, TWELFTH_SETS)
+    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, ELEVENTH, TWELFTH, THIRTEENTH,
+              FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS,
+              TENTH_SETS, ELEVENTH_SETS, TWELFTH_SETS, THIRTEENTH_SETS)
     return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
 
 
