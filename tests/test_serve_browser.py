@@ -53,7 +53,7 @@ def page(browser, tmp_path_factory):
     (root / "loras").mkdir()
     write_toy_lora(root / "loras" / "a.safetensors", seed=0, scale=8, metadata={META_TRIGGER: "mustache"})
     write_toy_lora(root / "loras" / "b.safetensors", seed=1, scale=8)
-    process, url = start_server(["loras"], cwd=root, log=root / "server.log")
+    process, url = start_server(["loras"], cwd=root, log=root / "server.log", env={"OMP_NUM_THREADS": "1"})
     try:
         driver.get(url)
         wait_for(driver, lambda: shown(driver) >= 1)
