@@ -22,20 +22,24 @@ LOCK_HOLDS ?= transformers<5.24 selenium<4.52
 
 venv: $(STAMP)
 
-# torch goes in first, alone and pinned, so that nothing which depends on it pulls another build.
+# torch goes in first, alone and pinned, so that nothing which depends on it pulls another build. pip compiles
+# every file it installs one after another; compileall then does it on every core (2 cores: 29 s of installing and
+# 19 s of compiling, against 61 s with pip compiling). Like pip it passes over files this Python cannot compile
+# (torch ships one written for 3.12), so its status is not the venv's.
 $(STAMP): pyproject.toml $(LOCK)
 ifeq ($(TORCH),system)
 	test -d $(VENV) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(BIN)/python -c "import torch" || { echo "Error: TORCH=system, but $(PYTHON) has no torch" >&2; exit 1; }
 	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/lock-without-torch.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -c $(VENV)/lock-without-torch.txt -e '.[test]'
 else
 	@if grep -qs 'include-system-site-packages = true' $(VENV)/pyvenv.cfg; then \
 		echo "$(VENV) sees the system's packages: rebuilding it isolated"; rm -rf $(VENV); fi
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c $(LOCK) torch
-	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -c $(LOCK) torch
+	$(BIN)/python -m pip install -q --no-compile -c $(LOCK) -e '.[test]'
 endif
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 demo: $(STAMP)
