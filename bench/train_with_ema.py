@@ -1,6 +1,6 @@
 """`loramix train` with an exponential moving average of the LoRA's weights written in place of its last step's
 (OneTrainer's and ai-toolkit's EMA, diffusers' EMAModel), tried for the mustache and not kept (docs/training.md,
-"Beside the faces: an average of the weights, dropout, captions"). The arguments are `loramix train`'s:
+"Beside the faces: an average of the weights, dropout, captions, min-SNR"). The arguments are `loramix train`'s:
 
     python bench/train_with_ema.py --decay 0.995 recipes/mustache.toml --seed 0 --output build/runs/ema
     python bench/bench_single.py mustache=build/runs/ema/mustache.safetensors --set tune --first 64
@@ -23,17 +23,18 @@ def with_ema(decay: float) -> None:
     from diffusers.training_utils import EMAModel
 
     step, write = loop._train_step, loop._write_outputs
-    average: list[EMAModel] = []
+    average: EMAModel | None = None  # made at the first step, from the trainee's own parameters
 
     def averaged_step(model, *args, **kwargs):
+        nonlocal average
         loss = step(model, *args, **kwargs)
-        if not average:
-            average.append(EMAModel(model.trainable_parameters(), decay=decay))
-        average[0].step(model.trainable_parameters())
+        if average is None:
+            average = EMAModel(model.trainable_parameters(), decay=decay)
+        average.step(model.trainable_parameters())
         return loss
 
     def write_average(model, *args, **kwargs):
-        average[0].copy_to(model.trainable_parameters())
+        average.copy_to(model.trainable_parameters())
         return write(model, *args, **kwargs)
 
     loop._train_step, loop._write_outputs = averaged_step, write_average
