@@ -623,10 +623,10 @@ def words(prompts) -> set[str]:
 
 
 def every_phrasing() -> list[str]:
-    tables = (TUNE, HELD_OUT, FRESH, FINAL, NEXT, SEVENTH, EIGHTH, NINTH, TENTH, ELEVENTH, TWELFTH, THIRTEENTH,
-              FRESH_SETS, FINAL_SETS, LAST_SETS, NEXT_SETS, SIXTH_SETS, SEVENTH_SETS, EIGHTH_SETS, NINTH_SETS,
-              TENTH_SETS, ELEVENTH_SETS, TWELFTH_SETS, THIRTEENTH_SETS)
-    return [*TUNE_PAIR, *(prompt for table in tables for prompts in table.values() for prompt in prompts)]
+    """Every phrasing of every set, singles' and composed (TUNE_PAIR is COMPOSED_SETS' tune), each as often as
+    the sets hold it."""
+    tables = [table for table, _ in (*SETS.values(), *COMPOSED_SETS.values())]
+    return [prompt for table in tables for prompts in table.values() for prompt in prompts]
 
 
 def check_vocabulary(tokenizer) -> list[str]:
