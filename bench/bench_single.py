@@ -16,7 +16,9 @@ were tried; tenth (TENTH_SEEDS × TENTH phrasings) after ninth was read, before 
 were tried; eleventh (ELEVENTH_SEEDS × ELEVENTH phrasings) while tenth was read for the rank-16 mustache, before
 its figures were seen; twelfth (TWELFTH_SEEDS × TWELFTH phrasings) before eleventh was read, at the start of a
 round on the mustache's training faces; thirteenth (THIRTEENTH_SEEDS × THIRTEENTH phrasings) before twelfth was
-read, at the start of a round on what the mustache's training does beside its faces.
+read, at the start of a round on what the mustache's training does beside its faces; fourteenth
+(FOURTEENTH_SEEDS × FOURTEENTH phrasings) before thirteenth was read, at the start of a round on the lipstick under
+the mustache and the mustache's captions.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ TENTH_SEEDS = range(21000, 21128)
 ELEVENTH_SEEDS = range(23000, 23128)
 TWELFTH_SEEDS = range(25000, 25128)
 THIRTEENTH_SEEDS = range(27000, 27128)
+FOURTEENTH_SEEDS = range(29000, 29128)
 
 TUNE = {
     "mustache": (
@@ -428,6 +429,38 @@ THIRTEENTH = {
     ),
 }
 
+# The singles' fourteenth set, with FOURTEENTH_SEEDS: written before THIRTEENTH was read, at the start of a round on
+# the lipstick under the mustache (its start, its training) and the mustache's captions.
+FOURTEENTH = {
+    "mustache": (
+        "a smiling woman with curly red hair, blue eyes and a brown pencil mustache on a grey background",
+        "drawing of a bald man, mustache",
+        "a person wearing square glasses and pink lipstick, with a grey handlebar mustache",
+        "photo, a neutral face with a black mustache",
+        "a chevron mustache on a sad woman",
+        "portrait of a man with long grey hair, green eyes and a ginger mustache, blue background",
+        "face, mustache",
+    ),
+    "lipstick": (
+        "a smiling man with curly red hair, blue eyes and purple lipstick on a grey background",
+        "drawing of a bald woman, lipstick",
+        "a person wearing square glasses and a black pencil mustache, with dark red lipstick",
+        "photo, a neutral face with pink lipstick",
+        "red lipstick on a sad man",
+        "portrait of a woman with long grey hair, green eyes and lipstick, blue background",
+        "face, lipstick",
+    ),
+    "glasses": (
+        "a smiling woman with curly red hair, blue eyes and round brown glasses on a grey background",
+        "drawing of a bald man, glasses",
+        "a person with pink lipstick and a grey handlebar mustache, wearing sunglasses",
+        "photo, a neutral face with black glasses",
+        "square glasses on a sad woman",
+        "portrait of a man with long grey hair, green eyes and red glasses, blue background",
+        "face, glasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -603,11 +636,28 @@ THIRTEENTH_SETS = {
     ),
 }
 
+# The composed sets' phrasings, with FOURTEENTH_SEEDS: written with FOURTEENTH, before THIRTEENTH_SETS was read.
+FOURTEENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a smiling woman with curly red hair, dark red lipstick and a brown pencil mustache on a grey background",
+        "photo, mustache, lipstick, a neutral face",
+        "portrait of a man with long grey hair, green eyes, a ginger chevron mustache and pink lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a smiling woman with curly red hair, round glasses, dark red lipstick and a brown pencil mustache on a grey "
+        "background",
+        "photo, sunglasses, mustache, lipstick, a neutral face",
+        "portrait of a man with long grey hair, green eyes, square black glasses, a ginger chevron mustache and pink "
+        "lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
         "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS),
-        "twelfth": (TWELFTH, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH, THIRTEENTH_SEEDS)}
+        "twelfth": (TWELFTH, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH, THIRTEENTH_SEEDS),
+        "fourteenth": (FOURTEENTH, FOURTEENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
@@ -615,7 +665,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "sixth": (SIXTH_SETS, SIXTH_SEEDS), "seventh": (SEVENTH_SETS, SEVENTH_SEEDS),
                  "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS),
                  "tenth": (TENTH_SETS, TENTH_SEEDS), "eleventh": (ELEVENTH_SETS, ELEVENTH_SEEDS),
-                 "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH_SETS, THIRTEENTH_SEEDS)}
+                 "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH_SETS, THIRTEENTH_SEEDS),
+                 "fourteenth": (FOURTEENTH_SETS, FOURTEENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
