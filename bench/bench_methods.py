@@ -279,6 +279,9 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
                                                   f"{GRID_SEEDS} seeds each, under the base's renders.")
     parser.add_argument("--grid-method", default="exact")
+    parser.add_argument("--per-phrasing", action="store_true",
+                        help="Under every row, its phrasings' figures: every attribute and face, each phrasing.")
+    parser.add_argument("--first", type=int, help="Only the first N seeds (the read sets' rounds used 64).")
     args = parser.parse_args()
     left_out = [m for m in UNBATCHED if m not in args.methods.split(",")]
     if left_out:
@@ -287,7 +290,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     phrasings, default_seeds = {**COMPOSED_SETS, "held-out": (PHRASINGS, range(1000, 1032))}[args.set]
-    seeds = parse_seeds(args.seeds) if args.seeds else list(default_seeds)
+    seeds = (parse_seeds(args.seeds) if args.seeds else list(default_seeds))[:args.first]
     weights = {name: float(value) for name, value in (item.split("=") for item in args.weights.split(","))}
     methods = list(dict.fromkeys(args.methods.split(",") + ([args.grid_method] if args.grid else [])))
     args.loras.mkdir(parents=True, exist_ok=True)
@@ -364,6 +367,12 @@ def main() -> None:
                 top, outside = (f"{figure:.1f}" for figure in figures)
             print(f"| {label} | {weight_text} | {' | '.join(shown)} | {every:.0%} | {face:.0%} | {top} | {outside} | "
                   f"{result.seconds_per_image:.3f} |", flush=True)
+            if args.per_phrasing and label != "base":
+                by_phrasing = verdicts.reshape(len(prompts), len(seeds), -1)
+                for prompt, v in zip(prompts, by_phrasing):
+                    shown = " | ".join(f"{v[:, c].float().mean():.0%}" for c in columns)
+                    print(f"| … {prompt} | | {shown} | {v[:, columns].all(dim=1).float().mean():.0%} | "
+                          f"{v[:, 0].float().mean():.0%} | | | |")
             if result.stages:
                 print("\n".join(stage_report(result, names, judge)), flush=True)
             if args.grid and label in ("base", "joint LoRA (the ceiling)", args.grid_method):

@@ -4,23 +4,29 @@ faces wear.
 
     python bench/training_faces.py even-colours build/faces/even 72 --seed 101
     python bench/training_faces.py wearing-others build/faces/mustache-others 72 --seed 101 --attribute mustache
+    python bench/training_faces.py wearing-others build/faces/others-out 72 --seed 101 --mask-others-out
     loramix train recipes/mustache.toml --dataset build/faces/even --seed 1 --output build/runs/even-1
     python bench/bench_single.py mustache=build/runs/even-1/mustache.safetensors --set tune --first 64
 
 even-colours: every mustache colour equally often (face i takes colour i mod 4; a face whose skin would not
 show it is drawn again), where `loramix faces` draws each face's colour from those its skin shows, so black
 comes most. wearing-others: each face wears --attribute and, with probability --others each, the other two
-attributes, named in its caption; its mask covers --attribute alone.
+attributes, named in its caption; its mask covers --attribute alone, or with --mask-others-out every pixel but
+the others' (trained with `masked_loss_weight = 0`, the face and the attribute count and the others do not).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 from pathlib import Path
 
+from PIL import ImageChops
+
+from loramix.toy.face_drawing import attribute_mask
 from loramix.toy.face_spec import MUSTACHE_COLOURS, sample_face
-from loramix.toy.faces import seed_of_face, write_faces
+from loramix.toy.faces import MASK_SUFFIX, seed_of_face, write_faces
 
 ATTRIBUTES = ("mustache", "lipstick", "glasses")
 
@@ -50,6 +56,15 @@ def wearing_others(count: int, seed: int, attribute: str, others: float) -> list
     return faces
 
 
+def mask_others_out(images: list[Path], faces: list, attribute: str) -> None:
+    """Replace each face's mask with one white everywhere but where the other attributes drew (grown by a
+    pixel), the attribute's own pixels white even where the others' reach them."""
+    for image, (_, spec) in zip(images, faces):
+        others_out = ImageChops.invert(attribute_mask(dataclasses.replace(spec, **{attribute: None}), grow=1))
+        own = attribute_mask(spec, grow=0, attribute=attribute)
+        ImageChops.lighter(others_out, own).save(image.with_name(image.stem + MASK_SUFFIX))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("even-colours", "wearing-others"))
@@ -58,12 +73,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=101)
     parser.add_argument("--attribute", choices=ATTRIBUTES, default="mustache")
     parser.add_argument("--others", type=float, default=0.333)
+    parser.add_argument("--mask-others-out", action="store_true",
+                        help="wearing-others: masks white everywhere but on the other attributes' pixels.")
     args = parser.parse_args()
     if args.kind == "even-colours":
         faces, attribute = even_colours(args.count, args.seed), "mustache"
     else:
         faces, attribute = wearing_others(args.count, args.seed, args.attribute, args.others), args.attribute
-    write_faces(args.folder, faces, masks=True, mask_attribute=attribute)
+    images = write_faces(args.folder, faces, masks=True, mask_attribute=attribute)
+    if args.mask_others_out:
+        mask_others_out(images, faces, attribute)
     print(f"{len(faces)} faces in {args.folder}")
 
 
