@@ -5,14 +5,16 @@ faces wear.
     python bench/training_faces.py even-colours build/faces/even 72 --seed 101
     python bench/training_faces.py wearing-others build/faces/mustache-others 72 --seed 101 --attribute mustache
     python bench/training_faces.py wearing-others build/faces/others-out 72 --seed 101 --mask-others-out
+    python bench/training_faces.py wearing-others build/faces/lipstick-company 72 --seed 101 --others-from lipstick
     loramix train recipes/mustache.toml --dataset build/faces/even --seed 1 --output build/runs/even-1
     python bench/bench_single.py mustache=build/runs/even-1/mustache.safetensors --set tune --first 64
 
 even-colours: every mustache colour equally often (face i takes colour i mod 4; a face whose skin would not
 show it is drawn again), where `loramix faces` draws each face's colour from those its skin shows, so black
 comes most. wearing-others: each face wears --attribute and, with probability --others each, the other two
-attributes, named in its caption; its mask covers --attribute alone, or with --mask-others-out every pixel but
-the others' (trained with `masked_loss_weight = 0`, the face and the attribute count and the others do not).
+attributes (or only those --others-from names), named in its caption; its mask covers --attribute alone, or
+with --mask-others-out every pixel but the others' (trained with `masked_loss_weight = 0`, the face and the
+attribute count and the others do not).
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ def even_colours(count: int, seed: int) -> list:
     return faces
 
 
-def wearing_others(count: int, seed: int, attribute: str, others: float) -> list:
+def wearing_others(count: int, seed: int, attribute: str, others: float,
+                   others_from: tuple[str, ...] = ATTRIBUTES) -> list:
     faces = []
     for index in range(count):
         face_seed = seed_of_face(seed, index)
         draw = random.Random(face_seed ^ 0x5EED)
-        worn = {name: name == attribute or draw.random() < others for name in ATTRIBUTES}
+        worn = {name: name == attribute or (name in others_from and draw.random() < others) for name in ATTRIBUTES}
         faces.append((face_seed, sample_face(face_seed, **worn)))
     return faces
 
@@ -73,13 +76,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=101)
     parser.add_argument("--attribute", choices=ATTRIBUTES, default="mustache")
     parser.add_argument("--others", type=float, default=0.333)
+    parser.add_argument("--others-from", default=",".join(ATTRIBUTES),
+                        help="wearing-others: which others a face may wear, e.g. lipstick.")
     parser.add_argument("--mask-others-out", action="store_true",
                         help="wearing-others: masks white everywhere but on the other attributes' pixels.")
     args = parser.parse_args()
     if args.kind == "even-colours":
         faces, attribute = even_colours(args.count, args.seed), "mustache"
     else:
-        faces, attribute = wearing_others(args.count, args.seed, args.attribute, args.others), args.attribute
+        others_from = tuple(args.others_from.split(","))
+        faces = wearing_others(args.count, args.seed, args.attribute, args.others, others_from)
+        attribute = args.attribute
     images = write_faces(args.folder, faces, masks=True, mask_attribute=attribute)
     if args.mask_others_out:
         mask_others_out(images, faces, attribute)
