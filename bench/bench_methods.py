@@ -204,6 +204,13 @@ def render_all(pipeline, loras: PipelineLoras, files: tuple[WeightedFile, ...], 
     return Rendered(images, (time.perf_counter() - start) / len(jobs), [s for batch in batches for s in batch.stages])
 
 
+def shown_cells(verdicts: torch.Tensor, columns: list[int]) -> str:
+    """A row's judged cells: how often each attribute in `columns` shows, all of them at once, and a face."""
+    shown = [f"{verdicts[:, c].float().mean():.0%}" for c in columns]
+    every = verdicts[:, columns].all(dim=1).float().mean()
+    return " | ".join([*shown, f"{every:.0%}", f"{verdicts[:, 0].float().mean():.0%}"])
+
+
 def stage_report(result: Rendered, names: tuple[str, ...], judge) -> list[str]:
     """Per stage of a sequential render: the mean |Δ pixel| against the stage before, outside the stage's
     attribute box and inside it, and how often the stage's attribute shows (markdown rows)."""
@@ -357,22 +364,16 @@ def main() -> None:
                 print(f"| {label} | skipped: {e} |")
                 continue
             verdicts = judge.verdicts(result.images)  # (N, 4): face, mustache, lipstick, glasses
-            shown = [f"{verdicts[:, c].float().mean():.0%}" for c in columns]
-            every = verdicts[:, columns].all(dim=1).float().mean()
-            face = verdicts[:, 0].float().mean()
             if region_names is None:
                 top, outside = "–", "–"
             else:
                 figures = locality(pixels(result.images), base_pixels, attribute_regions(region_names))
                 top, outside = (f"{figure:.1f}" for figure in figures)
-            print(f"| {label} | {weight_text} | {' | '.join(shown)} | {every:.0%} | {face:.0%} | {top} | {outside} | "
+            print(f"| {label} | {weight_text} | {shown_cells(verdicts, columns)} | {top} | {outside} | "
                   f"{result.seconds_per_image:.3f} |", flush=True)
             if args.per_phrasing and label != "base":
-                by_phrasing = verdicts.reshape(len(prompts), len(seeds), -1)
-                for prompt, v in zip(prompts, by_phrasing):
-                    shown = " | ".join(f"{v[:, c].float().mean():.0%}" for c in columns)
-                    print(f"| … {prompt} | | {shown} | {v[:, columns].all(dim=1).float().mean():.0%} | "
-                          f"{v[:, 0].float().mean():.0%} | | | |")
+                for prompt, by_phrasing in zip(prompts, verdicts.reshape(len(prompts), len(seeds), -1)):
+                    print(f"| … {prompt} | | {shown_cells(by_phrasing, columns)} | | | |")
             if result.stages:
                 print("\n".join(stage_report(result, names, judge)), flush=True)
             if args.grid and label in ("base", "joint LoRA (the ceiling)", args.grid_method):

@@ -29,6 +29,7 @@ from PIL import ImageChops
 from loramix.toy.face_drawing import attribute_mask
 from loramix.toy.face_spec import MUSTACHE_COLOURS, sample_face
 from loramix.toy.faces import MASK_SUFFIX, seed_of_face, write_faces
+from loramix.util.atomic import atomic_path
 
 ATTRIBUTES = ("mustache", "lipstick", "glasses")
 
@@ -60,12 +61,13 @@ def wearing_others(count: int, seed: int, attribute: str, others: float,
 
 
 def mask_others_out(images: list[Path], faces: list, attribute: str) -> None:
-    """Replace each face's mask with one white everywhere but where the other attributes drew (grown by a
-    pixel), the attribute's own pixels white even where the others' reach them."""
+    """Write each face's mask white everywhere but where the other attributes drew (grown by a pixel), the
+    attribute's own pixels white even where the others' reach them."""
     for image, (_, spec) in zip(images, faces):
         others_out = ImageChops.invert(attribute_mask(dataclasses.replace(spec, **{attribute: None}), grow=1))
         own = attribute_mask(spec, grow=0, attribute=attribute)
-        ImageChops.lighter(others_out, own).save(image.with_name(image.stem + MASK_SUFFIX))
+        with atomic_path(image.with_name(image.stem + MASK_SUFFIX)) as temp:
+            ImageChops.lighter(others_out, own).save(temp, format="PNG")
 
 
 def main() -> None:
@@ -85,9 +87,11 @@ def main() -> None:
         faces, attribute = even_colours(args.count, args.seed), "mustache"
     else:
         others_from = tuple(args.others_from.split(","))
+        if unknown := set(others_from) - set(ATTRIBUTES):
+            parser.error(f"--others-from: {', '.join(sorted(unknown))} is not one of {', '.join(ATTRIBUTES)}")
         faces = wearing_others(args.count, args.seed, args.attribute, args.others, others_from)
         attribute = args.attribute
-    images = write_faces(args.folder, faces, masks=True, mask_attribute=attribute)
+    images = write_faces(args.folder, faces, masks=not args.mask_others_out, mask_attribute=attribute)
     if args.mask_others_out:
         mask_others_out(images, faces, attribute)
     print(f"{len(faces)} faces in {args.folder}")
