@@ -289,7 +289,16 @@ def main() -> None:
     parser.add_argument("--per-phrasing", action="store_true",
                         help="Under every row, its phrasings' figures: every attribute and face, each phrasing.")
     parser.add_argument("--first", type=int, help="Only the first N seeds (the read sets' rounds used 64).")
+    parser.add_argument("--lora-prompt", action="append", default=[], metavar="NAME=TEXT",
+                        help="The prompt of NAME's own call in the rows that give each LoRA one, instead of "
+                             "LORA_PROMPTS' (repeatable).")
     args = parser.parse_args()
+    lora_prompts = dict(LORA_PROMPTS)
+    for item in args.lora_prompt:
+        name, sep, text = item.partition("=")
+        if not sep or name not in LORA_PROMPTS or not text.strip():
+            parser.error(f"--lora-prompt {item!r}: give NAME=TEXT, NAME one of {', '.join(LORA_PROMPTS)}")
+        lora_prompts[name] = text
     left_out = [m for m in UNBATCHED if m not in args.methods.split(",")]
     if left_out:
         print(f"note: {', '.join(left_out)} renders one image at a time (about 10× the others' cost here); "
@@ -335,17 +344,17 @@ def main() -> None:
                          tuple(replace(late[n], mask=masks[n]) for n in names), "regional", names))
         if LATE_OWN_PROMPTS in methods:
             rows.append((LATE_OWN_PROMPTS, f"{together} from {args.late_start:g}",
-                         tuple(replace(late[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",
+                         tuple(replace(late[n], mask=masks[n], prompt=lora_prompts[n]) for n in names), "regional",
                          names))
         if STAGGERED in methods:
             starts = {n: STAGGERED_STARTS.get(n, args.late_start) for n in names}
             staggered = from_step(files, starts)
             rows.append((STAGGERED, f"{together} from {'/'.join(f'{starts[n]:g}' for n in names)}",
-                         tuple(replace(staggered[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names),
+                         tuple(replace(staggered[n], mask=masks[n], prompt=lora_prompts[n]) for n in names),
                          "regional", names))
         if OWN_PROMPTS in methods:
             rows.append((OWN_PROMPTS, together,
-                         tuple(replace(files[n], mask=masks[n], prompt=LORA_PROMPTS[n]) for n in names), "regional",
+                         tuple(replace(files[n], mask=masks[n], prompt=lora_prompts[n]) for n in names), "regional",
                          names))
         if ORTHOGONAL in methods:
             slotted = {n: WeightedFile(str(lora_file(args.loras, n, ATTRIBUTE_SLOTS[n])), weights[n]) for n in names}
