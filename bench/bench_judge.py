@@ -17,9 +17,9 @@ from loramix.models.load import load_pipeline
 from loramix.toy.build import vae_roundtrip
 from loramix.toy.face_spec import sample_face
 from loramix.toy.faces import draw_faces
-from loramix.toy.judge import load_judge, to_tensor
+from loramix.toy.judge import ATTRIBUTES, load_judge, to_tensor
 
-ATTRIBUTE_FLAGS = ("mustache", "lipstick", "glasses")
+WEARABLE = ATTRIBUTES[1:]  # the judge's attributes but the face itself
 FIRST_SEED = 70_000  # the faces' seeds, FIRST_SEED on
 
 
@@ -37,13 +37,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=800)
     parser.add_argument("--wearing", default="", help="Comma-separated attributes every face wears, from "
-                                                      f"{', '.join(ATTRIBUTE_FLAGS)}.")
+                                                      f"{', '.join(WEARABLE)}.")
     args = parser.parse_args()
     wearing = [name for name in args.wearing.split(",") if name]
-    unknown = [name for name in wearing if name not in ATTRIBUTE_FLAGS]
+    unknown = [name for name in wearing if name not in WEARABLE]
     if unknown or args.faces < 1:
         parser.error(f"--wearing {args.wearing!r} / --faces {args.faces}: attributes from "
-                     f"{', '.join(ATTRIBUTE_FLAGS)}, at least one face")
+                     f"{', '.join(WEARABLE)}, at least one face")
     specs = [sample_face(FIRST_SEED + i, **dict.fromkeys(wearing, True)) for i in range(args.faces)]
     drawn = to_tensor(draw_faces(specs))
     roundtrip = vae_roundtrip(load_pipeline("toy", dtype=torch.float32).vae)
@@ -52,7 +52,7 @@ def main() -> None:
     judge = load_judge()
     print(f"{args.faces} generator faces wearing {', '.join(wearing) or 'nothing'}: the judge sees a face in")
     for label, images in (("drawn", drawn), ("through the VAE", round_tripped)):
-        faces = (judge.scores(images)[:, 0] > 0.5).tolist()
+        faces = judge.verdicts(images)[:, 0].tolist()
         print(f"  {label}: {sum(faces)}/{len(faces)}")
         print(f"    by skin: {shares(faces, [spec.skin for spec in specs])}")
         print(f"    by expression: {shares(faces, [spec.expression for spec in specs])}")
