@@ -1,5 +1,10 @@
 """Kill tests: the real CLI in a real process, SIGKILLed at seeded random points, then run again.
 
+The runs that are killed, and the runs that finish after them, are forked from a server that has already
+imported torch and the libraries (tests/forked_cli.py): a fresh interpreter spends five seconds on imports before
+its work, and there are some thirty runs. Each test's reference run is a fresh `python -m loramix`, and the
+forked runs must end where it does.
+
 What must hold whatever the moment of the kill:
 - training resumed with `--resume` ends with the adapter of a run that was never stopped, and redoes at most
   one checkpoint interval;
@@ -32,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from forked_cli import ForkedCli
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -47,19 +53,35 @@ pytestmark = pytest.mark.slow
 
 
 def loramix(*args) -> list[str]:
-    return [sys.executable, "-m", "loramix", *map(str, args)]
+    """The arguments of a `loramix` command."""
+    return list(map(str, args))
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
+    """`loramix COMMAND` in a fresh interpreter: the reference runs."""
+    done = subprocess.run([sys.executable, "-m", "loramix", *command], capture_output=True, text=True, env=ENV,
+                          timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
 
-def kill_when(command: list[str], ready, delay: float) -> int:
-    """Start `command`, wait until `ready()` (polled every 5 ms), then `delay` seconds, then SIGKILL it.
+@pytest.fixture(scope="module")
+def forked(tmp_path_factory) -> ForkedCli:
+    return ForkedCli(tmp_path_factory.mktemp("forked"))
+
+
+def run_forked(forked: ForkedCli, command: list[str]) -> str:
+    """`command` (a `loramix(...)` list) forked, to its end; its stdout."""
+    process = forked.start(command)
+    stdout, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, stderr[-2000:]
+    return stdout
+
+
+def kill_when(forked: ForkedCli, command: list[str], ready, delay: float) -> int:
+    """Start `command` (forked), wait until `ready()` (polled every 5 ms), then `delay` seconds, then SIGKILL it.
     Returns its exit status: -SIGKILL, or 0 when it finished first."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    process = forked.start(command)
     try:
         deadline = time.monotonic() + TIMEOUT
         while not ready() and process.poll() is None:
@@ -76,7 +98,7 @@ def kill_when(command: list[str], ready, delay: float) -> int:
     return process.returncode
 
 
-def kill_landing(command: list[str], folder: Path, moments, saved: Path) -> int:
+def kill_landing(forked: ForkedCli, command: list[str], folder: Path, moments, saved: Path) -> int:
     """Kill `command` at the first of `moments` (`(ready, delay)` pairs for kill_when, each earlier than the
     one before) that comes before the run finishes, and return that moment's index. A run that finishes
     first is undone: `folder` is put back as it was (kept meanwhile in `saved`) before the next moment is
@@ -85,7 +107,7 @@ def kill_landing(command: list[str], folder: Path, moments, saved: Path) -> int:
         shutil.copytree(folder, saved, symlinks=True)
     try:
         for index, (ready, delay) in enumerate(moments):
-            if kill_when(command, ready, delay) == -signal.SIGKILL:
+            if kill_when(forked, command, ready, delay) == -signal.SIGKILL:
                 return index
             shutil.rmtree(folder, ignore_errors=True)
             if saved.exists():
@@ -162,8 +184,8 @@ def uninterrupted(tmp_path_factory, mustache_faces) -> Path:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninterrupted, mustache_faces, tmp_path,
-                                                                           seed):
+def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninterrupted, mustache_faces, forked,
+                                                                           tmp_path, seed):
     """Seed s kills the run 1 + s % 2 times, each a random moment (0-150 ms, about two steps) after a random step
     is logged: in a step, in a checkpoint or sample write, or in the final writes. The first kill comes after
     the first checkpoint, so there is one to resume from."""
@@ -178,7 +200,7 @@ def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninter
         target = rng.randint(low, STEPS)
         logged = [lambda step=step: logged_step(folder) >= step for step in (target, low)]
         # The seeded moment, then the same step at once, then the first step this run can be killed after.
-        moment = kill_landing(train_command(mustache_faces, folder, *resume), folder,
+        moment = kill_landing(forked, train_command(mustache_faces, folder, *resume), folder,
                               [(logged[0], rng.uniform(0, 0.15)), (logged[0], 0.0), (logged[1], 0.0)],
                               tmp_path / "before")
         rows, latest = log_rows(folder), checkpoint_steps(folder)[-1]
@@ -186,7 +208,7 @@ def test_training_killed_and_resumed_ends_with_the_uninterrupted_adapter(uninter
         print(f"killed (moment {moment}) after step {rows[-1]['step']} was logged; resuming from checkpoint {latest}")
         kept.append((latest, rows))
         resume = ["--resume"]
-    run(train_command(mustache_faces, folder, *resume))
+    run_forked(forked, train_command(mustache_faces, folder, *resume))
 
     rows, reference_rows = log_rows(folder), log_rows(uninterrupted)
     assert [row["step"] for row in rows] == list(range(1, STEPS + 1))  # every step logged once
@@ -237,7 +259,7 @@ def generated(prompt_file, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, generated, tmp_path, seed):
+def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, generated, forked, tmp_path, seed):
     """Seed s kills the run 1 + s % 2 times, each a random moment (0-150 ms, about a batch) after a random
     number of PNGs exist; the last count is the whole plan, so the kill can land in the manifest or grid write."""
     rng = random.Random(seed)
@@ -251,7 +273,7 @@ def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, gene
         target = rng.randint(low, len(expected))
         written = [lambda count=count: output.exists() and len(pngs(output)) >= count for count in (target, low)]
         # The seeded moment, then the same count at once, then the first image this run writes.
-        moment = kill_landing(generate_command(prompt_file, output), output,
+        moment = kill_landing(forked, generate_command(prompt_file, output), output,
                               [(written[0], rng.uniform(0, 0.15)), (written[0], 0.0), (written[1], 0.0)],
                               tmp_path / "before")
         assert pngs(output) <= expected
@@ -262,9 +284,9 @@ def test_generate_killed_and_restarted_renders_each_image_once(prompt_file, gene
         print(f"killed (moment {moment}) with {len(pngs(output))} of {len(expected)} images written")
     before = {name: (output / name).stat() for name in pngs(output)} if output.exists() else {}
     leftovers = hidden_leftovers(output) if output.exists() else set()
-    done = run(generate_command(prompt_file, output))
+    stdout = run_forked(forked, generate_command(prompt_file, output))
     assert (f"wrote {len(expected)} images and manifest.jsonl and grid.png to {output} "
-            f"({len(expected) - len(before)} rendered, {len(before)} kept)") in done.stdout
+            f"({len(expected) - len(before)} rendered, {len(before)} kept)") in stdout
 
     assert pngs(output) == expected and visible(output) == visible(generated)
     for name, stat in before.items():  # kept, not rendered again
@@ -306,19 +328,24 @@ def digest(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def big_adapters(tmp_path_factory) -> dict:
+def big_adapters(tmp_path_factory, forked) -> dict:
     """Two rank-16 LoRAs over SD 1.5's 184 linear UNet modules, so the composition (rank 32, 55 MB) takes tens of
-    milliseconds to write; the old output is `a` itself, the new one what an uninterrupted run writes."""
+    milliseconds to write; the old output is `a` itself, the new one what an uninterrupted fresh run writes, and
+    `seconds` how long a forked run, as the killed ones are, takes (which writes the same)."""
     from loramix.models.shapes import load_base_shapes
 
     folder = tmp_path_factory.mktemp("big")
     shapes = {k: v for k, v in load_base_shapes("sd15").weight_shapes.items() if k.startswith("unet.") and len(v) == 2}
     for seed, name in enumerate("ab"):
         write_adapter(random_adapter(shapes, 16, 16.0, seed), folder / f"{name}.safetensors")
-    started = time.monotonic()
     run(compose_command(folder, folder / "new.safetensors"))
+    started = time.monotonic()
+    run_forked(forked, compose_command(folder, folder / "forked.safetensors"))
+    seconds = time.monotonic() - started
+    assert digest(folder / "forked.safetensors") == digest(folder / "new.safetensors")
+    (folder / "forked.safetensors").unlink()
     return {"folder": folder, "old": digest(folder / "a.safetensors"), "new": digest(folder / "new.safetensors"),
-            "seconds": time.monotonic() - started}
+            "seconds": seconds}
 
 
 def compose_command(folder: Path, output: Path) -> list[str]:
@@ -326,7 +353,7 @@ def compose_command(folder: Path, output: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_compose_killed_while_overwriting_leaves_the_old_file_or_the_new_one(big_adapters, tmp_path, seed):
+def test_compose_killed_while_overwriting_leaves_the_old_file_or_the_new_one(big_adapters, forked, tmp_path, seed):
     """Kill i of 4: i % 4 == 0 the moment the temporary file appears; i % 4 == 2 a random 0-60 ms later (in
     the write or just after the rename); odd i a random moment between 30% and 110% of a whole run."""
     rng = random.Random(seed)
@@ -340,7 +367,7 @@ def test_compose_killed_while_overwriting_leaves_the_old_file_or_the_new_one(big
         else:
             ready = lambda known=before: bool(hidden_leftovers(tmp_path) - known)  # noqa: E731
             delay = 0.0 if i % 4 == 0 else rng.uniform(0, 0.06)
-        kill_when(compose_command(folder, output), ready, delay)
+        kill_when(forked, compose_command(folder, output), ready, delay)
         landed |= any(written_by_atomic_path(name) == output.name for name in hidden_leftovers(tmp_path) - before)
         assert digest(output) in (big_adapters["old"], big_adapters["new"]), f"kill {i}: a partial file"
         assert read_adapter(output).modules
@@ -349,7 +376,7 @@ def test_compose_killed_while_overwriting_leaves_the_old_file_or_the_new_one(big
     leftovers = hidden_leftovers(tmp_path)
     assert landed  # a kill did land in the write
     assert all(map(is_temporary, leftovers)), leftovers
-    run(compose_command(folder, output))
+    run_forked(forked, compose_command(folder, output))
     assert digest(output) == big_adapters["new"]
     remaining = hidden_leftovers(tmp_path)
     assert visible(tmp_path) == {"out.safetensors"} and remaining <= leftovers
