@@ -19,8 +19,10 @@ whole differences. orthogonal is the exact sum of the same recipes trained in or
 (mustache 0, lipstick 1, glasses 2), each shown alone too. regional-own-prompts is regional with each LoRA's calls
 conditioned on a prompt naming its attribute alone (`--lora-prompt`, LORA_PROMPTS below). regional-late is regional
 with each LoRA on from 40% of the steps (LATE_START below); regional-late-own-prompts is that with each LoRA's
-prompt its own; regional-staggered is that with the mustache from 60% (STAGGERED_STARTS below). The first rows
-are the ceiling: a LoRA trained on faces wearing every attribute of the set.
+prompt its own; regional-staggered is that with the mustache from 60% (STAGGERED_STARTS below). pixel-sum (only
+when --methods names it) renders each LoRA's image apart, regional with its own mask and prompt (the mustache from
+the first step, the others from 40%: PIXEL_SUM_STARTS), and adds their changes from the base's image in pixels:
+M + L − B. The first rows are the ceiling: a LoRA trained on faces wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -119,6 +121,10 @@ LATE_OWN_PROMPTS = "regional-late-own-prompts"
 # LoRA from 0.4 has begun (chosen on seeds 1000-1063, LAST_SETS and NEXT_SETS, all read before).
 STAGGERED = "regional-staggered"
 STAGGERED_STARTS = {"mustache": 0.6}
+# Each LoRA's own image, added in pixels to the others' changes from the base's (docs/performance.md, "Adding the
+# LoRAs' images in pixels"): the mustache from the first step, chosen on the TUNE images (from 0.6: 82% both).
+PIXEL_SUM = "pixel-sum"
+PIXEL_SUM_STARTS = {"mustache": 0.0}
 
 
 def from_step(files: dict[str, WeightedFile], starts: dict[str, float]) -> dict[str, WeightedFile]:
@@ -202,6 +208,16 @@ def render_all(pipeline, loras: PipelineLoras, files: tuple[WeightedFile, ...], 
     batches = list(render_jobs(pipeline, loras, jobs, composition, BATCH))
     images = [image for batch in batches for image in batch.images]
     return Rendered(images, (time.perf_counter() - start) / len(jobs), [s for batch in batches for s in batch.stages])
+
+
+def pixel_sum(base: Rendered, own: list[Rendered]) -> Rendered:
+    """The base's images plus each LoRA's own image's change from them, in 0-255 pixels, rounded and clipped."""
+    from PIL import Image
+
+    total = pixels(base.images) + sum(pixels(r.images) - pixels(base.images) for r in own)
+    arrays = total.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    seconds = base.seconds_per_image + sum(r.seconds_per_image for r in own)
+    return Rendered([Image.fromarray(a) for a in arrays], seconds)
 
 
 def shown_cells(verdicts: torch.Tensor, columns: list[int]) -> str:
@@ -337,7 +353,8 @@ def main() -> None:
                   tuple(replace(files[n], mask=masks[n]) if method in MASKED_METHODS else files[n] for n in names),
                   method, names)
                  for method in methods
-                 if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE, LATE_OWN_PROMPTS, STAGGERED)]
+                 if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE, LATE_OWN_PROMPTS, STAGGERED,
+                                   PIXEL_SUM)]
         late = from_step(files, dict.fromkeys(names, args.late_start))
         if LATE in methods:
             rows.append((LATE, f"{together} from {args.late_start:g}",
@@ -365,10 +382,21 @@ def main() -> None:
             composed, seconds = recorded_file(method, pipeline, loras, files, names, scratch)
             print(f"({method}: layer inputs recorded and solved in {seconds:.0f} s)", flush=True)
             rows.append((method, together, (composed,), "exact", names))
+        if PIXEL_SUM in methods:
+            starts = {n: PIXEL_SUM_STARTS.get(n, args.late_start) for n in names}
+            own = from_step(files, starts)
+            rows.append((PIXEL_SUM, f"{together} from {'/'.join(f'{starts[n]:g}' for n in names)}",
+                         tuple(replace(own[n], mask=masks[n], prompt=lora_prompts[n]) for n in names), PIXEL_SUM,
+                         names))
         for label, weight_text, row_files, method, region_names in rows:
             try:
-                result = base if label == "base" else render_all(pipeline, loras, row_files, composition_of(method),
-                                                                 prompts, seeds)
+                if label == "base":
+                    result = base
+                elif method == PIXEL_SUM:
+                    result = pixel_sum(base, [render_all(pipeline, loras, (f,), composition_of("regional"), prompts,
+                                                         seeds) for f in row_files])
+                else:
+                    result = render_all(pipeline, loras, row_files, composition_of(method), prompts, seeds)
             except LoramixError as e:  # e.g. a method that needs masks or an input image the bench has not
                 print(f"| {label} | skipped: {e} |")
                 continue
