@@ -133,6 +133,18 @@ def from_step(files: dict[str, WeightedFile], starts: dict[str, float]) -> dict[
     return {n: parse_weight_spec(f"{f.path}:{f.weight:g}@{starts[n]:g}-1") for n, f in files.items()}
 
 
+def own_regions_from_step(files: dict[str, WeightedFile], starts: dict[str, float], masks: dict[str, str],
+                          prompts: dict[str, str]) -> tuple[WeightedFile, ...]:
+    """Each LoRA acting from its start's fraction of the steps, in its mask, on its own prompt."""
+    started = from_step(files, starts)
+    return tuple(replace(started[n], mask=masks[n], prompt=prompts[n]) for n in files)
+
+
+def starts_text(starts: dict[str, float]) -> str:
+    """'from 0.6/0.4': each LoRA's start, in the order of the LoRAs."""
+    return "from " + "/".join(f"{start:g}" for start in starts.values())
+
+
 def lora_file(folder: Path, name: str, orthogonal_slot: int | None = None) -> Path:
     """The shipped recipe's LoRA, trained into `folder` unless it is there; with `orthogonal_slot`, the same
     recipe trained in that slot of orthogonal adaptation (`orthogonal_slot` recipe key)."""
@@ -210,11 +222,12 @@ def render_all(pipeline, loras: PipelineLoras, files: tuple[WeightedFile, ...], 
     return Rendered(images, (time.perf_counter() - start) / len(jobs), [s for batch in batches for s in batch.stages])
 
 
-def pixel_sum(base: Rendered, own: list[Rendered]) -> Rendered:
-    """The base's images plus each LoRA's own image's change from them, in 0-255 pixels, rounded and clipped."""
+def pixel_sum(base: Rendered, base_pixels: torch.Tensor, own: list[Rendered]) -> Rendered:
+    """The base's images (`base_pixels`, their `pixels`) plus each LoRA's own image's change from them, in 0-255
+    pixels, rounded and clipped."""
     from PIL import Image
 
-    total = pixels(base.images) + sum(pixels(r.images) - pixels(base.images) for r in own)
+    total = base_pixels + sum(pixels(r.images) - base_pixels for r in own)
     arrays = total.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     seconds = base.seconds_per_image + sum(r.seconds_per_image for r in own)
     return Rendered([Image.fromarray(a) for a in arrays], seconds)
@@ -355,20 +368,18 @@ def main() -> None:
                  for method in methods
                  if method not in (*RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE, LATE_OWN_PROMPTS, STAGGERED,
                                    PIXEL_SUM)]
-        late = from_step(files, dict.fromkeys(names, args.late_start))
         if LATE in methods:
+            late = from_step(files, dict.fromkeys(names, args.late_start))
             rows.append((LATE, f"{together} from {args.late_start:g}",
                          tuple(replace(late[n], mask=masks[n]) for n in names), "regional", names))
         if LATE_OWN_PROMPTS in methods:
             rows.append((LATE_OWN_PROMPTS, f"{together} from {args.late_start:g}",
-                         tuple(replace(late[n], mask=masks[n], prompt=lora_prompts[n]) for n in names), "regional",
-                         names))
+                         own_regions_from_step(files, dict.fromkeys(names, args.late_start), masks, lora_prompts),
+                         "regional", names))
         if STAGGERED in methods:
             starts = {n: STAGGERED_STARTS.get(n, args.late_start) for n in names}
-            staggered = from_step(files, starts)
-            rows.append((STAGGERED, f"{together} from {'/'.join(f'{starts[n]:g}' for n in names)}",
-                         tuple(replace(staggered[n], mask=masks[n], prompt=lora_prompts[n]) for n in names),
-                         "regional", names))
+            rows.append((STAGGERED, f"{together} {starts_text(starts)}",
+                         own_regions_from_step(files, starts, masks, lora_prompts), "regional", names))
         if OWN_PROMPTS in methods:
             rows.append((OWN_PROMPTS, together,
                          tuple(replace(files[n], mask=masks[n], prompt=lora_prompts[n]) for n in names), "regional",
@@ -384,17 +395,16 @@ def main() -> None:
             rows.append((method, together, (composed,), "exact", names))
         if PIXEL_SUM in methods:
             starts = {n: PIXEL_SUM_STARTS.get(n, args.late_start) for n in names}
-            own = from_step(files, starts)
-            rows.append((PIXEL_SUM, f"{together} from {'/'.join(f'{starts[n]:g}' for n in names)}",
-                         tuple(replace(own[n], mask=masks[n], prompt=lora_prompts[n]) for n in names), PIXEL_SUM,
-                         names))
+            rows.append((PIXEL_SUM, f"{together} {starts_text(starts)}",
+                         own_regions_from_step(files, starts, masks, lora_prompts), PIXEL_SUM, names))
         for label, weight_text, row_files, method, region_names in rows:
             try:
                 if label == "base":
                     result = base
                 elif method == PIXEL_SUM:
-                    result = pixel_sum(base, [render_all(pipeline, loras, (f,), composition_of("regional"), prompts,
-                                                         seeds) for f in row_files])
+                    own = [render_all(pipeline, loras, (f,), composition_of("regional"), prompts, seeds)
+                           for f in row_files]
+                    result = pixel_sum(base, base_pixels, own)
                 else:
                     result = render_all(pipeline, loras, row_files, composition_of(method), prompts, seeds)
             except LoramixError as e:  # e.g. a method that needs masks or an input image the bench has not
