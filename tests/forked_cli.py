@@ -31,10 +31,13 @@ def _run_cli(args: list[str], stdout: str, stderr: str) -> None:
         file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(file, fd)
         os.close(file)
+    import gc
+
     import torch
 
     from loramix.cli import run
 
+    gc.freeze()  # the server's imports are no garbage: the run's collections need not walk them
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     sys.argv = ["loramix", *args]

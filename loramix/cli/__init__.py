@@ -65,10 +65,20 @@ def main() -> None:
 
 def run() -> None:
     """The `loramix` console script: `main` in a process of its own."""
+    rare_full_collections()
     # As the process ends, Python's collector walks every object torch, transformers and diffusers made: a
     # second or more after a render. The process gives all of that memory back as it exits anyway.
     atexit.register(gc.freeze)
     main()
+
+
+def rare_full_collections() -> None:
+    """A command imports torch, transformers and diffusers as it starts: half a million objects that live as long
+    as the process. The collector's full passes walk every one of them, and by default it makes one whenever they
+    have grown by a quarter: a second of a five-second start (`python bench/bench_start.py`). Full passes come a
+    hundred times rarer; the young generations, where short-lived garbage is, are collected as before."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1000)
 
 
 main.add_command(inspect)
