@@ -18,12 +18,11 @@ def pytest_configure(config):
     atexit.register(gc.freeze)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def imports_out_of_the_collectors_way():
-    """Move what collection imported (torch, diffusers, transformers, the test modules: half a million
-    objects, none of them garbage) out of the cyclic collector's reach. Its full collections walk every object
-    it tracks, and the tests trigger one every few model builds: a fifth of the time a toy pipeline takes to
-    load went to them. Objects the tests create are still collected."""
+def pytest_collection_finish(session):
+    # What collection imported (torch, diffusers, transformers, the test modules: half a million objects, none
+    # of them garbage) goes out of the cyclic collector's reach. Its full collections walk every object it
+    # tracks, and the tests trigger one every few model builds: a fifth of the time a toy pipeline takes to load
+    # went to them. Objects the tests create are still collected.
     gc.freeze()
 
 

@@ -46,8 +46,7 @@ class PipelineLoras:
         self._hashes: dict[str, str] = {}
         self._fused: dict[str, FusedUpdate] = {}  # module key → what taking its fused update out needs
         self._before_dora: dict[str, torch.Tensor] = {}  # module key → its weight before DoRA renormalised it
-        self._layers: dict[str, torch.nn.Module] = {}  # module key → its layer, found once
-        self._module_index: dict[str, dict[str, torch.nn.Module]] = {}  # component → its modules by path
+        self._modules: dict[str, dict[str, torch.nn.Module]] = {}  # component → its modules by path, walked once
         self._peft_names: dict[str, str] = {}  # file → adapter name loaded into the pipeline
         self._peft_loaded = 0  # names are never reused, even after a forgotten file's adapter is deleted
         self.active: tuple[WeightedFile, ...] = ()
@@ -187,13 +186,11 @@ class PipelineLoras:
         """The pipeline's layer that the module key names (`unet.down_blocks.0…to_q`), inside peft's wrapper."""
         from loramix.models.fuse import resolve_module
 
-        if key not in self._layers:  # peft may wrap the layer later; the wrapper's weight is this layer's
-            component = component_of(key)
-            model = getattr(self.pipeline, component)
-            if component not in self._module_index:  # one walk of the model, not one per layer
-                self._module_index[component] = dict(model.named_modules())
-            self._layers[key] = resolve_module(model, path_of(key), self._module_index[component])
-        return self._layers[key]
+        component = component_of(key)
+        model = getattr(self.pipeline, component)
+        if component not in self._modules:  # peft may wrap a layer later; the wrapper's weight is this layer's
+            self._modules[component] = dict(model.named_modules())
+        return resolve_module(model, path_of(key), self._modules[component])
 
 
 def check_memory(paths: list[str]) -> None:
