@@ -29,6 +29,7 @@ ELEVENTH_SEEDS = range(23000, 23128)
 TWELFTH_SEEDS = range(25000, 25128)
 THIRTEENTH_SEEDS = range(27000, 27128)
 FOURTEENTH_SEEDS = range(29000, 29128)
+FIFTEENTH_SEEDS = range(31000, 31128)
 
 TUNE = {
     "mustache": (
@@ -461,6 +462,38 @@ FOURTEENTH = {
     ),
 }
 
+# Written before the round that followed FOURTEENTH (the mustache's nouns), with FOURTEENTH's figures in hand and
+# nothing tuned on these.
+FIFTEENTH = {
+    "mustache": (
+        "a surprised man with short black hair, brown eyes and a grey chevron mustache on an orange background",
+        "picture of a woman with a bun, mustache",
+        "a person with red lipstick and round glasses and a black handlebar mustache",
+        "cartoon, a sad face with a ginger pencil mustache",
+        "a brown mustache on a smiling person",
+        "portrait of a woman with short blonde hair, grey eyes and a black mustache, green background",
+        "mustache, face",
+    ),
+    "lipstick": (
+        "a surprised woman with short black hair, brown eyes and pink lipstick on an orange background",
+        "picture of a man with a bun, lipstick",
+        "a person with a black chevron mustache and round glasses and purple lipstick",
+        "cartoon, a sad face with dark red lipstick",
+        "red lipstick on a smiling person",
+        "portrait of a man with short blonde hair, grey eyes and lipstick, green background",
+        "lipstick, face",
+    ),
+    "glasses": (
+        "a surprised woman with short black hair, brown eyes and round black glasses on an orange background",
+        "picture of a man with a bun, glasses",
+        "a person with a grey pencil mustache and pink lipstick and square glasses",
+        "cartoon, a sad face with sunglasses",
+        "red glasses on a smiling person",
+        "portrait of a woman with short blonde hair, grey eyes and brown glasses, green background",
+        "glasses, face",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -652,12 +685,27 @@ FOURTEENTH_SETS = {
     ),
 }
 
+FIFTEENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a surprised man with short black hair, pink lipstick and a grey chevron mustache on an orange background",
+        "cartoon, lipstick, mustache, a sad face",
+        "portrait of a woman with a bun, brown eyes, a black handlebar mustache and red lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a surprised man with short black hair, square glasses, pink lipstick and a grey chevron mustache on an "
+        "orange background",
+        "cartoon, glasses, lipstick, mustache, a sad face",
+        "portrait of a woman with a bun, brown eyes, round red glasses, a black handlebar mustache and purple "
+        "lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
         "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS),
         "twelfth": (TWELFTH, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH, THIRTEENTH_SEEDS),
-        "fourteenth": (FOURTEENTH, FOURTEENTH_SEEDS)}
+        "fourteenth": (FOURTEENTH, FOURTEENTH_SEEDS), "fifteenth": (FIFTEENTH, FIFTEENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
@@ -666,7 +714,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "eighth": (EIGHTH_SETS, EIGHTH_SEEDS), "ninth": (NINTH_SETS, NINTH_SEEDS),
                  "tenth": (TENTH_SETS, TENTH_SEEDS), "eleventh": (ELEVENTH_SETS, ELEVENTH_SEEDS),
                  "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH_SETS, THIRTEENTH_SEEDS),
-                 "fourteenth": (FOURTEENTH_SETS, FOURTEENTH_SEEDS)}
+                 "fourteenth": (FOURTEENTH_SETS, FOURTEENTH_SEEDS),
+                 "fifteenth": (FIFTEENTH_SETS, FIFTEENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
