@@ -11,18 +11,19 @@ phrasings of a prompt naming every attribute (seeds and phrasings that no LoRA w
 alone, each LoRA alone (exact) and every method in `loramix.choices.RENDER_METHODS` (read from there, so a method
 added later is benched too; one that needs inputs the bench lacks is skipped with a note; sequential, which renders
 one image at a time, only when --methods names it). merge-svd merges to rank 8; ties and dare keep density 0.5.
-regional gives each LoRA its attribute's box (below) as its mask: the region a user would paint for it; sequential
-gives it to each LoRA's stage, and reports per stage the change against the stage before, outside the box and inside
-it, and how often the stage's attribute shows. fusion and ziplora (`compose --method fusion`, `--method ziplora`)
-record each LoRA's layer inputs from its attribute's TUNE phrasings of bench/heldout.py and render the composed
-whole differences. orthogonal is the exact sum of the same recipes trained in orthogonal adaptation's slots
-(mustache 0, lipstick 1, glasses 2), each shown alone too. regional-own-prompts is regional with each LoRA's calls
-conditioned on a prompt naming its attribute alone (`--lora-prompt`, LORA_PROMPTS below). regional-late is regional
-with each LoRA on from 40% of the steps (LATE_START below); regional-late-own-prompts is that with each LoRA's
-prompt its own; regional-staggered is that with the mustache from 60% (STAGGERED_STARTS below). pixel-sum (only
-when --methods names it) renders each LoRA's image apart, regional with its own mask and prompt (the mustache from
-the first step, the others from 40%: PIXEL_SUM_STARTS), and adds their changes from the base's image in pixels:
-M + L − B. The first rows are the ceiling: a LoRA trained on faces wearing every attribute of the set.
+regional gives each LoRA its attribute's box (below; samples/regions, or NAME.png in --regions DIR) as its mask: the
+region a user would paint for it; sequential gives it to each LoRA's stage, and reports per stage the change against
+the stage before, outside the box and inside it, and how often the stage's attribute shows. fusion and ziplora
+(`compose --method fusion`, `--method ziplora`) record each LoRA's layer inputs from its attribute's TUNE phrasings
+of bench/heldout.py and render the composed whole differences. orthogonal is the exact sum of the same recipes
+trained in orthogonal adaptation's slots (mustache 0, lipstick 1, glasses 2), each shown alone too.
+regional-own-prompts is regional with each LoRA's calls conditioned on a prompt naming its attribute alone
+(`--lora-prompt`, LORA_PROMPTS below). regional-late is regional with each LoRA on from 40% of the steps (LATE_START
+below); regional-late-own-prompts is that with each LoRA's prompt its own; regional-staggered is that with the
+mustache from 60% (STAGGERED_STARTS below). pixel-sum (only when --methods names it) renders each LoRA's image
+apart, regional with its own mask and prompt (the mustache from the first step, the others from 40%:
+PIXEL_SUM_STARTS), and adds their changes from the base's image in pixels: M + L − B. The first rows are the
+ceiling: a LoRA trained on faces wearing every attribute of the set.
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -189,18 +190,6 @@ def attribute_regions(names: tuple[str, ...]) -> torch.Tensor:
     return region
 
 
-def region_masks(names: tuple[str, ...], folder: Path) -> dict[str, str]:
-    """Each attribute's box (`attribute_regions`) as a mask image in `folder`, for regional composition."""
-    from PIL import Image
-
-    masks = {}
-    for name in names:
-        path = folder / f"{name}.mask.png"
-        Image.fromarray(attribute_regions((name,)).numpy().astype("uint8") * 255, mode="L").save(path)
-        masks[name] = str(path)
-    return masks
-
-
 def pixels(images: list) -> torch.Tensor:
     """PIL images → (N, 3, 64, 64) in 0-255."""
     return (to_tensor(images) + 1) * 127.5
@@ -318,6 +307,8 @@ def main() -> None:
     parser.add_argument("--per-phrasing", action="store_true",
                         help="Under every row, its phrasings' figures: every attribute and face, each phrasing.")
     parser.add_argument("--first", type=int, help="Only the first N seeds (the read sets' rounds used 64).")
+    parser.add_argument("--regions", type=Path, default=ROOT / "samples" / "regions",
+                        help="The regional rows' masks: NAME.png in this folder.")
     parser.add_argument("--lora-prompt", action="append", default=[], metavar="NAME=TEXT",
                         help="The prompt of NAME's own call in the rows that give each LoRA one, instead of "
                              "LORA_PROMPTS' (repeatable).")
@@ -361,7 +352,7 @@ def main() -> None:
         joint = WeightedFile(str(joint_lora_file(args.loras, names)), 1.0)
         rows += [("joint LoRA (the ceiling)", "1", (joint,), "exact", names)]
         rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
-        masks = region_masks(names, scratch)
+        masks = {n: str(args.regions / f"{n}.png") for n in names}
         rows += [(method, together,
                   tuple(replace(files[n], mask=masks[n]) if method in MASKED_METHODS else files[n] for n in names),
                   method, names)

@@ -18,7 +18,8 @@ its figures were seen; twelfth (TWELFTH_SEEDS × TWELFTH phrasings) before eleve
 round on the mustache's training faces; thirteenth (THIRTEENTH_SEEDS × THIRTEENTH phrasings) before twelfth was
 read, at the start of a round on what the mustache's training does beside its faces; fourteenth
 (FOURTEENTH_SEEDS × FOURTEENTH phrasings) before thirteenth was read, at the start of a round on the lipstick under
-the mustache and the mustache's captions.
+the mustache and the mustache's captions; fifteenth (FIFTEENTH_SEEDS × FIFTEENTH phrasings) after fourteenth was
+read, at the start of a round on the regions' masks.
 """
 
 from __future__ import annotations

@@ -462,8 +462,8 @@ FOURTEENTH = {
     ),
 }
 
-# Written before the round that followed FOURTEENTH (the mustache's nouns), with FOURTEENTH's figures in hand and
-# nothing tuned on these.
+# Written before the round that followed FOURTEENTH (the mustache's nouns, then the regions' masks), with FOURTEENTH's
+# figures in hand and nothing tuned on these.
 FIFTEENTH = {
     "mustache": (
         "a surprised man with short black hair, brown eyes and a grey chevron mustache on an orange background",

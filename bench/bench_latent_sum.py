@@ -1,0 +1,108 @@
+"""How much can adding the attributes' changes in the toy VAE's latent show? The most an additive composition
+could give: generator faces drawn plain, wearing each attribute alone and wearing them all (the same face), each
+encoded by the toy base's VAE; the changes z_k − z_plain added onto z_plain, everywhere or each inside its mask
+as `--method regional` adds them, decoded and judged, beside the round trip of the face drawn wearing them all
+(what a joint LoRA could give at best).
+
+No denoising is involved: each LoRA is taken to draw its attribute perfectly, so what a row loses, the latent or
+the masks lose. The masks: the shipped samples/regions (each attribute's box) and any folder of NAME.png given
+with --regions. --write-regions DIR first writes regions of another kind there: where each attribute changes the
+latent (`latent_region`, tried as samples/regions and not kept: docs/performance.md).
+
+    python bench/bench_latent_sum.py --faces 400 [--write-regions DIR] [--regions DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from loramix.cli.quiet import quiet_libraries
+from loramix.models.load import load_pipeline
+from loramix.render.regions import load_mask
+from loramix.toy.face_spec import sample_face
+from loramix.toy.faces import draw_faces
+from loramix.toy.judge import ATTRIBUTES, SIZE, load_judge, to_tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_SEED = 80_000  # the faces' seeds, FIRST_SEED on: neither a training set's nor the regions' own
+REGION_SEED = 60_000  # the faces latent_region measures, REGION_SEED on
+BATCH = 64
+
+
+def variants(seed: int, attributes: tuple[str, ...]):
+    """(plain, [each attribute alone], all of them) specs of one generator face."""
+    worn = sample_face(seed, **dict.fromkeys(attributes, True))
+    plain = replace(worn, **dict.fromkeys(attributes))
+    return plain, [replace(plain, **{name: getattr(worn, name)}) for name in attributes], worn
+
+
+@torch.no_grad()
+def encoded(vae, specs) -> torch.Tensor:
+    return torch.cat([vae.encode(to_tensor(draw_faces(specs[i:i + BATCH]))).latent_dist.mode()
+                      for i in range(0, len(specs), BATCH)])
+
+
+@torch.no_grad()
+def decoded(vae, latents: torch.Tensor) -> torch.Tensor:
+    return torch.cat([vae.decode(latents[i:i + BATCH]).sample.clamp(-1, 1) for i in range(0, len(latents), BATCH)])
+
+
+def judged(judge, images: torch.Tensor, attributes: tuple[str, ...]) -> str:
+    verdicts = judge.verdicts(images).float()  # (N, 4): face, mustache, lipstick, glasses
+    shown = [verdicts[:, ATTRIBUTES.index(name)] for name in attributes]
+    every = torch.stack(shown).prod(0)
+    return " ".join(f"{column.mean():>9.0%}" for column in (*shown, every, verdicts[:, 0], every * verdicts[:, 0]))
+
+
+def latent_region(vae, attribute: str, faces: int = 400, full: float = 0.3) -> Image.Image:
+    """m = min(c / full, 1), c the attribute's mean change of the latent per latent pixel over `faces` generator
+    faces (‖z_worn − z_plain‖ over the channels, 1 at its peak), as a 64 × 64 image whose 8 × 8 blocks
+    `load_mask` averages back to m exactly."""
+    worn = [sample_face(REGION_SEED + i, **{attribute: True}) for i in range(faces)]
+    change = (encoded(vae, worn) - encoded(vae, [replace(spec, **{attribute: None}) for spec in worn]))
+    c = change.norm(dim=1).mean(0)  # (8, 8)
+    mask = (c / c.max() / full).clamp(max=1)
+    scale = SIZE // mask.shape[0]
+    pixels = (mask * 255).round().to(torch.uint8).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return Image.fromarray(pixels.numpy(), mode="L")
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces", type=int, default=400)
+    parser.add_argument("--regions", type=Path, nargs="*", default=[], help="More mask folders (NAME.png).")
+    parser.add_argument("--write-regions", type=Path, help="Write latent_region's masks here first, and read them.")
+    args = parser.parse_args()
+    vae = load_pipeline("toy", dtype=torch.float32).vae
+    judge = load_judge()
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    folders = [ROOT / "samples" / "regions", *args.regions]
+    if args.write_regions:
+        args.write_regions.mkdir(parents=True, exist_ok=True)
+        for name in ("mustache", "lipstick", "glasses"):
+            latent_region(vae, name).save(args.write_regions / f"{name}.png")
+        folders.append(args.write_regions)
+    for attributes in (("mustache", "lipstick"), ("mustache", "lipstick", "glasses")):
+        faces = [variants(FIRST_SEED + i, attributes) for i in range(args.faces)]
+        z_plain, z_worn = encoded(vae, [f[0] for f in faces]), encoded(vae, [f[2] for f in faces])
+        changes = [encoded(vae, [f[1][k] for f in faces]) - z_plain for k in range(len(attributes))]
+        print(f"\n{args.faces} generator faces, {' + '.join(attributes)}, judged ('all': every attribute shows)")
+        print(f"{'':<52} {' '.join(f'{name:>9}' for name in (*attributes, 'all', 'face', 'face + all'))}")
+        rows = [("VAE round trip, drawn wearing all", z_worn), ("latent changes added", z_plain + sum(changes))]
+        masks = {str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder):
+                 [load_mask(str(folder / f"{name}.png"), SIZE, SIZE, scale) for name in attributes]
+                 for folder in folders}
+        rows += [(f"… each in its mask: {label}", z_plain + sum(m * change for m, change in zip(mask, changes)))
+                 for label, mask in masks.items()]
+        for label, latents in rows:
+            print(f"  {label:<50} {judged(judge, decoded(vae, latents), attributes)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
