@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from bench_methods import shown_cells
 from PIL import Image
 
 from loramix.cli.quiet import quiet_libraries
@@ -52,19 +53,12 @@ def decoded(vae, latents: torch.Tensor) -> torch.Tensor:
     return torch.cat([vae.decode(latents[i:i + BATCH]).sample.clamp(-1, 1) for i in range(0, len(latents), BATCH)])
 
 
-def judged(judge, images: torch.Tensor, attributes: tuple[str, ...]) -> str:
-    verdicts = judge.verdicts(images).float()  # (N, 4): face, mustache, lipstick, glasses
-    shown = [verdicts[:, ATTRIBUTES.index(name)] for name in attributes]
-    every = torch.stack(shown).prod(0)
-    return " ".join(f"{column.mean():>9.0%}" for column in (*shown, every, verdicts[:, 0], every * verdicts[:, 0]))
-
-
 def latent_region(vae, attribute: str, faces: int = 400, full: float = 0.3) -> Image.Image:
     """m = min(c / full, 1), c the attribute's mean change of the latent per latent pixel over `faces` generator
     faces (‖z_worn − z_plain‖ over the channels, 1 at its peak), as a 64 × 64 image whose 8 × 8 blocks
     `load_mask` averages back to m exactly."""
     worn = [sample_face(REGION_SEED + i, **{attribute: True}) for i in range(faces)]
-    change = (encoded(vae, worn) - encoded(vae, [replace(spec, **{attribute: None}) for spec in worn]))
+    change = encoded(vae, worn) - encoded(vae, [replace(spec, **{attribute: None}) for spec in worn])
     c = change.norm(dim=1).mean(0)  # (8, 8)
     mask = (c / c.max() / full).clamp(max=1)
     scale = SIZE // mask.shape[0]
@@ -79,9 +73,9 @@ def main() -> None:
     parser.add_argument("--regions", type=Path, nargs="*", default=[], help="More mask folders (NAME.png).")
     parser.add_argument("--write-regions", type=Path, help="Write latent_region's masks here first, and read them.")
     args = parser.parse_args()
-    vae = load_pipeline("toy", dtype=torch.float32).vae
+    pipeline = load_pipeline("toy", dtype=torch.float32)
+    vae, scale = pipeline.vae, pipeline.vae_scale_factor
     judge = load_judge()
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
     folders = [ROOT / "samples" / "regions", *args.regions]
     if args.write_regions:
         args.write_regions.mkdir(parents=True, exist_ok=True)
@@ -92,8 +86,9 @@ def main() -> None:
         faces = [variants(FIRST_SEED + i, attributes) for i in range(args.faces)]
         z_plain, z_worn = encoded(vae, [f[0] for f in faces]), encoded(vae, [f[2] for f in faces])
         changes = [encoded(vae, [f[1][k] for f in faces]) - z_plain for k in range(len(attributes))]
-        print(f"\n{args.faces} generator faces, {' + '.join(attributes)}, judged ('all': every attribute shows)")
-        print(f"{'':<52} {' '.join(f'{name:>9}' for name in (*attributes, 'all', 'face', 'face + all'))}")
+        print(f"\n{args.faces} generator faces, {' + '.join(attributes)}, judged\n")
+        print(f"| latents | {' | '.join(attributes)} | all {len(attributes)} | face |")
+        print("|---|" + "---|" * (len(attributes) + 2))
         rows = [("VAE round trip, drawn wearing all", z_worn), ("latent changes added", z_plain + sum(changes))]
         masks = {str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder):
                  [load_mask(str(folder / f"{name}.png"), SIZE, SIZE, scale) for name in attributes]
@@ -101,7 +96,8 @@ def main() -> None:
         rows += [(f"… each in its mask: {label}", z_plain + sum(m * change for m, change in zip(mask, changes)))
                  for label, mask in masks.items()]
         for label, latents in rows:
-            print(f"  {label:<50} {judged(judge, decoded(vae, latents), attributes)}", flush=True)
+            verdicts = judge.verdicts(decoded(vae, latents))
+            print(f"| {label} | {shown_cells(verdicts, [ATTRIBUTES.index(n) for n in attributes])} |", flush=True)
 
 
 if __name__ == "__main__":
