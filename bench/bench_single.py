@@ -19,7 +19,8 @@ round on the mustache's training faces; thirteenth (THIRTEENTH_SEEDS × THIRTEEN
 read, at the start of a round on what the mustache's training does beside its faces; fourteenth
 (FOURTEENTH_SEEDS × FOURTEENTH phrasings) before thirteenth was read, at the start of a round on the lipstick under
 the mustache and the mustache's captions; fifteenth (FIFTEENTH_SEEDS × FIFTEENTH phrasings) after fourteenth was
-read, at the start of a round on the regions' masks.
+read, at the start of a round on the regions' masks; sixteenth (SIXTEENTH_SEEDS × SIXTEENTH phrasings) after
+fifteenth was read, at the start of a round on the triple's faces under the regions.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ TWELFTH_SEEDS = range(25000, 25128)
 THIRTEENTH_SEEDS = range(27000, 27128)
 FOURTEENTH_SEEDS = range(29000, 29128)
 FIFTEENTH_SEEDS = range(31000, 31128)
+SIXTEENTH_SEEDS = range(33000, 33128)
 
 TUNE = {
     "mustache": (
@@ -494,6 +495,38 @@ FIFTEENTH = {
     ),
 }
 
+# Written before the round that followed FIFTEENTH (the triple's faces under the regions), with FIFTEENTH's figures in
+# hand and nothing tuned on these.
+SIXTEENTH = {
+    "mustache": (
+        "a neutral woman with long black hair, blue eyes and a ginger handlebar mustache on a grey background",
+        "drawing of a surprised man, mustache",
+        "a person with round glasses and purple lipstick and a brown chevron mustache",
+        "photo, a smiling face with a black pencil mustache",
+        "a grey mustache on a sad woman",
+        "portrait of a person with curly blonde hair, brown eyes and a mustache, orange background",
+        "mustache",
+    ),
+    "lipstick": (
+        "a neutral man with long black hair, blue eyes and red lipstick on a grey background",
+        "drawing of a surprised woman, lipstick",
+        "a person with square glasses and a ginger pencil mustache and pink lipstick",
+        "photo, a smiling face with purple lipstick",
+        "dark red lipstick on a sad person",
+        "portrait of a woman with curly blonde hair, brown eyes and lipstick, orange background",
+        "lipstick",
+    ),
+    "glasses": (
+        "a neutral man with long black hair, blue eyes and square red glasses on a grey background",
+        "drawing of a surprised woman, glasses",
+        "a person with a brown handlebar mustache and dark red lipstick and round glasses",
+        "photo, a smiling face with sunglasses",
+        "black glasses on a sad man",
+        "portrait of a man with curly blonde hair, brown eyes and glasses, orange background",
+        "glasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -700,12 +733,28 @@ FIFTEENTH_SETS = {
     ),
 }
 
+SIXTEENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a neutral woman with long black hair, red lipstick and a brown handlebar mustache on a blue background",
+        "drawing, mustache, lipstick, a surprised face",
+        "portrait of a man with curly blonde hair, grey eyes, a ginger pencil mustache and purple lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a neutral woman with long black hair, round black glasses, red lipstick and a brown handlebar mustache on a "
+        "blue background",
+        "drawing, glasses, mustache, lipstick, a surprised face",
+        "portrait of a man with curly blonde hair, grey eyes, sunglasses, a ginger pencil mustache and purple "
+        "lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
         "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS),
         "twelfth": (TWELFTH, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH, THIRTEENTH_SEEDS),
-        "fourteenth": (FOURTEENTH, FOURTEENTH_SEEDS), "fifteenth": (FIFTEENTH, FIFTEENTH_SEEDS)}
+        "fourteenth": (FOURTEENTH, FOURTEENTH_SEEDS), "fifteenth": (FIFTEENTH, FIFTEENTH_SEEDS),
+        "sixteenth": (SIXTEENTH, SIXTEENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
@@ -715,7 +764,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "tenth": (TENTH_SETS, TENTH_SEEDS), "eleventh": (ELEVENTH_SETS, ELEVENTH_SEEDS),
                  "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH_SETS, THIRTEENTH_SEEDS),
                  "fourteenth": (FOURTEENTH_SETS, FOURTEENTH_SEEDS),
-                 "fifteenth": (FIFTEENTH_SETS, FIFTEENTH_SEEDS)}
+                 "fifteenth": (FIFTEENTH_SETS, FIFTEENTH_SEEDS),
+                 "sixteenth": (SIXTEENTH_SETS, SIXTEENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
