@@ -23,7 +23,8 @@ below); regional-late-own-prompts is that with each LoRA's prompt its own; regio
 mustache from 60% (STAGGERED_STARTS below). pixel-sum (only when --methods names it) renders each LoRA's image
 apart, regional with its own mask and prompt (the mustache from the first step, the others from 40%:
 PIXEL_SUM_STARTS), and adds their changes from the base's image in pixels: M + L − B. The first rows are the
-ceiling: a LoRA trained on faces wearing every attribute of the set.
+ceiling: a LoRA trained on faces wearing every attribute of the set (and with --joint-steps N, the same trained N
+steps).
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -161,22 +162,24 @@ def lora_file(folder: Path, name: str, orthogonal_slot: int | None = None) -> Pa
     return path
 
 
-def joint_lora_file(folder: Path, names: tuple[str, ...]) -> Path:
+def joint_lora_file(folder: Path, names: tuple[str, ...], steps: int | None = None) -> Path:
     """The ceiling: one LoRA trained on faces wearing every attribute of `names` at once, by the first
-    attribute's recipe (same steps, rank and data size as the single LoRAs), its dataset swapped."""
-    label = "+".join(names)
+    attribute's recipe (same steps, rank and data size as the single LoRAs), its dataset swapped. With `steps`,
+    the same trained that many steps instead: what more training leaves the ceiling (same faces)."""
+    label = "+".join(names) + (f"-{steps}steps" if steps else "")
     path = folder / f"joint-{label}.safetensors"
     if not path.is_file():
         from loramix.toy.faces import write_dataset
 
-        data, run = folder / f"joint-{label}-data", folder / f"joint-{label}-run"
+        data, run = folder / f"joint-{'+'.join(names)}-data", folder / f"joint-{label}-run"
         recipe = ROOT / "recipes" / f"{names[0]}.toml"
         single_data = (recipe.parent / tomllib.loads(recipe.read_text())["dataset"]).resolve()
         count = len([f for f in single_data.glob("*.png") if not f.name.endswith(".mask.png")])
         write_dataset(data, count, seed=104 + len(names), masks=True, **dict.fromkeys(names, True))
         print(f"training the joint {label} LoRA ({recipe.name}, dataset {data}) into {folder}", flush=True)
+        more = ["--steps", str(steps)] if steps else []
         subprocess.run([sys.executable, "-m", "loramix", "train", str(recipe), "--dataset", str(data),
-                        "--output", str(run), "--name", f"joint-{label}"], check=True)
+                        "--output", str(run), "--name", f"joint-{label}", *more], check=True)
         (run / f"joint-{label}.safetensors").replace(path)
     return path
 
@@ -306,6 +309,8 @@ def main() -> None:
     parser.add_argument("--grid-method", default="exact")
     parser.add_argument("--per-phrasing", action="store_true",
                         help="Under every row, its phrasings' figures: every attribute and face, each phrasing.")
+    parser.add_argument("--joint-steps", type=int, help="Also a joint LoRA trained this many steps (the recipe's "
+                        "other keys and faces unchanged): what more training leaves the ceiling.")
     parser.add_argument("--first", type=int, help="Only the first N seeds (the read sets' rounds used 64).")
     parser.add_argument("--regions", type=Path, default=ROOT / "samples" / "regions",
                         help="The regional rows' masks: NAME.png in this folder.")
@@ -351,6 +356,9 @@ def main() -> None:
         rows = [("base", "", (), "exact", None)]
         joint = WeightedFile(str(joint_lora_file(args.loras, names)), 1.0)
         rows += [("joint LoRA (the ceiling)", "1", (joint,), "exact", names)]
+        if args.joint_steps:
+            longer = WeightedFile(str(joint_lora_file(args.loras, names, args.joint_steps)), 1.0)
+            rows += [(f"joint LoRA, {args.joint_steps} steps", "1", (longer,), "exact", names)]
         rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
         masks = {n: str(args.regions / f"{n}.png") for n in names}
         rows += [(method, together,
