@@ -166,12 +166,13 @@ def joint_lora_file(folder: Path, names: tuple[str, ...], steps: int | None = No
     """The ceiling: one LoRA trained on faces wearing every attribute of `names` at once, by the first
     attribute's recipe (same steps, rank and data size as the single LoRAs), its dataset swapped. With `steps`,
     the same trained that many steps instead: what more training leaves the ceiling (same faces)."""
-    label = "+".join(names) + (f"-{steps}steps" if steps else "")
+    joined = "+".join(names)
+    label = joined + (f"-{steps}steps" if steps else "")
     path = folder / f"joint-{label}.safetensors"
     if not path.is_file():
         from loramix.toy.faces import write_dataset
 
-        data, run = folder / f"joint-{'+'.join(names)}-data", folder / f"joint-{label}-run"
+        data, run = folder / f"joint-{joined}-data", folder / f"joint-{label}-run"
         recipe = ROOT / "recipes" / f"{names[0]}.toml"
         single_data = (recipe.parent / tomllib.loads(recipe.read_text())["dataset"]).resolve()
         count = len([f for f in single_data.glob("*.png") if not f.name.endswith(".mask.png")])
