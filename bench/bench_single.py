@@ -20,7 +20,9 @@ read, at the start of a round on what the mustache's training does beside its fa
 (FOURTEENTH_SEEDS × FOURTEENTH phrasings) before thirteenth was read, at the start of a round on the lipstick under
 the mustache and the mustache's captions; fifteenth (FIFTEENTH_SEEDS × FIFTEENTH phrasings) after fourteenth was
 read, at the start of a round on the regions' masks; sixteenth (SIXTEENTH_SEEDS × SIXTEENTH phrasings) after
-fifteenth was read, at the start of a round on the triple's faces under the regions.
+fifteenth was read, at the start of a round on the triple's faces under the regions; seventeenth
+(SEVENTEENTH_SEEDS × SEVENTEENTH phrasings) after sixteenth was read, at the start of a round on the single LoRAs'
+training length.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ THIRTEENTH_SEEDS = range(27000, 27128)
 FOURTEENTH_SEEDS = range(29000, 29128)
 FIFTEENTH_SEEDS = range(31000, 31128)
 SIXTEENTH_SEEDS = range(33000, 33128)
+SEVENTEENTH_SEEDS = range(35000, 35128)
 
 TUNE = {
     "mustache": (
@@ -527,6 +528,36 @@ SIXTEENTH = {
     ),
 }
 
+SEVENTEENTH = {
+    "mustache": (
+        "a smiling man with short blonde hair, grey eyes and a brown pencil mustache on a green background",
+        "cartoon of a sad woman, mustache",
+        "a person with dark red lipstick and sunglasses and a ginger chevron mustache",
+        "picture, a neutral face with a grey handlebar mustache",
+        "a black mustache on a surprised man",
+        "portrait of a woman with a bun, blue eyes and a mustache, red background",
+        "person, mustache",
+    ),
+    "lipstick": (
+        "a smiling woman with short blonde hair, grey eyes and purple lipstick on a green background",
+        "cartoon of a sad man, lipstick",
+        "a person with a brown handlebar mustache and sunglasses and red lipstick",
+        "picture, a neutral face with pink lipstick",
+        "dark red lipstick on a surprised woman",
+        "portrait of a man with a bun, blue eyes and lipstick, red background",
+        "person, lipstick",
+    ),
+    "glasses": (
+        "a smiling woman with short blonde hair, grey eyes and round brown glasses on a green background",
+        "cartoon of a sad man, glasses",
+        "a person with purple lipstick and a black pencil mustache and square glasses",
+        "picture, a neutral face with sunglasses",
+        "round glasses on a surprised woman",
+        "portrait of a man with a bun, blue eyes and glasses, red background",
+        "person, glasses",
+    ),
+}
+
 # The composed sets' last phrasings, with FINAL_SEEDS: written before the second round of composition tuning (how
 # overlapping regions combine and which mustache recipe composes, on TUNE_PAIR and the HELD_OUT seeds), which
 # followed FRESH_SETS' figures. That round's figures are read here, where nothing was chosen.
@@ -748,13 +779,29 @@ SIXTEENTH_SETS = {
     ),
 }
 
+# Written at the start of the round that followed SIXTEENTH (the single LoRAs' training length, and the lock's newer
+# peft and transformers), with SIXTEENTH's figures in hand and nothing tuned on these.
+SEVENTEENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a smiling woman with short blonde hair, purple lipstick and a black chevron mustache on a green background",
+        "picture, lipstick, mustache, a neutral face",
+        "portrait of a man with a bun, blue eyes, a brown pencil mustache and pink lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a smiling woman with short blonde hair, sunglasses, purple lipstick and a black chevron mustache on a green "
+        "background",
+        "picture, mustache, glasses, lipstick, a neutral face",
+        "portrait of a man with a bun, blue eyes, square brown glasses, a grey pencil mustache and dark red lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
         "tenth": (TENTH, TENTH_SEEDS), "eleventh": (ELEVENTH, ELEVENTH_SEEDS),
         "twelfth": (TWELFTH, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH, THIRTEENTH_SEEDS),
         "fourteenth": (FOURTEENTH, FOURTEENTH_SEEDS), "fifteenth": (FIFTEENTH, FIFTEENTH_SEEDS),
-        "sixteenth": (SIXTEENTH, SIXTEENTH_SEEDS)}
+        "sixteenth": (SIXTEENTH, SIXTEENTH_SEEDS), "seventeenth": (SEVENTEENTH, SEVENTEENTH_SEEDS)}
 # The composed sets' phrasings and seeds by name, as SETS is the singles' (bench_methods.py adds its own held-out).
 COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "fresh": (FRESH_SETS, FRESH_SEEDS),
                  "final": (FINAL_SETS, FINAL_SEEDS), "last": (LAST_SETS, LAST_SEEDS),
@@ -765,7 +812,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "twelfth": (TWELFTH_SETS, TWELFTH_SEEDS), "thirteenth": (THIRTEENTH_SETS, THIRTEENTH_SEEDS),
                  "fourteenth": (FOURTEENTH_SETS, FOURTEENTH_SEEDS),
                  "fifteenth": (FIFTEENTH_SETS, FIFTEENTH_SEEDS),
-                 "sixteenth": (SIXTEENTH_SETS, SIXTEENTH_SEEDS)}
+                 "sixteenth": (SIXTEENTH_SETS, SIXTEENTH_SEEDS),
+                 "seventeenth": (SEVENTEENTH_SETS, SEVENTEENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
