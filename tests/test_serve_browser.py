@@ -69,7 +69,8 @@ def wait_for(driver, condition, timeout: float = WAIT) -> None:
 
 
 def shown(driver) -> int:
-    return driver.execute_script("return window.loramixShown")
+    # 0 until the page's own script has set it: in a full run on two busy cores the first poll once found it unset
+    return driver.execute_script("return window.loramixShown ?? 0")
 
 
 def card(driver, name: str):
