@@ -12,11 +12,10 @@ LATEST := build/latest
 # CUDA build); everything else still comes from the lock.
 TORCH ?= lock
 # The torch release `make lock` pins; the rest of the lock is the newest that pyproject.toml allows, but for
-# LOCK_HOLDS: transformers 5.24's adapter methods refuse peft 0.21, the newest published (2026-12-01), so the
-# lock keeps 5.23, the newest release that accepts it. loramix itself passes its suite on both. selenium 4.52
-# (test extra) needs a certifi>=2026.10.23 that is not published (2026-12-01): the lock keeps 4.51.
+# LOCK_HOLDS: selenium 4.52 (test extra) needs a certifi>=2026.10.23 that is not published (2026-12-07): the lock
+# keeps 4.51.
 TORCH_VERSION ?= 2.13.0
-LOCK_HOLDS ?= transformers<5.24 selenium<4.52
+LOCK_HOLDS ?= selenium<4.52
 
 .PHONY: demo test test-fast lint bench clean lock check-latest venv
 
