@@ -272,6 +272,11 @@ def recorded_file(method: str, pipeline, loras: PipelineLoras, files: dict[str, 
     return WeightedFile(str(path), 1.0), time.perf_counter() - start
 
 
+def chosen(names: tuple[str, ...], sets: str) -> bool:
+    """Whether --sets ('2,3', 'mustache+glasses') asks for the set of LoRAs `names`."""
+    return any(item == str(len(names)) or item == "+".join(names) for item in sets.split(","))
+
+
 def composition_of(method: str) -> Composition:
     return Composition(method, rank=8 if method == "merge-svd" else None)
 
@@ -303,7 +308,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED),
                                                        *RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE,
                                                        LATE_OWN_PROMPTS, STAGGERED]))
-    parser.add_argument("--sets", default="2,3", help="Which sets: 2 (mustache + lipstick), 3 (all three).")
+    parser.add_argument("--sets", default="2,3",
+                        help="Which sets: a count (2: every pair the set phrases, 3: all three) or LoRAs joined by "
+                             "+ (mustache+glasses), comma-separated.")
     parser.add_argument("--judge", type=Path, help="Judge weights (default: the shipped judge).")
     parser.add_argument("--grid", type=Path, help="Save the pair and the triple by --grid-method: a row of "
                                                   f"{GRID_SEEDS} seeds each, under the base's renders.")
@@ -342,7 +349,7 @@ def main() -> None:
     loras = PipelineLoras(pipeline)
     grid_rows, grid_labels = [], []
     scratch = Path(tempfile.mkdtemp(prefix="bench-methods-"))
-    for names in [names for names in phrasings if str(len(names)) in args.sets.split(",")]:
+    for names in [names for names in phrasings if chosen(names, args.sets)]:
         prompts = phrasings[names]
         files = {name: WeightedFile(str(lora_file(args.loras, name)), weights[name]) for name in names}
         columns = [ATTRIBUTES.index(name) for name in names]

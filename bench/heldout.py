@@ -32,6 +32,7 @@ FOURTEENTH_SEEDS = range(29000, 29128)
 FIFTEENTH_SEEDS = range(31000, 31128)
 SIXTEENTH_SEEDS = range(33000, 33128)
 SEVENTEENTH_SEEDS = range(35000, 35128)
+EIGHTEENTH_SEEDS = range(37000, 37128)
 
 TUNE = {
     "mustache": (
@@ -795,6 +796,33 @@ SEVENTEENTH_SETS = {
     ),
 }
 
+# Written at the start of the round that asked whether LoRAs whose regions share no latent pixel compose as well as
+# they show alone (the mustache with the glasses, the lipstick with the glasses), beside the pair and triple, with
+# SEVENTEENTH's figures in hand and nothing tuned on these.
+EIGHTEENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a surprised man with long brown hair, pink lipstick and a grey handlebar mustache on a red background",
+        "photo, mustache, lipstick, a smiling face",
+        "drawing of a woman with a bun, green eyes, a black pencil mustache and dark red lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a surprised man with long brown hair, round black glasses, pink lipstick and a grey handlebar mustache on a "
+        "red background",
+        "photo, lipstick, glasses, mustache, a smiling face",
+        "drawing of a woman with a bun, green eyes, sunglasses, a black pencil mustache and dark red lipstick",
+    ),
+    ("mustache", "glasses"): (
+        "a surprised man with long brown hair, square brown glasses and a grey handlebar mustache on a red background",
+        "photo, glasses, mustache, a smiling face",
+        "drawing of a woman with a bun, green eyes, sunglasses and a ginger chevron mustache",
+    ),
+    ("lipstick", "glasses"): (
+        "a surprised woman with long brown hair, round black glasses and pink lipstick on a red background",
+        "photo, lipstick, glasses, a smiling face",
+        "drawing of a man with a bun, green eyes, square glasses and dark red lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
@@ -813,7 +841,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "fourteenth": (FOURTEENTH_SETS, FOURTEENTH_SEEDS),
                  "fifteenth": (FIFTEENTH_SETS, FIFTEENTH_SEEDS),
                  "sixteenth": (SIXTEENTH_SETS, SIXTEENTH_SEEDS),
-                 "seventeenth": (SEVENTEENTH_SETS, SEVENTEENTH_SEEDS)}
+                 "seventeenth": (SEVENTEENTH_SETS, SEVENTEENTH_SEEDS),
+                 "eighteenth": (EIGHTEENTH_SETS, EIGHTEENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
