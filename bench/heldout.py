@@ -33,6 +33,7 @@ FIFTEENTH_SEEDS = range(31000, 31128)
 SIXTEENTH_SEEDS = range(33000, 33128)
 SEVENTEENTH_SEEDS = range(35000, 35128)
 EIGHTEENTH_SEEDS = range(37000, 37128)
+NINETEENTH_SEEDS = range(39000, 39128)
 
 TUNE = {
     "mustache": (
@@ -796,9 +797,9 @@ SEVENTEENTH_SETS = {
     ),
 }
 
-# Written at the start of the round that asked whether LoRAs whose regions share no latent pixel compose as well as
-# they show alone (the mustache with the glasses, the lipstick with the glasses), beside the pair and triple, with
-# SEVENTEENTH's figures in hand and nothing tuned on these.
+# Written at the start of the round that asked whether LoRAs whose attributes seldom draw in the same latent pixel
+# compose as well as they show alone (the mustache with the glasses, the lipstick with the glasses), beside the pair
+# and triple, with SEVENTEENTH's figures in hand and nothing tuned on these.
 EIGHTEENTH_SETS = {
     ("mustache", "lipstick"): (
         "a surprised man with long brown hair, pink lipstick and a grey handlebar mustache on a red background",
@@ -823,6 +824,23 @@ EIGHTEENTH_SETS = {
     ),
 }
 
+# Written when EIGHTEENTH had shown the lipstick alone by the recommended way at 91% (99% on the whole image), before
+# the round on the lipstick's region (its box, or where it changes the latent), which reads SEVENTEENTH and
+# EIGHTEENTH; its figure is read here, where nothing was chosen.
+NINETEENTH_SETS = {
+    ("mustache", "lipstick"): (
+        "a sad woman with short black hair, blue eyes, red lipstick and a brown chevron mustache on a grey background",
+        "cartoon, lipstick, mustache, a surprised face",
+        "photo of a man with curly grey hair, a ginger handlebar mustache and purple lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a sad woman with short black hair, blue eyes, square black glasses, red lipstick and a brown chevron mustache "
+        "on a grey background",
+        "cartoon, mustache, lipstick, glasses, a surprised face",
+        "photo of a man with curly grey hair, sunglasses, a ginger handlebar mustache and purple lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
@@ -842,7 +860,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "fifteenth": (FIFTEENTH_SETS, FIFTEENTH_SEEDS),
                  "sixteenth": (SIXTEENTH_SETS, SIXTEENTH_SEEDS),
                  "seventeenth": (SEVENTEENTH_SETS, SEVENTEENTH_SEEDS),
-                 "eighteenth": (EIGHTEENTH_SETS, EIGHTEENTH_SEEDS)}
+                 "eighteenth": (EIGHTEENTH_SETS, EIGHTEENTH_SEEDS),
+                 "nineteenth": (NINETEENTH_SETS, NINETEENTH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
