@@ -4,6 +4,11 @@ encoded by the toy base's VAE; the changes z_k − z_plain added onto z_plain, e
 as `--method regional` adds them, decoded and judged, beside the round trip of the face drawn wearing them all
 (what a joint LoRA could give at best).
 
+First, for each pair of attributes, how often the two draw in a common latent pixel of the same face (each
+attribute's drawn pixels, `attribute_mask` ungrown, taken to the 8 × 8 latent blocks they fall in), and the
+share of the second's latent pixels the first draws in too, at 8 × 8 and at the 16 × 16 a VAE downsampling by 4
+would give.
+
 No denoising is involved: each LoRA is taken to draw its attribute perfectly, so what a row loses, the latent or
 the masks lose. The masks: the shipped samples/regions (each attribute's box) and any folder of NAME.png given
 with --regions. --write-regions DIR first writes regions of another kind there: where each attribute changes the
@@ -18,6 +23,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from bench_methods import shown_cells
 from PIL import Image
@@ -25,6 +31,7 @@ from PIL import Image
 from loramix.cli.quiet import quiet_libraries
 from loramix.models.load import load_pipeline
 from loramix.render.regions import load_mask
+from loramix.toy.face_drawing import attribute_mask
 from loramix.toy.face_spec import sample_face
 from loramix.toy.faces import draw_faces
 from loramix.toy.judge import ATTRIBUTES, SIZE, load_judge, to_tensor
@@ -66,6 +73,25 @@ def latent_region(vae, attribute: str, faces: int = 400, full: float = 0.3) -> I
     return Image.fromarray(pixels.numpy(), mode="L")
 
 
+def latent_pixels(spec, attribute: str, scale: int) -> torch.Tensor:
+    """(SIZE/scale)² booleans: the latent pixels whose scale × scale block holds a pixel `attribute` drew on the
+    face of `spec` (as if it wore nothing else)."""
+    drawn = torch.from_numpy(np.asarray(attribute_mask(spec, SIZE, grow=0, attribute=attribute)) > 0)
+    return drawn.reshape(SIZE // scale, scale, SIZE // scale, scale).any(dim=3).any(dim=1)
+
+
+def shared_latent_pixels(first: str, second: str, faces: int, scale: int) -> tuple[float, float]:
+    """Over `faces` generator faces wearing both: the share of faces on which the two attributes draw in a common
+    latent pixel, and the mean share of `second`'s latent pixels that `first` draws in too."""
+    shared, share = 0, 0.0
+    for i in range(faces):
+        spec = sample_face(FIRST_SEED + i, **{first: True, second: True})
+        a, b = latent_pixels(spec, first, scale), latent_pixels(spec, second, scale)
+        shared += bool((a & b).any())
+        share += float((a & b).sum() / b.sum())
+    return shared / faces, share / faces
+
+
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,6 +108,13 @@ def main() -> None:
         for name in ("mustache", "lipstick", "glasses"):
             latent_region(vae, name).save(args.write_regions / f"{name}.png")
         folders.append(args.write_regions)
+    print(f"| {args.faces} generator faces wearing both | faces where they draw in a common latent pixel | "
+          f"share of the second's latent pixels the first draws in too | the same at 16 × 16 latents |")
+    print("|---|---|---|---|")
+    for first, second in (("mustache", "lipstick"), ("mustache", "glasses"), ("lipstick", "glasses")):
+        shared, share = shared_latent_pixels(first, second, args.faces, scale)
+        _, finer = shared_latent_pixels(first, second, args.faces, scale // 2)
+        print(f"| {first} + {second} | {shared:.0%} | {share:.0%} | {finer:.0%} |", flush=True)
     for attributes in (("mustache", "lipstick"), ("mustache", "lipstick", "glasses")):
         faces = [variants(FIRST_SEED + i, attributes) for i in range(args.faces)]
         z_plain, z_worn = encoded(vae, [f[0] for f in faces]), encoded(vae, [f[2] for f in faces])

@@ -2,11 +2,13 @@
 attribute, is it still a face, and what else did the LoRAs change?
 
     python bench/bench_methods.py [--loras build/loras] [--weights mustache=1,lipstick=1,glasses=1]
-                                  [--seeds 1000-1063] [--methods exact,switch,…] [--sets 2,3] [--judge FILE]
+                                  [--seeds 1000-1063] [--methods exact,switch,…] [--sets 2,3,mustache+glasses]
+                                  [--judge FILE]
                                   [--set held-out|NAME of bench/heldout.py's COMPOSED_SETS] [--late-start 0.4]
                                   [--grid docs/methods.png --grid-method exact]
 
-For the pair mustache + lipstick and for all three LoRAs (with glasses), renders every seed with each of three
+For the pair mustache + lipstick and for all three LoRAs (with glasses), and for the pairs with the glasses where
+a set phrases them (mustache + glasses, lipstick + glasses: EIGHTEENTH), renders every seed with each of three
 phrasings of a prompt naming every attribute (seeds and phrasings that no LoRA was trained or tuned on), by the base
 alone, each LoRA alone (exact) and every method in `loramix.choices.RENDER_METHODS` (read from there, so a method
 added later is benched too; one that needs inputs the bench lacks is skipped with a note; sequential, which renders
@@ -20,11 +22,11 @@ trained in orthogonal adaptation's slots (mustache 0, lipstick 1, glasses 2), ea
 regional-own-prompts is regional with each LoRA's calls conditioned on a prompt naming its attribute alone
 (`--lora-prompt`, LORA_PROMPTS below). regional-late is regional with each LoRA on from 40% of the steps (LATE_START
 below); regional-late-own-prompts is that with each LoRA's prompt its own; regional-staggered is that with the
-mustache from 60% (STAGGERED_STARTS below). pixel-sum (only when --methods names it) renders each LoRA's image
-apart, regional with its own mask and prompt (the mustache from the first step, the others from 40%:
-PIXEL_SUM_STARTS), and adds their changes from the base's image in pixels: M + L − B. The first rows are the
-ceiling: a LoRA trained on faces wearing every attribute of the set (and with --joint-steps N, the same trained N
-steps).
+mustache from 60% (STAGGERED_STARTS below), and comes with each LoRA rendered the same way alone. pixel-sum
+(only when --methods names it) renders each LoRA's image apart, regional with its own mask and prompt (the
+mustache from the first step, the others from 40%: PIXEL_SUM_STARTS), and adds their changes from the base's image
+in pixels: M + L − B. The first rows are the ceiling: a LoRA trained on faces wearing every attribute of the set
+(and with --joint-steps N, the same trained N steps).
 
 Prints a markdown table per set: % of images with each attribute, % with all of them, % still a face (the
 judge's face output, which rejects warped, smeared, blended and partial faces), two locality figures and
@@ -319,6 +321,9 @@ def main() -> None:
                         help="Under every row, its phrasings' figures: every attribute and face, each phrasing.")
     parser.add_argument("--joint-steps", type=int, help="Also a joint LoRA trained this many steps (the recipe's "
                         "other keys and faces unchanged): what more training leaves the ceiling.")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="Only the base and the methods: no ceiling, no LoRA alone (comparing masks or starts on "
+                             "sets whose reference rows are already measured).")
     parser.add_argument("--first", type=int, help="Only the first N seeds (the read sets' rounds used 64).")
     parser.add_argument("--regions", type=Path, default=ROOT / "samples" / "regions",
                         help="The regional rows' masks: NAME.png in this folder.")
@@ -362,12 +367,15 @@ def main() -> None:
         base = render_all(pipeline, loras, (), Composition(), prompts, seeds)
         base_pixels = pixels(base.images)
         rows = [("base", "", (), "exact", None)]
-        joint = WeightedFile(str(joint_lora_file(args.loras, names)), 1.0)
-        rows += [("joint LoRA (the ceiling)", "1", (joint,), "exact", names)]
+        if args.reference:
+            joint = WeightedFile(str(joint_lora_file(args.loras, names)), 1.0)
+            rows += [("joint LoRA (the ceiling)", "1", (joint,), "exact", names)]
         if args.joint_steps:
             longer = WeightedFile(str(joint_lora_file(args.loras, names, args.joint_steps)), 1.0)
             rows += [(f"joint LoRA, {args.joint_steps} steps", "1", (longer,), "exact", names)]
-        rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,)) for name in names]
+        if args.reference:
+            rows += [(f"{name} alone", f"{files[name].weight:g}", (files[name],), "exact", (name,))
+                     for name in names]
         masks = {n: str(args.regions / f"{n}.png") for n in names}
         rows += [(method, together,
                   tuple(replace(files[n], mask=masks[n]) if method in MASKED_METHODS else files[n] for n in names),
@@ -385,8 +393,11 @@ def main() -> None:
                          "regional", names))
         if STAGGERED in methods:
             starts = {n: STAGGERED_STARTS.get(n, args.late_start) for n in names}
-            rows.append((STAGGERED, f"{together} {starts_text(starts)}",
-                         own_regions_from_step(files, starts, masks, lora_prompts), "regional", names))
+            staggered = own_regions_from_step(files, starts, masks, lora_prompts)
+            # each LoRA the same way with no other beside it: what the way costs, apart from the company's cost
+            rows += [(f"{n} alone, {STAGGERED}", f"{files[n].weight:g} from {starts[n]:g}", (staggered[i],),
+                      "regional", (n,)) for i, n in enumerate(names) if args.reference]
+            rows.append((STAGGERED, f"{together} {starts_text(starts)}", staggered, "regional", names))
         if OWN_PROMPTS in methods:
             rows.append((OWN_PROMPTS, together,
                          tuple(replace(files[n], mask=masks[n], prompt=lora_prompts[n]) for n in names), "regional",
@@ -432,7 +443,7 @@ def main() -> None:
                 print("\n".join(stage_report(result, names, judge)), flush=True)
             if args.grid and label in ("base", "joint LoRA (the ceiling)", args.grid_method):
                 grid_rows.append(result.images[: min(GRID_SEEDS, len(seeds))])  # the first phrasing's
-                grid_labels.append(f"{len(names)} LoRAs, {label}" if label != "base" else f"base ({len(names)})")
+                grid_labels.append(f"{'+'.join(names)}, {label}" if label != "base" else "base")
     if args.grid and grid_rows:
         title = f"{args.grid_method}, each set's first phrasing"
         grid = labelled_grid(grid_rows, [f"seed {seed}" for seed in seeds[:GRID_SEEDS]], grid_labels, scale=2,
