@@ -73,23 +73,26 @@ def latent_region(vae, attribute: str, faces: int = 400, full: float = 0.3) -> I
     return Image.fromarray(pixels.numpy(), mode="L")
 
 
-def latent_pixels(spec, attribute: str, scale: int) -> torch.Tensor:
-    """(SIZE/scale)² booleans: the latent pixels whose scale × scale block holds a pixel `attribute` drew on the
-    face of `spec` (as if it wore nothing else)."""
-    drawn = torch.from_numpy(np.asarray(attribute_mask(spec, SIZE, grow=0, attribute=attribute)) > 0)
+def latent_pixels(drawn: torch.Tensor, scale: int) -> torch.Tensor:
+    """(SIZE/scale)² booleans: the latent pixels whose scale × scale block holds a True pixel of `drawn`."""
     return drawn.reshape(SIZE // scale, scale, SIZE // scale, scale).any(dim=3).any(dim=1)
 
 
-def shared_latent_pixels(first: str, second: str, faces: int, scale: int) -> tuple[float, float]:
-    """Over `faces` generator faces wearing both: the share of faces on which the two attributes draw in a common
-    latent pixel, and the mean share of `second`'s latent pixels that `first` draws in too."""
-    shared, share = 0, 0.0
+def shared_latent_pixels(first: str, second: str, faces: int, scales: tuple[int, ...]) -> tuple[float, list[float]]:
+    """Over `faces` generator faces wearing both, each drawn once: the share of faces on which the two attributes
+    draw in a common latent pixel at the first of `scales`, and at each scale the mean share of `second`'s latent
+    pixels that `first` draws in too."""
+    shared, shares = 0, [0.0] * len(scales)
     for i in range(faces):
         spec = sample_face(FIRST_SEED + i, **{first: True, second: True})
-        a, b = latent_pixels(spec, first, scale), latent_pixels(spec, second, scale)
-        shared += bool((a & b).any())
-        share += float((a & b).sum() / b.sum())
-    return shared / faces, share / faces
+        drawn = [torch.from_numpy(np.asarray(attribute_mask(spec, SIZE, grow=0, attribute=name)) > 0)
+                 for name in (first, second)]
+        for k, scale in enumerate(scales):
+            a, b = (latent_pixels(d, scale) for d in drawn)
+            if k == 0:
+                shared += bool((a & b).any())
+            shares[k] += float((a & b).sum() / b.sum())
+    return shared / faces, [share / faces for share in shares]
 
 
 def main() -> None:
@@ -112,8 +115,7 @@ def main() -> None:
           f"share of the second's latent pixels the first draws in too | the same at 16 × 16 latents |")
     print("|---|---|---|---|")
     for first, second in (("mustache", "lipstick"), ("mustache", "glasses"), ("lipstick", "glasses")):
-        shared, share = shared_latent_pixels(first, second, args.faces, scale)
-        _, finer = shared_latent_pixels(first, second, args.faces, scale // 2)
+        shared, (share, finer) = shared_latent_pixels(first, second, args.faces, (scale, scale // 2))
         print(f"| {first} + {second} | {shared:.0%} | {share:.0%} | {finer:.0%} |", flush=True)
     for attributes in (("mustache", "lipstick"), ("mustache", "lipstick", "glasses")):
         faces = [variants(FIRST_SEED + i, attributes) for i in range(args.faces)]
