@@ -34,6 +34,7 @@ SIXTEENTH_SEEDS = range(33000, 33128)
 SEVENTEENTH_SEEDS = range(35000, 35128)
 EIGHTEENTH_SEEDS = range(37000, 37128)
 NINETEENTH_SEEDS = range(39000, 39128)
+TWENTIETH_SEEDS = range(41000, 41128)
 
 TUNE = {
     "mustache": (
@@ -841,6 +842,23 @@ NINETEENTH_SETS = {
     ),
 }
 
+# Written at the start of the round on the mustache trained at the noise levels it composes at (a timestep range,
+# kohya's min_timestep / max_timestep), with NINETEENTH's figures in hand; that round reads SEVENTEENTH to
+# NINETEENTH, and its figure is read here, where nothing was chosen.
+TWENTIETH_SETS = {
+    ("mustache", "lipstick"): (
+        "a smiling woman with long brown hair, green eyes, a black pencil mustache and pink lipstick",
+        "lipstick and mustache, cartoon portrait, teal background",
+        "a neutral man with short grey hair, a grey handlebar mustache and dark red lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a smiling woman with long brown hair, green eyes, round black glasses, a black pencil mustache and pink "
+        "lipstick",
+        "glasses, lipstick and mustache, cartoon portrait, teal background",
+        "a neutral man with short grey hair, sunglasses, a grey handlebar mustache and dark red lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
@@ -861,7 +879,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "sixteenth": (SIXTEENTH_SETS, SIXTEENTH_SEEDS),
                  "seventeenth": (SEVENTEENTH_SETS, SEVENTEENTH_SEEDS),
                  "eighteenth": (EIGHTEENTH_SETS, EIGHTEENTH_SEEDS),
-                 "nineteenth": (NINETEENTH_SETS, NINETEENTH_SEEDS)}
+                 "nineteenth": (NINETEENTH_SETS, NINETEENTH_SEEDS),
+                 "twentieth": (TWENTIETH_SETS, TWENTIETH_SEEDS)}
 
 
 def words(prompts) -> set[str]:
