@@ -100,6 +100,10 @@ def test_an_unknown_key_suggests_the_closest(tmp_path):
     ('dataset = "d"\nsteps = 5\ndropout = 1.0\n', r"dropout: must be in \[0, 1\)"),
     ('dataset = "d"\nsteps = 5\ncaption_dropout = -0.1\n', r"caption_dropout: must be in \[0, 1\), got -0.1"),
     ('dataset = "d"\nsteps = 5\ncaption_dropout = 1\n', r"caption_dropout: must be in \[0, 1\), got 1"),
+    ('dataset = "d"\nsteps = 5\nmin_timestep = -1\n', r"min_timestep: must not be negative, got -1"),
+    ('dataset = "d"\nsteps = 5\nmax_timestep = 0\n', r"max_timestep: must be positive, got 0; leave max_timestep out"),
+    ('dataset = "d"\nsteps = 5\nmin_timestep = 400\nmax_timestep = 400\n',
+     r"min_timestep 400 and max_timestep 400: .* min_timestep must be below it"),
     ('dataset = [\n', r"not valid TOML"),
 ])
 def test_bad_values_are_named(tmp_path, text, message):

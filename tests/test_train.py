@@ -107,6 +107,29 @@ def test_training_the_text_encoder_too_without_quantization(mustache_faces, tmp_
     assert any(k.startswith("lora_unet_") for k in keys)
 
 
+def test_timesteps_are_drawn_from_the_recipes_range_and_the_default_is_every_timestep(mustache_faces, tmp_path):
+    """min_timestep and max_timestep bound what the UNet is trained at, [min, max) as kohya's; left out, a step
+    draws from all of the scheduler's timesteps, as before the keys."""
+    from loramix.models.load import load_pipeline
+    from loramix.train.dataset import load_dataset
+    from loramix.train.trainee import LoraTrainee, timestep_range
+
+    data = tmp_path / "two"
+    data.mkdir()
+    for name in ("0000.png", "0000.txt", "0001.png", "0001.txt"):
+        shutil.copy(mustache_faces / name, data / name)
+    run = recipe(data, tmp_path, quantize="none", rank=2, min_timestep=300, max_timestep=305)
+    trainee = LoraTrainee(load_pipeline("toy", quantize="none"), run, torch.device("cpu"))
+    examples = trainee.cache(load_dataset(data, 64), flip=False)
+    seen = []
+    trainee.pipeline.unet.register_forward_pre_hook(lambda _, args: seen.append(args[1].clone()))
+    with torch.no_grad():
+        for step in range(8):
+            trainee.loss(examples, torch.arange(2), torch.Generator().manual_seed(step))
+    assert set(torch.cat(seen).tolist()) == {300, 301, 302, 303, 304}
+    assert timestep_range(recipe(mustache_faces, tmp_path), 1000) == (0, 1000)
+
+
 @pytest.mark.slow  # it must train: 30 steps are what it takes for the loss to fall clear of its noise
 def test_the_loss_goes_down_on_a_repeated_batch(mustache_faces, tmp_path):
     """Sanity of the whole loop: one image, many steps, a high learning rate."""
@@ -163,6 +186,8 @@ def test_two_processes_under_accelerate_launch(mustache_faces, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"base": "nowhere-to-be-found"}, r"^Error: base nowhere-to-be-found: not 'toy', a diffusers folder"),
     ({"dataset": "/nonexistent/faces"}, r"^Error: /nonexistent/faces: no such dataset folder$"),
+    ({"max_timestep": 1200}, r"^Error: max_timestep: 1200 is past the base scheduler's 1000 training timesteps$"),
+    ({"min_timestep": 1000}, r"^Error: min_timestep: 1000 leaves no timestep below 1000 to draw$"),
     ({"learning_rate": 1e6, "max_grad_norm": 0.0, "quantize": "none", "steps": 8},
      r"^Error: the loss became (nan|inf) at step \d: try a lower learning_rate"),
 ])

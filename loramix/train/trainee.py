@@ -117,6 +117,7 @@ class LoraTrainee:
         for encoder in self.text_encoders:
             encoder.train(recipe.train_text_encoder)
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.timesteps = timestep_range(recipe, self.noise_scheduler.config.num_train_timesteps)
         self.resolution = 0
         self._token_ids: dict[str, torch.Tensor] = {}  # caption → its token ids (SD 1.x and 2.x)
         self.first_caption = ""  # what samples show when the recipe names no prompt and no trigger
@@ -240,7 +241,7 @@ class LoraTrainee:
         latents = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)  # (B, C, h, w)
         latents = (latents - examples.shift) * examples.scaling
         noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
+        timesteps = torch.randint(*self.timesteps, (len(index),), generator=generator)
         timesteps = timesteps.to(latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         captions, rows = self.captions_of(examples, index, generator)
@@ -448,6 +449,18 @@ def clip_hidden_states(pipeline, ids: torch.Tensor, device: torch.device) -> tor
     without an attention mask."""
     encoder = pipeline.text_encoder
     return encoder(ids.to(device))[0].to(encoder.dtype)
+
+
+def timestep_range(recipe: TrainRecipe, train_timesteps: int) -> tuple[int, int]:
+    """The [low, high) a step draws its noise timesteps from: the recipe's min_timestep and max_timestep, checked
+    against the base scheduler's count."""
+    high = train_timesteps if recipe.max_timestep is None else recipe.max_timestep
+    if high > train_timesteps:
+        raise TraineeError(f"max_timestep: {high} is past the base scheduler's {train_timesteps} training "
+                           "timesteps")
+    if recipe.min_timestep >= high:
+        raise TraineeError(f"min_timestep: {recipe.min_timestep} leaves no timestep below {high} to draw")
+    return recipe.min_timestep, high
 
 
 def latent_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
