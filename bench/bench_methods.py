@@ -5,6 +5,7 @@ attribute, is it still a face, and what else did the LoRAs change?
                                   [--seeds 1000-1063] [--methods exact,switch,…] [--sets 2,3,mustache+glasses]
                                   [--judge FILE]
                                   [--set held-out|NAME of bench/heldout.py's COMPOSED_SETS] [--late-start 0.4]
+                                  [--start mustache=0.6]
                                   [--grid docs/methods.png --grid-method exact]
 
 For the pair mustache + lipstick and for all three LoRAs (with glasses), and for the pairs with the glasses where
@@ -307,6 +308,8 @@ def main() -> None:
                              "the one no choice was made on.")
     parser.add_argument("--late-start", type=float, default=LATE_START,
                         help="regional-late: the fraction of the steps from which the LoRAs act.")
+    parser.add_argument("--start", action="append", default=[], metavar="NAME=FRACTION",
+                        help="regional-staggered: where NAME starts, instead of STAGGERED_STARTS' (repeatable).")
     parser.add_argument("--methods", default=",".join([*(m for m in RENDER_METHODS if m not in UNBATCHED),
                                                        *RECORDED_METHODS, ORTHOGONAL, OWN_PROMPTS, LATE,
                                                        LATE_OWN_PROMPTS, STAGGERED]))
@@ -337,6 +340,17 @@ def main() -> None:
         if not sep or name not in LORA_PROMPTS or not text.strip():
             parser.error(f"--lora-prompt {item!r}: give NAME=TEXT, NAME one of {', '.join(LORA_PROMPTS)}")
         lora_prompts[name] = text
+    staggered_starts = dict(STAGGERED_STARTS)
+    for item in args.start:
+        name, sep, text = item.partition("=")
+        try:
+            fraction = float(text)
+        except ValueError:
+            fraction = -1.0
+        if not sep or name not in LORA_PROMPTS or not 0 <= fraction <= 1:
+            parser.error(f"--start {item!r}: give NAME=FRACTION, NAME one of {', '.join(LORA_PROMPTS)}, "
+                         "FRACTION in [0, 1]")
+        staggered_starts[name] = fraction
     left_out = [m for m in UNBATCHED if m not in args.methods.split(",")]
     if left_out:
         print(f"note: {', '.join(left_out)} renders one image at a time (about 10× the others' cost here); "
@@ -392,7 +406,7 @@ def main() -> None:
                          own_regions_from_step(files, dict.fromkeys(names, args.late_start), masks, lora_prompts),
                          "regional", names))
         if STAGGERED in methods:
-            starts = {n: STAGGERED_STARTS.get(n, args.late_start) for n in names}
+            starts = {n: staggered_starts.get(n, args.late_start) for n in names}
             staggered = own_regions_from_step(files, starts, masks, lora_prompts)
             # each LoRA the same way with no other beside it: what the way costs, apart from the company's cost
             rows += [(f"{n} alone, {STAGGERED}", f"{files[n].weight:g} from {starts[n]:g}", (staggered[i],),
