@@ -280,6 +280,22 @@ def chosen(names: tuple[str, ...], sets: str) -> bool:
     return any(item == str(len(names)) or item == "+".join(names) for item in sets.split(","))
 
 
+def per_lora(parser: argparse.ArgumentParser, flag: str, items: list[str], form: str, parse, more: str = "") -> dict:
+    """A repeatable flag's NAME=VALUE items by LoRA name, each VALUE read by `parse` (None or ValueError: not one);
+    a bad item ends the bench with the flag's one-line usage error."""
+    values = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            value = parse(text) if sep and name in LORA_PROMPTS else None
+        except ValueError:
+            value = None
+        if value is None:
+            parser.error(f"{flag} {item!r}: give {form}, NAME one of {', '.join(LORA_PROMPTS)}{more}")
+        values[name] = value
+    return values
+
+
 def composition_of(method: str) -> Composition:
     return Composition(method, rank=8 if method == "merge-svd" else None)
 
@@ -334,23 +350,11 @@ def main() -> None:
                         help="The prompt of NAME's own call in the rows that give each LoRA one, instead of "
                              "LORA_PROMPTS' (repeatable).")
     args = parser.parse_args()
-    lora_prompts = dict(LORA_PROMPTS)
-    for item in args.lora_prompt:
-        name, sep, text = item.partition("=")
-        if not sep or name not in LORA_PROMPTS or not text.strip():
-            parser.error(f"--lora-prompt {item!r}: give NAME=TEXT, NAME one of {', '.join(LORA_PROMPTS)}")
-        lora_prompts[name] = text
-    staggered_starts = dict(STAGGERED_STARTS)
-    for item in args.start:
-        name, sep, text = item.partition("=")
-        try:
-            fraction = float(text)
-        except ValueError:
-            fraction = -1.0
-        if not sep or name not in LORA_PROMPTS or not 0 <= fraction <= 1:
-            parser.error(f"--start {item!r}: give NAME=FRACTION, NAME one of {', '.join(LORA_PROMPTS)}, "
-                         "FRACTION in [0, 1]")
-        staggered_starts[name] = fraction
+    lora_prompts = {**LORA_PROMPTS, **per_lora(parser, "--lora-prompt", args.lora_prompt, "NAME=TEXT",
+                                               lambda text: text if text.strip() else None)}
+    staggered_starts = {**STAGGERED_STARTS, **per_lora(parser, "--start", args.start, "NAME=FRACTION",
+                                                       lambda text: float(text) if 0 <= float(text) <= 1 else None,
+                                                       ", FRACTION in [0, 1]")}
     left_out = [m for m in UNBATCHED if m not in args.methods.split(",")]
     if left_out:
         print(f"note: {', '.join(left_out)} renders one image at a time (about 10× the others' cost here); "
