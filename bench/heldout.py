@@ -35,6 +35,7 @@ SEVENTEENTH_SEEDS = range(35000, 35128)
 EIGHTEENTH_SEEDS = range(37000, 37128)
 NINETEENTH_SEEDS = range(39000, 39128)
 TWENTIETH_SEEDS = range(41000, 41128)
+TWENTY_FIRST_SEEDS = range(43000, 43128)
 
 TUNE = {
     "mustache": (
@@ -859,6 +860,23 @@ TWENTIETH_SETS = {
     ),
 }
 
+# Written at the start of the round on recipes that reach their quality in fewer, larger steps (a training step's
+# cost hardly grows with its batch on 2 cores), with TWENTIETH's figures in hand; that round reads SEVENTEENTH to
+# TWENTIETH, and its figure is read here, where nothing was chosen.
+TWENTY_FIRST_SETS = {
+    ("mustache", "lipstick"): (
+        "a surprised man with short brown hair, grey eyes, a ginger pencil mustache and dark pink lipstick",
+        "mustache and lipstick, photo portrait, yellow background",
+        "a smiling woman with curly black hair, a brown handlebar mustache and red lipstick",
+    ),
+    ("mustache", "lipstick", "glasses"): (
+        "a surprised man with short brown hair, grey eyes, square brown glasses, a ginger pencil mustache and dark "
+        "pink lipstick",
+        "mustache, glasses and lipstick, photo portrait, yellow background",
+        "a smiling woman with curly black hair, sunglasses, a brown handlebar mustache and red lipstick",
+    ),
+}
+
 SETS = {"tune": (TUNE, TUNE_SEEDS), "held-out": (HELD_OUT, HELD_OUT_SEEDS), "fresh": (FRESH, FRESH_SEEDS),
         "final": (FINAL, FINAL_SEEDS), "next": (NEXT, NEXT_SEEDS), "seventh": (SEVENTH, SEVENTH_SEEDS),
         "eighth": (EIGHTH, EIGHTH_SEEDS), "ninth": (NINTH, NINTH_SEEDS),
@@ -880,7 +898,8 @@ COMPOSED_SETS = {"tune": ({("mustache", "lipstick"): TUNE_PAIR}, TUNE_SEEDS), "f
                  "seventeenth": (SEVENTEENTH_SETS, SEVENTEENTH_SEEDS),
                  "eighteenth": (EIGHTEENTH_SETS, EIGHTEENTH_SEEDS),
                  "nineteenth": (NINETEENTH_SETS, NINETEENTH_SEEDS),
-                 "twentieth": (TWENTIETH_SETS, TWENTIETH_SEEDS)}
+                 "twentieth": (TWENTIETH_SETS, TWENTIETH_SEEDS),
+                 "twenty-first": (TWENTY_FIRST_SETS, TWENTY_FIRST_SEEDS)}
 
 
 def words(prompts) -> set[str]:
