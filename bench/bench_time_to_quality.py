@@ -5,6 +5,7 @@ a plain one written here with diffusers and peft alone, on the same model, data,
     python bench/bench_time_to_quality.py                       # fresh set, the recipes' own step counts
     python bench/bench_time_to_quality.py --steps 150,300,600 --set tune --recipes mustache
     python bench/bench_time_to_quality.py --loop-only           # steps per second, loramix ÷ plain
+    python bench/bench_time_to_quality.py --batches 8,16,32 --loop-steps 40 --recipes mustache   # a step's cost
 
 Run it alone on the machine: the seconds are wall-clock.
 """
@@ -171,13 +172,14 @@ def plain_step_seconds(recipe: dict, steps: int, warmup: int) -> list[float]:
     return seconds[warmup:]
 
 
-def loramix_step_seconds(name: str, steps: int, warmup: int, folder: Path) -> list[float]:
-    """loramix's own loop on the recipe: each step's seconds after step `warmup`, from its log."""
+def loramix_step_seconds(name: str, steps: int, warmup: int, folder: Path, **keys) -> list[float]:
+    """loramix's own loop on the recipe (`keys` replacing its keys): each step's seconds after step `warmup`, from
+    its log."""
     from loramix.train.loop import train
     from loramix.train.recipe import make_recipe
 
     overrides = {"steps": steps, "sample_every": 0, "final_samples": False, "checkpoint_every": 0,
-                 "output": str(folder / f"{name}-loop")}
+                 "output": str(folder / f"{name}-loop"), **keys}
     train(make_recipe(ROOT / "recipes" / f"{name}.toml", overrides))
     rows = [json.loads(line) for line in (folder / f"{name}-loop" / "train_log.jsonl").read_text().splitlines()]
     seconds = {row["step"]: row["seconds"] for row in rows}
@@ -207,6 +209,30 @@ def loop(args) -> None:
           f"{', '.join(f'×{r:.2f}' for r in pairs)})")
 
 
+def batches(args) -> None:
+    """What a step costs at each batch size of `--batches`: loramix's loop on the first recipe, the recipe's
+    other keys unchanged, in this one process; the sizes run in order and then in reverse, a size's figure the
+    mean of its two median steps, so that neither the first run's cold start nor the heap later runs inherit
+    favours one size."""
+    from loramix.util.memory import return_freed_memory_to_the_system
+
+    return_freed_memory_to_the_system()  # the process setting the loramix command makes
+    name = args.recipes.split(",")[0]
+    sizes = [int(size) for size in args.batches.split(",")]
+    medians = {size: [] for size in sizes}
+    for order in (sizes, sizes[::-1]):
+        for size in order:
+            seconds = loramix_step_seconds(name, args.loop_steps, 10, args.folder, batch_size=size)
+            medians[size].append(statistics.median(seconds))
+    step = {size: statistics.mean(values) for size, values in medians.items()}
+    first = sizes[0]
+    print(f"recipes/{name}.toml, steps 11-{args.loop_steps} at each batch size, the mean of two runs' median step")
+    print(f"{'batch':>5} {'s/step':>7} {'images/s':>8} {'× batch ' + str(first):>10}")
+    for size in sizes:
+        ratio = (size / step[size]) / (first / step[first])
+        print(f"{size:>5} {step[size]:>7.3f} {size / step[size]:>8.1f} {ratio:>9.2f}×")
+
+
 def loop_worker(args) -> None:
     """One run of one loop, its step seconds printed as JSON (for `loop`)."""
     name = args.recipes.split(",")[0]
@@ -230,12 +256,16 @@ def main() -> None:
     parser.add_argument("--loop-steps", type=int, default=150)
     parser.add_argument("--loop-runs", type=int, default=5, help="Runs of each loop, alternating.")
     parser.add_argument("--loop-only", action="store_true")
+    parser.add_argument("--batches", help="Batch sizes, e.g. 8,16,32: only what a step of the first recipe costs at "
+                                          "each (images per second against the first size's).")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--loop-worker", choices=("loramix", "plain"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
     if args.loop_worker:
         return loop_worker(args)
+    if args.batches:
+        return batches(args)
     if not args.loop_only:
         quality(args)
     if not args.quality_only:
